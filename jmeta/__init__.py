@@ -1,0 +1,79 @@
+"""jmeta: meta-learning in JAX.
+
+Importing ``jmeta`` is cheap and side-effect free: subpackages load on first
+attribute access, nothing touches a device, and TensorFlow is never imported.
+
+Example:
+  >>> import jax, optax, jmeta
+  >>> model = jmeta.models.mlp()                     # 1-40-40-1 ReLU
+  >>> maml = jmeta.MAML(model.apply, inner_lr=0.01, num_steps=1)
+  >>> tasks = jmeta.tasks.Sinusoid(k_support=10, k_query=10)
+  >>> opt = optax.adam(1e-3)
+  >>> state = jmeta.init_train_state(maml, model.params, model.state, opt)
+  >>> step = jmeta.make_meta_step(maml, tasks.sample, opt, meta_batch_size=25)
+  >>> state, metrics = step(state, jax.random.key(0))
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+_SUBMODULES = ("algorithms", "config", "data", "implicit", "inner", "learned_optim", "losses", "models",
+               "ops", "tasks", "train")
+
+# Public names re-exported at the top level -> the module that defines them.
+_EXPORTS = {
+    # tasks
+    "TaskBatch": "jmeta.tasks",
+    "Sinusoid": "jmeta.tasks",
+    # models
+    "Model": "jmeta.models",
+    "from_nnx": "jmeta.models",
+    "from_apply": "jmeta.models",
+    # inner loop
+    "inner_loop": "jmeta.inner",
+    "scale_by_learned_lr": "jmeta.inner",
+    # algorithms
+    "MAML": "jmeta.algorithms",
+    "FOMAML": "jmeta.algorithms",
+    "MetaSGD": "jmeta.algorithms",
+    "ANIL": "jmeta.algorithms",
+    "MAMLPlusPlus": "jmeta.algorithms",
+    "Reptile": "jmeta.algorithms",
+    "GradientLearner": "jmeta.algorithms",
+    # training
+    "TrainState": "jmeta.train",
+    "init_train_state": "jmeta.train",
+    "make_meta_step": "jmeta.train",
+    "evaluate": "jmeta.train",
+}
+
+__all__ = sorted([*_EXPORTS, *_SUBMODULES, "__version__"])
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        module = importlib.import_module(f"jmeta.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'jmeta' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from jmeta import algorithms, inner, losses, models, tasks, train  # noqa: F401
+    from jmeta.algorithms import ANIL, FOMAML, MAML, GradientLearner, MAMLPlusPlus, MetaSGD, Reptile  # noqa: F401
+    from jmeta.inner import inner_loop, scale_by_learned_lr  # noqa: F401
+    from jmeta.models import Model, from_apply, from_nnx  # noqa: F401
+    from jmeta.tasks import Sinusoid, TaskBatch  # noqa: F401
+    from jmeta.train import TrainState, evaluate, init_train_state, make_meta_step  # noqa: F401

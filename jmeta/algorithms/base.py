@@ -1,0 +1,107 @@
+"""The contract every jmeta algorithm shares.
+
+An algorithm is a small frozen dataclass of hyperparameters (plus the pure
+model ``apply`` it adapts) with pure methods:
+
+* ``init(params, *, key=None) -> meta_params``: wraps the model's initial
+  parameters with the algorithm's own meta-parameters (learned learning
+  rates, head scales, ...). ``meta_params`` is a dict with at least
+  ``"params"``.
+* ``task_loss(meta_params, model_state, task, *, key=None, step=0)
+  -> (objective, aux)``: the differentiable objective of one task (a
+  :class:`~jmeta.tasks.TaskBatch` without task axis) and ``aux =
+  {"metrics": {...}, "model_state": new_state}``. The trainer takes
+  ``jax.grad`` of the mean objective over tasks; ``metrics["loss"]`` is the
+  post-adaptation query loss that is logged.
+* ``adapt(meta_params, model_state, support_x, support_y, *, key=None,
+  num_steps=None) -> adapted``: the per-task learner (adapted parameters,
+  prototypes, ridge weights, ...).
+* ``predict(meta_params, adapted, model_state, x) -> outputs``.
+* ``evaluate(meta_params, model_state, task, *, key=None, num_steps=None)
+  -> {"loss": [N+1], ...}``: query metrics after ``0..N`` adaptation
+  steps (a curve of length 1 for algorithms without steps).
+
+The trainer, the evaluator and the benchmarks only ever use these methods,
+so they treat every algorithm alike.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol, runtime_checkable
+
+import jax
+
+PyTree = Any
+
+
+@runtime_checkable
+class MetaLearner(Protocol):
+    """Structural type of a jmeta algorithm (see the module docstring)."""
+
+    def init(self, params: PyTree, *, key=None) -> dict: ...
+
+    def task_loss(self, meta_params: dict, model_state: PyTree, task, *, key=None, step=0): ...
+
+    def adapt(self, meta_params: dict, model_state: PyTree, support_x, support_y, *, key=None,
+              num_steps=None): ...
+
+    def predict(self, meta_params: dict, adapted, model_state: PyTree, x): ...
+
+    def evaluate(self, meta_params: dict, model_state: PyTree, task, *, key=None, num_steps=None) -> dict: ...
+
+
+def path_str(path) -> str:
+    """``a/b/c`` for a jax key path."""
+    parts = []
+    for k in path:
+        if hasattr(k, "key"):
+            parts.append(str(k.key))
+        elif hasattr(k, "idx"):
+            parts.append(str(k.idx))
+        elif hasattr(k, "name"):
+            parts.append(str(k.name))
+        else:
+            parts.append(str(k))
+    return "/".join(parts)
+
+
+def make_param_filter(spec) -> Callable[[str], bool] | None:
+    """Turns an ``adapt_params=`` spec into a predicate on parameter paths.
+
+    ``None`` adapts everything; a string or tuple of strings adapts the
+    parameters whose path (``"layers_2/kernel"``) equals one of them or
+    starts with it followed by ``/``; a callable ``f(path) -> bool`` is used
+    as is.
+    """
+    if spec is None:
+        return None
+    if callable(spec):
+        return spec
+    prefixes = (spec,) if isinstance(spec, str) else tuple(spec)
+    if not prefixes or not all(isinstance(p, str) and p for p in prefixes):
+        raise ValueError(f"adapt_params must be None, a non-empty path prefix, a tuple of them or a callable, got {spec!r}")
+
+    def pred(path: str) -> bool:
+        return any(path == p or path.startswith(p.rstrip("/") + "/") for p in prefixes)
+
+    return pred
+
+
+def partition(params: PyTree, pred: Callable[[str], bool] | None):
+    """Splits ``params`` into ``(fast, slow)``; unselected leaves become ``None``."""
+    if pred is None:
+        return params, None
+    mask = jax.tree_util.tree_map_with_path(lambda p, _: bool(pred(path_str(p))), params)
+    if not any(jax.tree.leaves(mask)):
+        paths = [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+        raise ValueError(f"the adapt_params filter selects no parameter; parameter paths are {paths}")
+    fast = jax.tree.map(lambda p, m: p if m else None, params, mask)
+    slow = jax.tree.map(lambda p, m: None if m else p, params, mask)
+    return fast, slow
+
+
+def combine(fast: PyTree, slow: PyTree | None) -> PyTree:
+    """Inverse of :func:`partition`."""
+    if slow is None:
+        return fast
+    return jax.tree.map(lambda a, b: b if a is None else a, fast, slow, is_leaf=lambda x: x is None)

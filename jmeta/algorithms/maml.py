@@ -1,0 +1,265 @@
+r"""MAML and its family: MAML, first-order MAML, Meta-SGD, ANIL, MAML++ options.
+
+All share :class:`GradientLearner`: adapt (a part of) the parameters by
+``num_steps`` steps of an optax transformation on the support loss, then
+take the query loss of the adapted parameters as the task objective
+
+.. math::
+    \mathcal{L}(\theta) = \mathbb{E}_{\tau}\,
+      L^{q}_{\tau}\big(\phi_K(\theta)\big),\qquad
+    \phi_{k+1} = \phi_k - \alpha_k \odot d_k(\nabla L^{s}_{\tau}(\phi_k)),\ \phi_0 = \theta,
+
+where :math:`d_k` is the inner transformation's direction (the plain
+gradient for SGD) and :math:`\alpha` the inner learning rate, fixed or a
+meta-parameter. References: Finn et al. 2017 (MAML, FOMAML); Li et al. 2017
+(Meta-SGD); Raghu et al. 2020 (ANIL); Antoniou et al. 2019 (MAML++: per-layer
+per-step learning rates, multi-step loss).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jmeta.algorithms.base import combine, make_param_filter, partition
+from jmeta.inner.loop import inner_loop, remat_policy
+from jmeta.inner.lr import LR_KINDS, init_log_lr, scale_by_learned_lr
+from jmeta.losses import get_loss, metrics_for
+
+PyTree = Any
+
+BN_MODES = ("batch", "frozen")
+
+
+def _check_int(name, v, lo):
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+
+
+def msl_weights(num_steps: int, step, anneal_steps: int):
+    """Per-step query-loss weights of MAML++'s multi-step loss.
+
+    All steps start equally weighted (``1/K``); over ``anneal_steps`` meta-steps
+    the weights of the non-final steps decay linearly to ``0.03/K`` and the
+    final step's weight grows to ``1 - (K-1) 0.03/K`` (Antoniou et al. 2019,
+    ``get_per_step_loss_importance_vector``).
+    """
+    k = num_steps
+    t = jnp.clip(jnp.asarray(step, jnp.float32) / max(anneal_steps, 1), 0.0, 1.0)
+    lo = 0.03 / k
+    nonfinal = jnp.maximum(1.0 / k - t / k, lo)
+    final = jnp.minimum(1.0 / k + t * (k - 1) / k, 1.0 - (k - 1) * lo)
+    return jnp.concatenate([jnp.full((k - 1,), nonfinal), final[None]])
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class GradientLearner:
+    """Gradient-based meta-learning with a differentiated inner loop.
+
+    Attributes:
+      apply: the model, ``apply(params, state, x, *, train) -> (out, state)``.
+      loss: ``"mse"``, ``"cross_entropy"`` or ``f(pred, y) -> scalar``.
+      inner_lr: inner learning rate (the initial value when learned), ``> 0``.
+      num_steps: inner steps during meta-training, ``>= 1``.
+      eval_steps: inner steps at evaluation (default: ``num_steps``).
+      first_order: drop the second-order term (first-order MAML).
+      inner_transform: the inner update direction before the learning rate
+        (default: the plain gradient, i.e. SGD). E.g.
+        ``optax.scale_by_adam(eps_root=1e-8)`` for inner Adam; the learning
+        rate, fixed or learned, is applied by jmeta after it.
+      learn_lr: ``None`` (fixed ``inner_lr``) or a kind from
+        :data:`jmeta.inner.LR_KINDS`; learned rates are stored as ``log(lr)``
+        in ``meta_params["log_lr"]``.
+      adapt_params: which parameters the inner loop adapts: ``None`` (all), a path
+        prefix such as ``"layers_2"`` or a tuple of them, or ``f(path) ->
+        bool``. The rest are shared across tasks and learned only in the outer
+        loop (ANIL).
+      remat: rematerialisation of inner steps (``None``, ``"full"``,
+        ``"dots"``, ``"dots_no_batch"`` or a ``jax.checkpoint`` policy).
+      multi_step_loss: MAML++'s per-step query loss, annealed over
+        ``msl_anneal_steps`` meta-steps (see :func:`msl_weights`).
+      msl_anneal_steps: meta-steps over which the multi-step loss anneals.
+      bn_mode: ``"batch"``: the model runs in training mode during adaptation
+        and on the query set (per-task batch statistics, the MAML default,
+        transductive); ``"frozen"``: evaluation mode everywhere (running
+        statistics from ``model_state``, which are then never updated).
+    """
+
+    apply: Callable[..., Any]
+    loss: str | Callable = "mse"
+    inner_lr: float = 0.01
+    num_steps: int = 1
+    eval_steps: int | None = None
+    first_order: bool = False
+    inner_transform: optax.GradientTransformation | None = None
+    learn_lr: str | None = None
+    adapt_params: Any = None
+    remat: Any = None
+    multi_step_loss: bool = False
+    msl_anneal_steps: int = 10_000
+    bn_mode: str = "batch"
+
+    def __post_init__(self):
+        if not callable(self.apply):
+            raise TypeError(f"apply must be a callable model, got {type(self.apply).__name__}")
+        get_loss(self.loss)
+        if not (isinstance(self.inner_lr, (int, float)) and self.inner_lr > 0):
+            raise ValueError(f"inner_lr must be a positive number, got {self.inner_lr!r}")
+        _check_int("num_steps", self.num_steps, 1)
+        if self.eval_steps is not None:
+            _check_int("eval_steps", self.eval_steps, 0)
+        if self.learn_lr is not None and self.learn_lr not in LR_KINDS:
+            raise ValueError(f"learn_lr must be None or one of {LR_KINDS}, got {self.learn_lr!r}")
+        if self.inner_transform is not None and not isinstance(self.inner_transform, optax.GradientTransformation):
+            raise TypeError("inner_transform must be an optax.GradientTransformation (the update direction), "
+                            f"got {type(self.inner_transform).__name__}")
+        if self.bn_mode not in BN_MODES:
+            raise ValueError(f"bn_mode must be one of {BN_MODES}, got {self.bn_mode!r}")
+        _check_int("msl_anneal_steps", self.msl_anneal_steps, 1)
+        remat_policy(self.remat)
+        make_param_filter(self.adapt_params)
+
+    # -- pieces ---------------------------------------------------------------
+    @property
+    def _train_mode(self) -> bool:
+        return self.bn_mode == "batch"
+
+    def _split(self, params):
+        return partition(params, make_param_filter(self.adapt_params))
+
+    def inner_optimizer(self, meta_params: dict) -> optax.GradientTransformation:
+        """The inner transformation, built from (possibly learned) meta-parameters."""
+        if self.learn_lr is None:
+            scale = optax.scale(-self.inner_lr)
+        else:
+            scale = scale_by_learned_lr(meta_params["log_lr"], self.learn_lr)
+        if self.inner_transform is None:
+            return scale
+        return optax.chain(self.inner_transform, scale)
+
+    def _forward(self, params, state, x, train):
+        return self.apply(params, state, x, train=train)
+
+    def _support_loss(self, slow, state, x, y):
+        loss_fn = get_loss(self.loss)
+
+        def f(fast):
+            out, _ = self._forward(combine(fast, slow), state, x, self._train_mode)
+            return loss_fn(out, y)
+
+        return f
+
+    # -- contract -------------------------------------------------------------
+    def init(self, params: PyTree, *, key=None) -> dict:
+        """``{"params": params}`` plus ``"log_lr"`` when the learning rate is learned."""
+        del key
+        meta = {"params": params}
+        if self.learn_lr is not None:
+            fast, _ = self._split(params)
+            # per-step tables hold one row per training step; evaluation with
+            # more steps reuses the last row.
+            meta["log_lr"] = init_log_lr(fast, float(self.inner_lr), self.learn_lr, self.num_steps)
+        return meta
+
+    def adapt(self, meta_params, model_state, support_x, support_y, *, key=None, num_steps=None):
+        """Adapted parameters (the full tree) after ``num_steps`` inner steps."""
+        del key
+        k = self.num_steps if num_steps is None else num_steps
+        fast, slow = self._split(meta_params["params"])
+        res = inner_loop(self._support_loss(slow, model_state, support_x, support_y), fast,
+                         self.inner_optimizer(meta_params), k, first_order=self.first_order,
+                         remat=self.remat)
+        return combine(res.params, slow)
+
+    def predict(self, meta_params, adapted, model_state, x):
+        del meta_params
+        return self._forward(adapted, model_state, x, self._train_mode)[0]
+
+    def task_loss(self, meta_params, model_state, task, *, key=None, step=0):
+        del key
+        loss_fn = get_loss(self.loss)
+        fast, slow = self._split(meta_params["params"])
+        support = self._support_loss(slow, model_state, task.support_x, task.support_y)
+
+        if self.multi_step_loss:
+            def query(f):
+                out, _ = self._forward(combine(f, slow), model_state, task.query_x, self._train_mode)
+                return loss_fn(out, task.query_y)
+
+            res = inner_loop(support, fast, self.inner_optimizer(meta_params), self.num_steps,
+                             first_order=self.first_order, remat=self.remat, eval_fn=query)
+            w = msl_weights(self.num_steps, step, self.msl_anneal_steps)
+            objective = jnp.sum(w * res.evals[1:])
+        else:
+            res = inner_loop(support, fast, self.inner_optimizer(meta_params), self.num_steps,
+                             first_order=self.first_order, remat=self.remat)
+            objective = None
+        out, new_state = self._forward(combine(res.params, slow), model_state, task.query_x, self._train_mode)
+        metrics = metrics_for(self.loss, out, task.query_y)
+        if objective is None:
+            objective = metrics["loss"]
+        metrics["support_loss"] = res.losses[0]
+        if self.bn_mode == "frozen":
+            new_state = model_state
+        return objective, {"metrics": metrics, "model_state": new_state}
+
+    def evaluate(self, meta_params, model_state, task, *, key=None, num_steps=None) -> dict:
+        """Query metrics after ``0..num_steps`` inner steps (default ``eval_steps``)."""
+        del key
+        k = num_steps if num_steps is not None else (self.eval_steps if self.eval_steps is not None else self.num_steps)
+        fast, slow = self._split(meta_params["params"])
+
+        def query(f):
+            out, _ = self._forward(combine(f, slow), model_state, task.query_x, self._train_mode)
+            return metrics_for(self.loss, out, task.query_y)
+
+        res = inner_loop(self._support_loss(slow, model_state, task.support_x, task.support_y), fast,
+                         self.inner_optimizer(meta_params), k, eval_fn=query)
+        return jax.lax.stop_gradient(res.evals)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MAML(GradientLearner):
+    """Model-Agnostic Meta-Learning with the exact second-order meta-gradient (Finn et al. 2017)."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FOMAML(GradientLearner):
+    """First-order MAML: the inner gradients are treated as constants (Finn et al. 2017)."""
+
+    first_order: bool = True
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MetaSGD(GradientLearner):
+    """Meta-SGD: a learned learning rate per parameter coordinate (Li et al. 2017).
+
+    The rates are stored as ``log(alpha)`` and start at ``inner_lr``.
+    """
+
+    learn_lr: str | None = "per_param"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ANIL(GradientLearner):
+    """Almost No Inner Loop: adapt only the head (Raghu et al. 2020).
+
+    ``adapt_params`` names the head's parameter path prefix (required); the body is
+    a set of basis functions shared across tasks, the head their per-task
+    weights.
+    """
+
+    adapt_params: Any = "head"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MAMLPlusPlus(GradientLearner):
+    """MAML with the MAML++ options on: per-layer per-step learned learning
+    rates (LSLR) and the annealed multi-step loss (Antoniou et al. 2019)."""
+
+    learn_lr: str | None = "per_layer_per_step"
+    multi_step_loss: bool = True

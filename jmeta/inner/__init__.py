@@ -1,0 +1,15 @@
+"""Inner-loop machinery: differentiable adaptation by any optax transformation."""
+
+from jmeta.inner.loop import REMAT_POLICIES, InnerResult, inner_loop, remat_policy
+from jmeta.inner.lr import LR_KINDS, ScaleByLearnedLRState, init_log_lr, scale_by_learned_lr
+
+__all__ = [
+    "InnerResult",
+    "LR_KINDS",
+    "REMAT_POLICIES",
+    "ScaleByLearnedLRState",
+    "init_log_lr",
+    "inner_loop",
+    "remat_policy",
+    "scale_by_learned_lr",
+]

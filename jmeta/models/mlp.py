@@ -1,0 +1,69 @@
+"""Multi-layer perceptrons (Flax NNX)."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+
+def _activation(name: str | Callable) -> Callable:
+    if callable(name):
+        return name
+    table = {"relu": jax.nn.relu, "tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid, "gelu": jax.nn.gelu}
+    if name not in table:
+        raise ValueError(f"activation must be one of {sorted(table)} or a callable, got {name!r}")
+    return table[name]
+
+
+def MLP(in_features: int, hidden: Sequence[int], out_features: int, *,
+        activation: str | Callable = "relu", rngs=None):
+    """A fully connected network as an NNX module.
+
+    Layers are named ``layers_0 ... layers_{n}``; the last one is also the
+    natural "head" for ANIL (``adapt="layers_{n}"``).
+
+    Args:
+      in_features: input width.
+      hidden: hidden widths, e.g. ``(40, 40)`` for the sinusoid network of
+        Finn et al. (2017).
+      out_features: output width.
+      activation: ``"relu"``, ``"tanh"``, ``"sigmoid"``, ``"gelu"`` or a callable.
+      rngs: ``nnx.Rngs`` (default ``nnx.Rngs(0)``).
+    """
+    from flax import nnx
+
+    for name, v in (("in_features", in_features), ("out_features", out_features), *[("hidden", h) for h in hidden]):
+        if int(v) < 1:
+            raise ValueError(f"{name} must be >= 1, got {v}")
+    act = _activation(activation)
+    rngs = nnx.Rngs(0) if rngs is None else rngs
+    widths = [int(in_features), *map(int, hidden), int(out_features)]
+
+    class _MLP(nnx.Module):
+        def __init__(self):
+            for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+                setattr(self, f"layers_{i}", nnx.Linear(a, b, rngs=rngs))
+            self.num_layers = len(widths) - 1
+
+        def __call__(self, x):
+            for i in range(self.num_layers):
+                x = getattr(self, f"layers_{i}")(x)
+                if i < self.num_layers - 1:
+                    x = act(x)
+            return x
+
+    return _MLP()
+
+
+def mlp(in_features: int = 1, hidden: Sequence[int] = (40, 40), out_features: int = 1, *,
+        activation: str | Callable = "relu", key=None):
+    """An MLP bridged to a pure :class:`~jmeta.models.Model` (default: 1-40-40-1 ReLU)."""
+    from flax import nnx
+
+    from jmeta.models.bridge import from_nnx
+
+    seed = 0
+    rngs = nnx.Rngs(seed) if key is None else nnx.Rngs(params=key)
+    return from_nnx(MLP(in_features, hidden, out_features, activation=activation, rngs=rngs))
