@@ -70,6 +70,13 @@ def from_apply(apply: Callable[..., Any], params: PyTree, state: PyTree | None =
     return Model(apply=apply, params=params, state={} if state is None else state)
 
 
+def _pure(nnx, state):
+    """A plain nested dict of arrays (``nnx.to_pure_dict`` where available)."""
+    if hasattr(nnx, "to_pure_dict"):
+        return nnx.to_pure_dict(state)
+    return state.to_pure_dict()
+
+
 def from_nnx(module) -> Model:
     """Bridges a Flax NNX module to a pure :class:`Model`, once.
 
@@ -95,8 +102,8 @@ def from_nnx(module) -> Model:
     module.train()
     p_def = jax.tree.structure(params_state)
     s_def = jax.tree.structure(rest_state)
-    params = params_state.to_pure_dict()
-    state = rest_state.to_pure_dict()
+    params = _pure(nnx, params_state)
+    state = _pure(nnx, rest_state)
     p_pure_def = jax.tree.structure(params)
     s_pure_def = jax.tree.structure(state)
 
@@ -112,6 +119,6 @@ def from_nnx(module) -> Model:
         m = nnx.merge(graph_train if train else graph_eval, p, s, copy=True)
         out = m(x)
         _, _, new_state = nnx.split(m, nnx.Param, ...)
-        return out, new_state.to_pure_dict()
+        return out, _pure(nnx, new_state)
 
     return Model(apply=apply, params=params, state=state)

@@ -1,0 +1,286 @@
+"""MAML-family meta-gradients against finite differences and a hand-unrolled reference."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jmeta.algorithms import ANIL, FOMAML, MAML, MAMLPlusPlus, MetaSGD, Reptile
+from jmeta.models import from_apply, mlp
+from jmeta.tasks import Sinusoid, TaskBatch
+
+
+def _to64(tree):
+    return jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tree)
+
+
+def _task64(seed=0, k=5):
+    t = Sinusoid(k, k, dtype="float64").sample(jax.random.key(seed), 1)
+    return jax.tree.map(lambda a: a[0], t)
+
+
+def _fd_check(f, x, *, seed=0, eps=1e-6, n_dirs=3):
+    """Central finite differences of scalar f along random directions vs jax.grad."""
+    g = jax.jit(jax.grad(f))(x)
+    f = jax.jit(f)
+    leaves, treedef = jax.tree.flatten(x)
+    rng = np.random.default_rng(seed)
+    errs = []
+    for _ in range(n_dirs):
+        v = jax.tree.unflatten(treedef, [jnp.asarray(rng.normal(size=np.shape(a))) for a in leaves])
+        vn = jnp.sqrt(sum(jnp.sum(a * a) for a in jax.tree.leaves(v)))
+        v = jax.tree.map(lambda a: a / vn, v)
+        xp = jax.tree.map(lambda a, b: a + eps * b, x, v)
+        xm = jax.tree.map(lambda a, b: a - eps * b, x, v)
+        fd = (f(xp) - f(xm)) / (2 * eps)
+        an = sum(jnp.sum(a * b) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(v)))
+        errs.append(abs(float(fd) - float(an)) / max(abs(float(an)), 1e-8))
+    return max(errs)
+
+
+def _manual_mlp(params, x):
+    """1-hidden-tanh MLP written by hand (independent of flax)."""
+    h = jnp.tanh(x @ params["w1"] + params["b1"])
+    h = jnp.tanh(h @ params["w2"] + params["b2"])
+    return h @ params["w3"] + params["b3"]
+
+
+def _manual_params(seed=0, dtype=jnp.float64):
+    k = jax.random.split(jax.random.key(seed), 3)
+    return {
+        "w1": jax.random.normal(k[0], (1, 8), dtype) * 0.8, "b1": jnp.zeros((8,), dtype) + 0.1,
+        "w2": jax.random.normal(k[1], (8, 8), dtype) * 0.4, "b2": jnp.zeros((8,), dtype) - 0.1,
+        "w3": jax.random.normal(k[2], (8, 1), dtype) * 0.4, "b3": jnp.zeros((1,), dtype),
+    }
+
+
+def _hand_unrolled_maml(params, task, lr, steps, first_order=False):
+    """MAML objective written out step by step in plain Python (no scan, no optax)."""
+    def sup(p):
+        return jnp.mean((_manual_mlp(p, task.support_x) - task.support_y) ** 2)
+
+    phi = params
+    for _ in range(steps):
+        g = jax.grad(sup)(phi)
+        if first_order:
+            g = jax.lax.stop_gradient(g)
+        phi = jax.tree.map(lambda p, gg: p - lr * gg, phi, g)
+    return jnp.mean((_manual_mlp(phi, task.query_x) - task.query_y) ** 2)
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_maml_meta_gradient_matches_finite_differences_and_hand_unrolled(x64, steps):
+    task = _task64(0)
+    model = from_apply(_manual_mlp, _manual_params(), stateless=True)
+    algo = MAML(model.apply, inner_lr=0.05, num_steps=steps)
+    meta = algo.init(model.params)
+
+    def f(p):
+        return algo.task_loss({"params": p}, {}, task)[0]
+
+    assert _fd_check(f, meta["params"]) < 1e-4
+    g = jax.grad(f)(meta["params"])
+    g_ref = jax.grad(lambda p: _hand_unrolled_maml(p, task, 0.05, steps))(meta["params"])
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_first_order_equals_stop_gradient_reference_and_differs_from_second_order(x64, steps):
+    task = _task64(1)
+    model = from_apply(_manual_mlp, _manual_params(1), stateless=True)
+    fo = FOMAML(model.apply, inner_lr=0.05, num_steps=steps)
+    so = MAML(model.apply, inner_lr=0.05, num_steps=steps)
+    p = model.params
+    g_fo = jax.jit(jax.grad(lambda q: fo.task_loss({"params": q}, {}, task)[0]))(p)
+    g_so = jax.jit(jax.grad(lambda q: so.task_loss({"params": q}, {}, task)[0]))(p)
+    g_ref = jax.grad(lambda q: _hand_unrolled_maml(q, task, 0.05, steps, first_order=True))(p)
+    for a, b in zip(jax.tree.leaves(g_fo), jax.tree.leaves(g_ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(g_fo), jax.tree.leaves(g_so)))
+    assert diff > 1e-3, "first-order gradient should differ from the second-order one"
+
+
+def test_first_order_one_step_gradient_is_query_gradient_at_adapted_params(x64):
+    # FOMAML's defining identity: d/dtheta = grad L_q(phi) evaluated at phi.
+    task = _task64(2)
+    model = from_apply(_manual_mlp, _manual_params(2), stateless=True)
+    algo = FOMAML(model.apply, inner_lr=0.05, num_steps=1)
+    p = model.params
+    g = jax.jit(jax.grad(lambda q: algo.task_loss({"params": q}, {}, task)[0]))(p)
+    gs = jax.grad(lambda q: jnp.mean((_manual_mlp(q, task.support_x) - task.support_y) ** 2))(p)
+    phi = jax.tree.map(lambda a, b: a - 0.05 * b, p, gs)
+    gq = jax.grad(lambda q: jnp.mean((_manual_mlp(q, task.query_x) - task.query_y) ** 2))(phi)
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(gq)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_maml_on_flax_mlp_matches_finite_differences(x64):
+    task = _task64(3)
+    model = mlp(1, (16, 16), 1, activation="tanh")
+    algo = MAML(model.apply, inner_lr=0.01, num_steps=2)
+    p = _to64(model.params)
+    assert _fd_check(lambda q: algo.task_loss({"params": q}, {}, task)[0], p) < 1e-4
+
+
+@pytest.mark.parametrize("kind", ["scalar", "per_layer", "per_param", "per_layer_per_step"])
+def test_learned_learning_rate_gradients_match_finite_differences(x64, kind):
+    task = _task64(4)
+    model = from_apply(_manual_mlp, _manual_params(4), stateless=True)
+    algo = MAML(model.apply, inner_lr=0.05, num_steps=2, learn_lr=kind)
+    meta = _to64(algo.init(model.params))
+
+    def f(log_lr):
+        return algo.task_loss({"params": meta["params"], "log_lr": log_lr}, {}, task)[0]
+
+    g = jax.grad(f)(meta["log_lr"])
+    assert all(float(jnp.max(jnp.abs(a))) > 0 for a in jax.tree.leaves(g)), "no gradient reached the learned rates"
+    assert _fd_check(f, meta["log_lr"]) < 1e-4
+
+
+def test_metasgd_gradient_flows_into_per_parameter_rates(x64):
+    task = _task64(5)
+    model = from_apply(_manual_mlp, _manual_params(5), stateless=True)
+    algo = MetaSGD(model.apply, inner_lr=0.05, num_steps=1)
+    meta = _to64(algo.init(model.params))
+    assert jax.tree.map(jnp.shape, meta["log_lr"]) == jax.tree.map(jnp.shape, meta["params"])
+    g = jax.jit(jax.grad(lambda m: algo.task_loss(m, {}, task)[0]))(meta)
+    # Hand route: phi = theta - exp(l) * g_s ; dL/dl = -exp(l) * g_s * grad_phi L_q.
+    gs = jax.grad(lambda q: jnp.mean((_manual_mlp(q, task.support_x) - task.support_y) ** 2))(meta["params"])
+    phi = jax.tree.map(lambda a, l, b: a - jnp.exp(l) * b, meta["params"], meta["log_lr"], gs)
+    gq = jax.grad(lambda q: jnp.mean((_manual_mlp(q, task.query_x) - task.query_y) ** 2))(phi)
+    ref = jax.tree.map(lambda l, b, c: -jnp.exp(l) * b * c, meta["log_lr"], gs, gq)
+    for a, b in zip(jax.tree.leaves(g["log_lr"]), jax.tree.leaves(ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    assert _fd_check(lambda m: algo.task_loss(m, {}, task)[0], meta) < 1e-4
+
+
+def test_anil_adapts_only_the_head_and_body_gets_second_order_gradient(x64):
+    task = _task64(6)
+    model = from_apply(_manual_mlp, _manual_params(6), stateless=True)
+    algo = ANIL(model.apply, inner_lr=0.1, num_steps=2, adapt_params=("w3", "b3"))
+    p = model.params
+    adapted = algo.adapt({"params": p}, {}, task.support_x, task.support_y)
+    for name in ("w1", "b1", "w2", "b2"):
+        np.testing.assert_array_equal(adapted[name], p[name])
+    assert float(jnp.max(jnp.abs(adapted["w3"] - p["w3"]))) > 0
+
+    def ref(q):
+        def sup(head):
+            return jnp.mean((_manual_mlp({**q, **head}, task.support_x) - task.support_y) ** 2)
+
+        head = {"w3": q["w3"], "b3": q["b3"]}
+        for _ in range(2):
+            gh = jax.grad(sup)(head)
+            head = jax.tree.map(lambda a, b: a - 0.1 * b, head, gh)
+        return jnp.mean((_manual_mlp({**q, **head}, task.query_x) - task.query_y) ** 2)
+
+    g = jax.jit(jax.grad(lambda q: algo.task_loss({"params": q}, {}, task)[0]))(p)
+    g_ref = jax.grad(ref)(p)
+    for k in p:
+        np.testing.assert_allclose(g[k], g_ref[k], rtol=1e-10, atol=1e-12)
+    assert _fd_check(lambda q: algo.task_loss({"params": q}, {}, task)[0], p) < 1e-4
+
+
+def test_anil_filter_that_selects_nothing_is_an_error():
+    model = from_apply(_manual_mlp, _manual_params(0, jnp.float32), stateless=True)
+    algo = ANIL(model.apply, adapt_params="nope")
+    task = jax.tree.map(lambda a: a[0], Sinusoid(5, 5).sample(jax.random.key(0), 1))
+    with pytest.raises(ValueError, match="selects no parameter"):
+        algo.task_loss({"params": model.params}, {}, task)
+
+
+def test_reptile_gradient_is_theta_minus_adapted(x64):
+    task = _task64(7)
+    model = from_apply(_manual_mlp, _manual_params(7), stateless=True)
+    algo = Reptile(model.apply, inner_lr=0.02, num_steps=3, train_on_query=False)
+    p = model.params
+    g = jax.jit(jax.grad(lambda q: algo.task_loss({"params": q}, {}, task)[0]))(p)
+    phi = algo.adapt({"params": p}, {}, task.support_x, task.support_y)
+    for k in p:
+        np.testing.assert_allclose(g[k], p[k] - phi[k], rtol=1e-10, atol=1e-12)
+
+
+def test_inner_adam_with_eps_root_gives_finite_meta_gradient(x64):
+    task = _task64(8)
+    model = from_apply(_manual_mlp, _manual_params(8), stateless=True)
+    algo = MAML(model.apply, inner_lr=0.01, num_steps=3, inner_transform=optax.scale_by_adam(eps_root=1e-8))
+    f = lambda q: algo.task_loss({"params": q}, {}, task)[0]  # noqa: E731
+    g = jax.grad(f)(model.params)
+    assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(g))
+    assert _fd_check(f, model.params, eps=1e-7) < 1e-4
+
+
+def test_multi_step_loss_weights_and_gradient(x64):
+    from jmeta.algorithms import msl_weights
+
+    w0 = np.asarray(msl_weights(5, 0, 100))
+    np.testing.assert_allclose(w0, 0.2)
+    w_end = np.asarray(msl_weights(5, 1000, 100))
+    np.testing.assert_allclose(w_end[:-1], 0.03 / 5)
+    np.testing.assert_allclose(w_end.sum(), 1.0, rtol=1e-6)
+    task = _task64(9)
+    model = from_apply(_manual_mlp, _manual_params(9), stateless=True)
+    algo = MAMLPlusPlus(model.apply, inner_lr=0.05, num_steps=3, msl_anneal_steps=100)
+    meta = _to64(algo.init(model.params))
+
+    def ref(m, step):
+        def sup(p):
+            return jnp.mean((_manual_mlp(p, task.support_x) - task.support_y) ** 2)
+
+        phi, total = m["params"], 0.0
+        w = msl_weights(3, step, 100)
+        for k in range(3):
+            g = jax.grad(sup)(phi)
+            phi = jax.tree.map(lambda p, gg, l: p - jnp.exp(l[k]) * gg, phi, g, m["log_lr"])
+            total = total + w[k] * jnp.mean((_manual_mlp(phi, task.query_x) - task.query_y) ** 2)
+        return total
+
+    for step in (0, 50):
+        v = algo.task_loss(meta, {}, task, step=step)[0]
+        np.testing.assert_allclose(v, ref(meta, step), rtol=1e-10)
+        g = jax.jit(jax.grad(lambda m: algo.task_loss(m, {}, task, step=step)[0]))(meta)
+        g_ref = jax.grad(lambda m: ref(m, step))(meta)
+        for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_bad_task_shapes_are_clear_errors():
+    from jmeta.tasks import validate_task_batch
+
+    x = jnp.zeros((4, 5, 1))
+    with pytest.raises(ValueError, match="support_x has 5 examples but TaskBatch.support_y has 3"):
+        validate_task_batch(TaskBatch(x, jnp.zeros((4, 3, 1)), x, x))
+    with pytest.raises(ValueError, match="support and query inputs differ"):
+        validate_task_batch(TaskBatch(x, x, jnp.zeros((4, 5, 2)), x))
+    with pytest.raises(ValueError, match="task axis"):
+        validate_task_batch(TaskBatch(x, x, jnp.zeros((3, 5, 1)), jnp.zeros((3, 5, 1))))
+    with pytest.raises(ValueError, match="no examples"):
+        validate_task_batch(TaskBatch(jnp.zeros((4, 0, 1)), jnp.zeros((4, 0, 1)), x, x))
+
+
+def test_bad_hyperparameters_are_clear_errors():
+    model = mlp()
+    with pytest.raises(ValueError, match="k_support must be an integer >= 1"):
+        Sinusoid(k_support=0)
+    with pytest.raises(ValueError, match="inner_lr must be a positive number"):
+        MAML(model.apply, inner_lr=-0.1)
+    with pytest.raises(ValueError, match="num_steps must be an integer >= 1"):
+        MAML(model.apply, num_steps=0)
+    with pytest.raises(ValueError, match="learn_lr must be None or one of"):
+        MAML(model.apply, learn_lr="per_galaxy")
+    with pytest.raises(ValueError, match="loss must be one of"):
+        MAML(model.apply, loss="hinge")
+    with pytest.raises(ValueError, match="remat must be one of"):
+        MAML(model.apply, remat="sometimes")
+
+
+def test_model_output_not_matching_labels_is_a_clear_error():
+    model = mlp(1, (8,), 3)  # 3 outputs for 1-d regression targets
+    algo = MAML(model.apply)
+    task = jax.tree.map(lambda a: a[0], Sinusoid(5, 5).sample(jax.random.key(0), 1))
+    with pytest.raises(ValueError, match=r"model output shape \(5, 3\) does not match the targets' shape \(5, 1\)"):
+        algo.task_loss(algo.init(model.params), model.state, task)

@@ -1,0 +1,47 @@
+"""Shared fixtures for the jmeta test suite."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+
+import jax
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def x64_enabled():
+    """Float64 on for the block, restored afterwards (works on jax 0.10-0.12)."""
+    old = bool(jax.config.jax_enable_x64)
+    jax.config.update("jax_enable_x64", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", old)
+
+
+@pytest.fixture
+def x64():
+    """Runs the test with float64 enabled."""
+    with x64_enabled():
+        yield
+
+
+def shared_data_dir() -> pathlib.Path | None:
+    """``$JMETA_DATA_DIR`` or ``<repo>/../shared/data`` if present."""
+    env = os.environ.get("JMETA_DATA_DIR")
+    for p in ([pathlib.Path(env)] if env else []) + [REPO.parent / "shared" / "data"]:
+        if p.is_dir():
+            return p
+    return None
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> pathlib.Path:
+    d = shared_data_dir()
+    if d is None:
+        pytest.skip("real datasets not found: set JMETA_DATA_DIR or place shared/data beside the repo")
+    return d
