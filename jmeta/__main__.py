@@ -1,0 +1,7 @@
+"""``python -m jmeta`` = the ``jmeta`` command."""
+
+import sys
+
+from jmeta.cli import main
+
+sys.exit(main())

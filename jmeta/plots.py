@@ -1,0 +1,116 @@
+"""PNG plots of a run: learning curves, adaptation curves with CIs, sinusoid fits.
+
+Needs matplotlib (``pip install 'jmeta[plots]'``); imported lazily, Agg backend.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+
+def _plt():
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ImportError("plots need matplotlib: pip install 'jmeta[plots]'") from e
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def learning_curves(metrics: list[dict], path, *, title: str = "") -> pathlib.Path:
+    """Training metrics against meta-step (one panel per metric)."""
+    plt = _plt()
+    keys = [k for k in ("loss", "accuracy", "support_loss", "objective", "grad_norm") if any(k in r for r in metrics)]
+    if not keys:
+        raise ValueError("no metrics to plot")
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+    for ax, k in zip(axes[0], keys):
+        rs = [r for r in metrics if isinstance(r.get(k), (int, float))]
+        ax.plot([r["step"] for r in rs], [r[k] for r in rs], lw=1)
+        ax.set_xlabel("meta-step")
+        ax.set_title(k)
+        if k in ("loss", "support_loss", "objective", "grad_norm") and all(r[k] > 0 for r in rs):
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def adaptation_curves(eval_result: dict, path, *, metric: str = "loss", title: str = "") -> pathlib.Path:
+    """Query metric (mean and 95% CI) after 0..N adaptation steps, one line per shot count."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, res in eval_result.items():
+        if not isinstance(res, dict) or metric not in res:
+            continue
+        m, c = res[metric]["mean"], res[metric]["ci95"]
+        xs = list(range(len(m)))
+        ax.plot(xs, m, marker="o", ms=3, label=name)
+        ax.fill_between(xs, [a - b for a, b in zip(m, c)], [a + b for a, b in zip(m, c)], alpha=0.25)
+    ax.set_xlabel("adaptation steps")
+    ax.set_ylabel(f"query {metric}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title)
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def sinusoid_fits(curves: list[dict], path, *, title: str = "") -> pathlib.Path:
+    """Adapted predictions next to the ground truth for a few held-out sinusoid tasks.
+
+    ``curves``: dicts with ``x``, ``truth``, ``pre``, ``post`` (lists), ``support_x``,
+    ``support_y`` and ``steps``.
+    """
+    plt = _plt()
+    n = len(curves)
+    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3), squeeze=False)
+    for ax, c in zip(axes[0], curves):
+        ax.plot(c["x"], c["truth"], "k-", lw=1.5, label="ground truth")
+        ax.plot(c["x"], c["pre"], "--", color="tab:gray", lw=1, label="before adaptation")
+        ax.plot(c["x"], c["post"], "-", color="tab:red", lw=1.5, label=f"after {c['steps']} step(s)")
+        ax.plot(c["support_x"], c["support_y"], "^", color="tab:purple", ms=5, label=f"support (K={len(c['support_x'])})")
+        ax.set_xlim(-5, 5)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def _save(fig, plt, path) -> pathlib.Path:
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def plot_run(run_dir) -> list[pathlib.Path]:
+    """(Re)draws the PNGs of a run folder from ``metrics.jsonl`` and ``eval.json``."""
+    from jmeta.train.logging import MetricsLog
+
+    run_dir = pathlib.Path(run_dir)
+    out = []
+    m = run_dir / "metrics.jsonl"
+    if not m.exists():
+        raise FileNotFoundError(f"{m} not found: is {run_dir} a jmeta run folder?")
+    name = run_dir.name
+    cfg = run_dir / "config.json"
+    if cfg.exists():
+        name = json.loads(cfg.read_text()).get("name", name)
+    out.append(learning_curves(MetricsLog.read(m), run_dir / "learning_curves.png", title=name))
+    e = run_dir / "eval.json"
+    if e.exists():
+        ev = json.loads(e.read_text())
+        res = ev.get("results", {})
+        out.append(adaptation_curves(res, run_dir / "adaptation_curves.png", title=name))
+        if any("accuracy" in r for r in res.values() if isinstance(r, dict)):
+            out.append(adaptation_curves(res, run_dir / "accuracy_curves.png", metric="accuracy", title=name))
+    return out
