@@ -29,6 +29,12 @@ _EXPORTS = {
     # tasks
     "TaskBatch": "jmeta.tasks",
     "Sinusoid": "jmeta.tasks",
+    "EpisodeSampler": "jmeta.tasks",
+    "put_on_device": "jmeta.tasks",
+    # data
+    "ClassStore": "jmeta.data",
+    "load_omniglot": "jmeta.data",
+    "load_miniimagenet": "jmeta.data",
     # models
     "Model": "jmeta.models",
     "from_nnx": "jmeta.models",

@@ -1,6 +1,7 @@
 """Task families: pure samplers ``sample(key, num_tasks) -> TaskBatch``."""
 
 from jmeta.tasks.base import TaskBatch, task_at, validate_task_batch
+from jmeta.tasks.episodes import EpisodeSampler, EpisodeTasks, put_on_device
 from jmeta.tasks.sinusoid import Sinusoid
 
-__all__ = ["Sinusoid", "TaskBatch", "task_at", "validate_task_batch"]
+__all__ = ["EpisodeSampler", "EpisodeTasks", "Sinusoid", "TaskBatch", "put_on_device", "task_at", "validate_task_batch"]

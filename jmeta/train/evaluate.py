@@ -50,7 +50,7 @@ def evaluate(algorithm, meta_params: PyTree, model_state: PyTree, sample_fn: Cal
 
     Returns:
       ``{"num_tasks": n, "num_steps": N, "<metric>": {"mean": [N+1], "ci95":
-      [N+1]}, ...}`` with plain Python floats (JSON-ready).
+      [N+1], "median": [N+1]}, ...}`` with plain Python floats (JSON-ready).
     """
     if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
         raise ValueError(f"num_tasks must be an integer >= 1, got {num_tasks!r}")
@@ -79,7 +79,8 @@ def evaluate(algorithm, meta_params: PyTree, model_state: PyTree, sample_fn: Cal
         if arr.ndim == 1:
             arr = arr[:, None]
         stats = [mean_ci95(arr[:, j]) for j in range(arr.shape[1])]
-        out[name] = {"mean": [s[0] for s in stats], "ci95": [s[1] for s in stats]}
+        out[name] = {"mean": [s[0] for s in stats], "ci95": [s[1] for s in stats],
+                     "median": [float(np.median(arr[:, j])) for j in range(arr.shape[1])]}
         out["num_steps"] = arr.shape[1] - 1
     if return_per_task:
         out["per_task"] = per_task
