@@ -50,6 +50,9 @@ _EXPORTS = {
     "MAMLPlusPlus": "jmeta.algorithms",
     "Reptile": "jmeta.algorithms",
     "GradientLearner": "jmeta.algorithms",
+    "R2D2": "jmeta.algorithms",
+    "MetaOptNet": "jmeta.algorithms",
+    "IMAML": "jmeta.algorithms",
     # training
     "TrainState": "jmeta.train",
     "init_train_state": "jmeta.train",

@@ -3,11 +3,20 @@
 from jmeta.algorithms.base import MetaLearner, combine, make_param_filter, partition
 from jmeta.algorithms.maml import (ANIL, BN_MODES, FOMAML, MAML, GradientLearner, MAMLPlusPlus, MetaSGD,
                                    msl_weights)
+from jmeta.algorithms.imaml import IMAML
+from jmeta.algorithms.metaoptnet import MetaOptNet, crammer_singer_svm
+from jmeta.algorithms.r2d2 import R2D2, ClosedFormHead, ridge_regression
 from jmeta.algorithms.reptile import Reptile
 
 __all__ = [
     "ANIL",
     "BN_MODES",
+    "ClosedFormHead",
+    "IMAML",
+    "MetaOptNet",
+    "R2D2",
+    "crammer_singer_svm",
+    "ridge_regression",
     "FOMAML",
     "GradientLearner",
     "MAML",
