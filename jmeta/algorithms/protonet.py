@@ -1,0 +1,166 @@
+r"""Prototypical Networks (Snell, Swersky & Zemel, 2017).
+
+An embedding network :math:`f_\theta` maps every example to a vector; the
+prototype of class :math:`k` is the mean embedding of its support examples,
+
+.. math:: c_k = \frac{1}{|S_k|} \sum_{(x_i, y_i) \in S_k} f_\theta(x_i),
+
+and a query :math:`x` is classified by a softmax over negative squared
+Euclidean distances,
+
+.. math:: p_\theta(y = k \mid x) = \frac{\exp(-\lVert f_\theta(x) - c_k\rVert^2)}
+    {\sum_{k'} \exp(-\lVert f_\theta(x) - c_{k'}\rVert^2)}.
+
+The task objective is the query cross-entropy; the meta-gradient flows into
+:math:`\theta` through both the query embeddings and the prototypes. There is
+no inner loop: ``evaluate`` returns curves of length 1.
+
+Labels: the support labels are integers ``0 .. n_way-1``; ``n_way`` is a field
+(it fixes the number of prototypes, a static shape) and the support size must
+be a multiple of it. Every class must have at least one support example (a
+class without one gets a zero prototype).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from jmeta.losses import accuracy, cross_entropy
+
+PyTree = Any
+
+PROTONET_BN_MODES = ("batch", "frozen", "train_only")
+
+
+def prototypes(embeddings, labels, n_way: int):
+    r"""Class means :math:`c_k` of ``embeddings [n, d]`` grouped by integer ``labels [n]`` -> ``[n_way, d]``."""
+    onehot = jax.nn.one_hot(labels, n_way, dtype=embeddings.dtype)          # [n, N]
+    counts = jnp.sum(onehot, axis=0)                                          # [N]
+    sums = onehot.T @ embeddings                                              # [N, d]
+    return sums / jnp.maximum(counts, 1)[:, None]
+
+
+def squared_distances(a, b):
+    r""":math:`\lVert a_i - b_j\rVert^2` for ``a [n, d]``, ``b [m, d]`` -> ``[n, m]``.
+
+    Computed as :math:`\lVert a\rVert^2 - 2 a\cdot b + \lVert b\rVert^2` (one
+    matrix product), clipped at 0 against rounding.
+    """
+    aa = jnp.sum(a * a, axis=-1, keepdims=True)
+    bb = jnp.sum(b * b, axis=-1)
+    return jnp.maximum(aa - 2.0 * (a @ b.T) + bb[None, :], 0.0)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ProtoNet:
+    """Prototypical Networks.
+
+    Attributes:
+      apply: the embedding model, ``apply(params, state, x, *, train) ->
+        (embeddings, state)``; outputs of more than one axis per example are
+        flattened.
+      n_way: classes per task (``>= 2``); support labels are ``0 .. n_way-1``.
+      bn_mode: how the embedding's BatchNorm runs:
+        ``"batch"``: training mode everywhere (batch statistics of the
+        task's examples, transductive);
+        ``"frozen"``: evaluation mode everywhere (running statistics);
+        ``"train_only"`` (default): batch statistics in ``task_loss``
+        (meta-training, returning updated running statistics), running
+        statistics in ``adapt``/``predict``/``evaluate`` -- PyTorch's
+        ``model.train()`` / ``model.eval()`` split, as in the original code.
+      joint_forward: embed support and query in one forward pass (one
+        BatchNorm batch, as Snell et al.'s code does); otherwise separately.
+    """
+
+    apply: Callable[..., Any]
+    n_way: int = 5
+    bn_mode: str = "train_only"
+    joint_forward: bool = True
+
+    def __post_init__(self):
+        if not callable(self.apply):
+            raise TypeError(f"apply must be a callable embedding model, got {type(self.apply).__name__}")
+        if isinstance(self.n_way, bool) or not isinstance(self.n_way, int) or self.n_way < 2:
+            raise ValueError(f"n_way must be an integer >= 2, got {self.n_way!r}")
+        if self.bn_mode not in PROTONET_BN_MODES:
+            raise ValueError(f"bn_mode must be one of {PROTONET_BN_MODES}, got {self.bn_mode!r}")
+
+    # -- pieces ---------------------------------------------------------------
+    def _check_support(self, support_y):
+        shape = tuple(getattr(support_y, "shape", ()))
+        if len(shape) != 1:
+            raise ValueError(f"ProtoNet expects integer support labels of shape [n_support] for one task, "
+                             f"got shape {shape}")
+        if shape[0] % self.n_way:
+            raise ValueError(f"ProtoNet: {shape[0]} support examples is not a multiple of n_way={self.n_way} "
+                             f"(expected K examples of each of the labels 0..{self.n_way - 1})")
+        if not jnp.issubdtype(support_y.dtype, jnp.integer):
+            raise TypeError(f"ProtoNet expects integer support labels, got dtype {support_y.dtype}")
+
+    def embed(self, params, model_state, x, *, train: bool):
+        """Embeddings ``[n, d]`` and the new model state."""
+        z, state = self.apply(params, model_state, x, train=train)
+        return z.reshape(z.shape[0], -1), state
+
+    def logits(self, protos, z):
+        """``-||z_i - c_k||^2``: ``[n, n_way]``."""
+        return -squared_distances(z, protos)
+
+    def _eval_train_flag(self) -> bool:
+        return self.bn_mode == "batch"
+
+    # -- contract -------------------------------------------------------------
+    def init(self, params: PyTree, *, key=None) -> dict:
+        """``{"params": params}`` (ProtoNets have no other meta-parameters)."""
+        del key
+        return {"params": params}
+
+    def adapt(self, meta_params, model_state, support_x, support_y, *, key=None, num_steps=None):
+        """The prototypes ``[n_way, d]`` of the support set (``num_steps`` is ignored)."""
+        del key, num_steps
+        self._check_support(support_y)
+        z, _ = self.embed(meta_params["params"], model_state, support_x, train=self._eval_train_flag())
+        return prototypes(z, support_y, self.n_way)
+
+    def predict(self, meta_params, adapted, model_state, x):
+        """Logits ``[n, n_way]`` of ``x`` against the prototypes ``adapted``."""
+        z, _ = self.embed(meta_params["params"], model_state, x, train=self._eval_train_flag())
+        return self.logits(adapted, z)
+
+    def _task_logits(self, params, model_state, task, train):
+        self._check_support(task.support_y)
+        if self.joint_forward:
+            ns = task.support_x.shape[0]
+            z, new_state = self.embed(params, model_state,
+                                      jnp.concatenate([task.support_x, task.query_x], axis=0), train=train)
+            zs, zq = z[:ns], z[ns:]
+        else:
+            zs, new_state = self.embed(params, model_state, task.support_x, train=train)
+            zq, new_state = self.embed(params, new_state, task.query_x, train=train)
+        return self.logits(prototypes(zs, task.support_y, self.n_way), zq), new_state
+
+    def task_loss(self, meta_params, model_state, task, *, key=None, step=0):
+        """Query cross-entropy against the support prototypes."""
+        del key, step
+        train = self.bn_mode != "frozen"
+        logits, new_state = self._task_logits(meta_params["params"], model_state, task, train)
+        loss = cross_entropy(logits, task.query_y)
+        metrics = {"loss": loss, "accuracy": accuracy(logits, task.query_y)}
+        if not train:
+            new_state = model_state
+        return loss, {"metrics": metrics, "model_state": new_state}
+
+    def evaluate(self, meta_params, model_state, task, *, key=None, num_steps=None) -> dict:
+        """Query loss and accuracy, as curves of length 1 (no adaptation steps)."""
+        del key, num_steps
+        logits, _ = self._task_logits(meta_params["params"], model_state, task, self._eval_train_flag())
+        out = {"loss": cross_entropy(logits, task.query_y)[None],
+               "accuracy": accuracy(logits, task.query_y)[None]}
+        return jax.lax.stop_gradient(out)
+
+
+__all__ = ["PROTONET_BN_MODES", "ProtoNet", "prototypes", "squared_distances"]

@@ -1,0 +1,251 @@
+"""Conv4: shapes, names, conv implementations agree, max-pool, BatchNorm modes, MAML++ per-step BatchNorm."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jmeta.algorithms import ANIL, MAML
+from jmeta.models.conv import Conv4, conv4, conv4_feature_dim, max_pool_2x2, with_per_step
+from jmeta.tasks.base import TaskBatch
+
+
+@pytest.fixture
+def x64():
+    prev = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", prev)
+
+
+def _images(n, shape=(28, 28, 1), seed=0):
+    return jax.random.uniform(jax.random.key(seed), (n, *shape))
+
+
+@pytest.mark.parametrize("kwargs,shape,feat", [
+    (dict(), (28, 28, 1), 64),
+    (dict(pool="stride"), (28, 28, 1), 64),
+    (dict(input_shape=(84, 84, 3), hidden=32), (84, 84, 3), 800),
+])
+def test_shapes_and_names(kwargs, shape, feat):
+    m = conv4(5, **kwargs)
+    assert sorted(m.params) == ["block_0", "block_1", "block_2", "block_3", "head"]
+    assert m.params["head"]["kernel"].shape == (feat, 5)
+    assert m.params["block_0"]["conv"]["kernel"].shape == (3, 3, shape[2], kwargs.get("hidden", 64))
+    assert sorted(m.state["block_0"]["bn"]) == ["mean", "var"]
+    out, _ = jax.jit(lambda p, s, x: m.apply(p, s, x, train=True))(m.params, m.state, _images(4, shape))
+    assert out.shape == (4, 5)
+
+
+def test_embedding_only_mode():
+    m = conv4(None)
+    assert "head" not in m.params
+    z, _ = m.apply(m.params, m.state, _images(3), train=False)
+    assert z.shape == (3, conv4_feature_dim((28, 28, 1)))
+
+
+def test_uint8_inputs_are_scaled():
+    m = conv4(5, conv_impl="lax")
+    x8 = (np.asarray(_images(3)) * 255).astype(np.uint8)
+    a, _ = m.apply(m.params, m.state, jnp.asarray(x8), train=False)
+    b, _ = m.apply(m.params, m.state, jnp.asarray(x8, jnp.float32) / 255, train=False)
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="pool"):
+        conv4(5, pool="avg")
+    with pytest.raises(ValueError, match="conv_impl"):
+        conv4(5, conv_impl="fft")
+    with pytest.raises(ValueError, match="n_way"):
+        conv4(0)
+    with pytest.raises(ValueError, match="too small"):
+        conv4(5, input_shape=(8, 8, 1))
+    m = conv4(5)
+    with pytest.raises(ValueError, match="input channels"):
+        m.apply(m.params, m.state, _images(2, (28, 28, 3)), train=True)
+
+
+def test_max_pool_matches_reduce_window():
+    x = jax.random.normal(jax.random.key(3), (2, 7, 6, 3))  # odd height: last row dropped
+    ref = lambda x: jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")  # noqa
+    np.testing.assert_array_equal(max_pool_2x2(x), ref(x))
+    g = jax.grad(lambda x: jnp.sum(jnp.sin(max_pool_2x2(x))))(x)
+    gr = jax.grad(lambda x: jnp.sum(jnp.sin(ref(x))))(x)
+    np.testing.assert_allclose(g, gr, rtol=1e-6)
+
+
+SMALL = dict(hidden=4, num_blocks=2, input_shape=(8, 8, 1), conv_impl="lax")
+
+
+def _task(n_way=3, k=1, q=2, seed=0, shape=(8, 8, 1)):
+    sx = _images(n_way * k, shape, seed=seed)
+    qx = _images(n_way * q, shape, seed=seed + 1)
+    return TaskBatch(sx, jnp.repeat(jnp.arange(n_way), k), qx, jnp.repeat(jnp.arange(n_way), q))
+
+
+def _small_maml_grad(impl, pool, dtype):
+    """Jitted second-order MAML meta-gradient through a 2-block Conv4 (all parameters adapted)."""
+    rng = np.random.default_rng(0)
+    task = TaskBatch(jnp.asarray(rng.random((3, 8, 8, 1)), dtype), jnp.arange(3),
+                     jnp.asarray(rng.random((6, 8, 8, 1)), dtype), jnp.repeat(jnp.arange(3), 2))
+    m = conv4(3, hidden=4, num_blocks=2, input_shape=(8, 8, 1), pool=pool, conv_impl=impl)
+    algo = MAML(m.apply, loss="cross_entropy", inner_lr=0.4)
+    mp = algo.init(jax.tree.map(lambda a: a.astype(dtype), m.params))
+    state = jax.tree.map(lambda a: a.astype(dtype), m.state)
+    f = jax.jit(lambda mp: algo.task_loss(mp, state, task)[0])
+    return f, mp, jax.jit(jax.grad(f))(mp)
+
+
+@pytest.mark.parametrize("impl,pool", [("lax", "max"), ("patches_vjp", "max"), ("patches_vjp", "stride")])
+def test_maml_meta_gradient_matches_finite_differences_float64(x64, impl, pool):
+    """Second-order MAML through Conv4, compiled: the meta-gradient's directional derivatives
+    equal central finite differences (float64)."""
+    f, mp, g = _small_maml_grad(impl, pool, jnp.float64)
+    rng = np.random.default_rng(1)
+    for _ in range(2):
+        v = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape)), mp)
+        eps = 1e-6
+        fd = (f(jax.tree.map(lambda a, b: a + eps * b, mp, v)) - f(jax.tree.map(lambda a, b: a - eps * b, mp, v))) / (2 * eps)
+        an = sum(jnp.sum(a * b) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(v)))
+        np.testing.assert_allclose(float(an), float(fd), rtol=1e-6)
+
+
+def test_conv_impls_give_the_same_maml_meta_gradient():
+    """float32, compiled: patches_vjp's second-order meta-gradient equals lax's."""
+    _, _, g_lax = _small_maml_grad("lax", "max", jnp.float32)
+    _, _, g_pv = _small_maml_grad("patches_vjp", "max", jnp.float32)
+    for a, b in zip(jax.tree.leaves(g_pv), jax.tree.leaves(g_lax)):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+
+
+def test_patches_impl_second_order_under_jit(x64):
+    """Regression: with a max-pool differentiated through ``operand == max`` (jnp.max over window
+    axes), XLA recomputed the im2col convolution in two fusions with different rounding and this
+    meta-gradient came out wrong under jit (right eagerly). max_pool_2x2's argmax selection fixes it."""
+    _, _, g = _small_maml_grad("patches", "max", jnp.float64)
+    _, _, g_lax = _small_maml_grad("lax", "max", jnp.float64)
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_lax)):
+        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10)
+
+
+def test_anil_default_adapts_the_head():
+    m = conv4(3, **SMALL)
+    algo = ANIL(m.apply, loss="cross_entropy", inner_lr=0.4)
+    task = _task()
+    adapted = algo.adapt(algo.init(m.params), m.state, task.support_x, task.support_y)
+    changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), adapted, m.params)
+    assert changed["head"]["kernel"] and not changed["block_0"]["conv"]["kernel"]
+
+
+# -- BatchNorm modes ----------------------------------------------------------------------------
+def test_bn_mode_batch_uses_per_task_batch_statistics():
+    """bn_mode="batch": an example's output depends on the rest of its batch (transductive), and
+    task_loss returns running statistics moved towards the task's batch statistics."""
+    m = conv4(3, **SMALL)
+    x = _images(4, (8, 8, 1))
+    a, _ = m.apply(m.params, m.state, x, train=True)
+    b, _ = m.apply(m.params, m.state, x.at[1:].set(_images(3, (8, 8, 1), seed=9)), train=True)
+    assert not np.allclose(a[0], b[0], atol=1e-4)
+    algo = MAML(m.apply, loss="cross_entropy", inner_lr=0.4, bn_mode="batch")
+    _, aux = algo.task_loss(algo.init(m.params), m.state, _task())
+    assert not np.allclose(aux["model_state"]["block_0"]["bn"]["mean"], m.state["block_0"]["bn"]["mean"])
+
+
+def test_bn_mode_frozen_uses_running_statistics():
+    """bn_mode="frozen": outputs are per-example (no batch dependence), computed with the running
+    statistics, and the statistics are never updated."""
+    m = conv4(3, **SMALL)
+    state = jax.tree.map(lambda v: v + 0.3, m.state)  # non-trivial running statistics
+    x = _images(4, (8, 8, 1))
+    a, _ = m.apply(m.params, state, x, train=False)
+    b, _ = m.apply(m.params, state, x.at[1:].set(_images(3, (8, 8, 1), seed=9)), train=False)
+    np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-6)
+    c, _ = m.apply(m.params, m.state, x, train=False)
+    assert not np.allclose(a, c)
+    algo = MAML(m.apply, loss="cross_entropy", inner_lr=0.4, bn_mode="frozen")
+    _, aux = algo.task_loss(algo.init(m.params), state, _task())
+    for u, v in zip(jax.tree.leaves(aux["model_state"]), jax.tree.leaves(state)):
+        np.testing.assert_array_equal(u, v)
+
+
+def test_per_step_bn_shapes_rows_and_gradients():
+    """MAML++ per-step BatchNorm: step k uses row k of every BN variable (clipped to K-1), equals the
+    plain model with that row, updates only that row of the statistics, and its gradient reaches
+    only that row."""
+    k = 3
+    base = conv4(3, **SMALL)
+    m = conv4(3, **SMALL, per_step_bn=k)
+    assert m.params["block_0"]["bn"]["scale"].shape == (k, 4)
+    assert m.state["block_1"]["bn"]["var"].shape == (k, 4)
+    assert m.params["block_0"]["conv"]["kernel"].shape == base.params["block_0"]["conv"]["kernel"].shape
+    # distinct rows, so that the row used is visible
+    rows = jnp.arange(k, dtype=jnp.float32)[:, None]
+    params = jax.tree_util.tree_map_with_path(
+        lambda p, v: v + 0.1 * rows if "bn" in jax.tree_util.keystr(p) else v, m.params)
+    state = jax.tree_util.tree_map_with_path(
+        lambda p, v: v + 0.2 * rows if "bn" in jax.tree_util.keystr(p) else v, m.state)
+    x = _images(4, (8, 8, 1))
+    for step in (0, 1, 2, 7):
+        r = min(step, k - 1)
+        row = lambda t: jax.tree_util.tree_map_with_path(  # noqa: E731
+            lambda p, v: v[r] if "bn" in jax.tree_util.keystr(p) else v, t)
+        for train in (True, False):
+            out, new_state = m.apply(params, state, x, train=train, step=step)
+            ref, ref_state = base.apply(row(params), row(state), x, train=train)
+            np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+            mean, ref_mean = new_state["block_1"]["bn"]["mean"], ref_state["block_1"]["bn"]["mean"]
+            np.testing.assert_allclose(mean[r], ref_mean, rtol=1e-6)
+            others = [i for i in range(k) if i != r]
+            np.testing.assert_array_equal(np.asarray(mean)[others], np.asarray(state["block_1"]["bn"]["mean"])[others])
+    g = jax.grad(lambda p: jnp.sum(m.apply(p, state, x, train=True, step=1)[0] ** 2))(params)
+    gs = g["block_0"]["bn"]["scale"]
+    assert np.all(np.asarray(gs[0]) == 0) and np.all(np.asarray(gs[2]) == 0) and np.any(np.asarray(gs[1]) != 0)
+    # traced step index works under jit
+    out = jax.jit(lambda s: m.apply(params, state, x, train=True, step=s)[0])(jnp.int32(2))
+    np.testing.assert_allclose(out, m.apply(params, state, x, train=True, step=2)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_per_step_maml_reference_loop():
+    """The model side of MAML++ per-step BN inside a hand-unrolled 2-step MAML (BN affine parameters
+    not adapted, as in MAML++): with all rows equal, the per-step model's meta-gradient equals plain
+    MAML's, and the BN gradients summed over rows equal the plain BN gradients (chain rule)."""
+    base = conv4(3, **SMALL)
+    m = conv4(3, **SMALL, per_step_bn=2)
+    task = _task()
+    from jmeta.losses import cross_entropy
+
+    def unrolled(p, apply_fn, per_step):
+        kw = (lambda i: {"step": i}) if per_step else (lambda i: {})
+        fast = p
+        for i in range(2):
+            loss = lambda q: cross_entropy(apply_fn(q, m.state if per_step else base.state,  # noqa: E731
+                                                    task.support_x, train=True, **kw(i))[0], task.support_y)
+            fast = jax.tree_util.tree_map_with_path(
+                lambda path, a, g: a if "bn" in jax.tree_util.keystr(path) else a - 0.4 * g,
+                fast, jax.grad(loss)(fast))
+        out = apply_fn(fast, m.state if per_step else base.state, task.query_x, train=True, **kw(1))[0]
+        return cross_entropy(out, task.query_y)
+
+    g_ps = jax.jit(jax.grad(lambda p: unrolled(p, m.apply, True)))(m.params)
+    g = jax.jit(jax.grad(lambda p: unrolled(p, base.apply, False)))(base.params)
+    np.testing.assert_allclose(g_ps["block_0"]["conv"]["kernel"], g["block_0"]["conv"]["kernel"],
+                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(g_ps["block_1"]["bn"]["scale"].sum(0), g["block_1"]["bn"]["scale"],
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_with_per_step_errors():
+    m = conv4(3, **SMALL)
+    with pytest.raises(ValueError, match="per_step_bn"):
+        conv4(3, **SMALL, per_step_bn=0)
+    with pytest.raises(ValueError, match="picks no"):
+        with_per_step(m, 2, lambda p: False)
+
+
+def test_module_is_a_plain_nnx_module():
+    from flax import nnx
+
+    mod = Conv4(5, rngs=nnx.Rngs(1))
+    assert isinstance(mod, nnx.Module)
+    assert mod(_images(2)).shape == (2, 5)
