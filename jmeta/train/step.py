@@ -6,22 +6,42 @@ r"""The meta-step: sample tasks, batch the task objective, average, differentiat
 
 that samples ``meta_batch_size`` tasks from ``sample_fn`` inside the compiled
 program, evaluates ``algorithm.task_loss`` on every task, takes the gradient
-of the mean objective with respect to the meta-parameters and applies an optax
-meta-optimizer. The per-step key is ``fold_in(key, state.step)``, so a run is
-a deterministic function of its seed and resumes exactly from any step.
+of the mean objective
+
+.. math:: g = \nabla_\theta \frac{1}{B}\sum_{\tau=1}^{B} \mathcal{L}_\tau(\theta)
+
+with respect to the meta-parameters and applies an optax meta-optimizer. The
+per-step key is ``fold_in(key, state.step)``, so a run is a deterministic
+function of its seed and resumes exactly from any step.
 
 How the tasks of a batch run is a strategy (``task_parallel``):
 
 * ``"vmap"``: all tasks at once (best on GPU/TPU, and for MLPs everywhere);
 * ``"map"``: one task after another in a ``lax.scan``, gradients accumulated;
 * an integer ``c``: chunks of ``c`` tasks, ``vmap`` inside a chunk, a scan over
-  chunks with gradient accumulation (meta-batches larger than memory).
+  chunks with gradient accumulation (meta-batches larger than memory);
+* ``"auto"``: the largest chunk whose compiled program fits a memory budget
+  (:func:`choose_chunk_size`, reading XLA's ``memory_analysis()``).
+
+Scale options:
+
+* ``mesh=``: the task axis of each meta-batch is split over the devices of a
+  :class:`jax.sharding.Mesh` with :func:`jax.shard_map` (meta-parameters
+  replicated, gradients averaged with ``pmean``): one compiled program, the
+  same code on 1 device and on N, and on many hosts (see
+  :mod:`jmeta.train.distributed`).
+* ``compute_dtype=``: mixed precision (:mod:`jmeta.train.precision`): each
+  task runs in e.g. bfloat16, parameters and gradient accumulation stay float32.
 
 The algorithm never knows which strategy ran; all give the same meta-gradient.
 """
 
 from __future__ import annotations
 
+import functools
+import math
+import warnings
+import weakref
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -29,8 +49,17 @@ import jax.numpy as jnp
 import optax
 
 from jmeta.tasks.base import TaskBatch, validate_task_batch
+from jmeta.train.precision import canonical_compute_dtype, mixed_precision_task_loss
 
 PyTree = Any
+
+TASK_PARALLEL = ("vmap", "map", "auto")
+
+#: Memory budget used by ``task_parallel="auto"`` when the device reports no
+#: memory statistics (XLA:CPU): 4 GiB.
+DEFAULT_MEMORY_BUDGET_BYTES = 4 * 2**30
+#: Fraction of a device's ``bytes_limit`` used as the default budget (GPU/TPU).
+DEFAULT_MEMORY_FRACTION = 0.5
 
 
 class TrainState(NamedTuple):
@@ -56,6 +85,15 @@ def init_train_state(algorithm, params: PyTree, model_state: PyTree, meta_optimi
     return TrainState(jnp.zeros((), jnp.int32), meta_params, model_state, meta_optimizer.init(meta_params))
 
 
+def _check_task_parallel(task_parallel) -> None:
+    if task_parallel in ("vmap", "map", "auto"):
+        return
+    if isinstance(task_parallel, int) and not isinstance(task_parallel, bool) and task_parallel >= 1:
+        return
+    raise ValueError(f"task_parallel must be one of {TASK_PARALLEL} or a positive chunk size dividing the "
+                     f"meta-batch, got {task_parallel!r}")
+
+
 def _resolve_chunk(task_parallel, batch_size: int) -> int:
     if task_parallel == "vmap":
         return batch_size
@@ -63,7 +101,8 @@ def _resolve_chunk(task_parallel, batch_size: int) -> int:
         return 1
     if isinstance(task_parallel, int) and not isinstance(task_parallel, bool) and task_parallel >= 1:
         if batch_size % task_parallel:
-            raise ValueError(f"task_parallel chunk size {task_parallel} must divide meta_batch_size {batch_size}")
+            raise ValueError(f"task_parallel chunk size {task_parallel} must divide the (per-device) meta-batch "
+                             f"size {batch_size}")
         return task_parallel
     raise ValueError(f"task_parallel must be 'vmap', 'map' or a positive chunk size dividing the meta-batch, "
                      f"got {task_parallel!r}")
@@ -75,23 +114,190 @@ def _mean_state(states, old):
                         if jnp.issubdtype(o.dtype, jnp.floating) else s[-1], states, old)
 
 
-def batched_loss_and_grad(algorithm, meta_params, model_state, tasks: TaskBatch, keys, step, *,
-                          task_parallel="vmap"):
-    """Mean task objective over a task batch, its gradient, and mean metrics.
+# -- memory ------------------------------------------------------------------------------------------------------
+def compiled_memory_bytes(compiled) -> int | None:
+    """Bytes a compiled program needs on its device, from XLA's ``memory_analysis()``.
 
-    Returns ``(objective, grads, metrics, new_model_state)``.
+    ``arguments + outputs + temporaries - aliased`` (generated code excluded);
+    ``None`` where the backend gives no analysis.
     """
+    ma = compiled.memory_analysis()
+    if ma is None:
+        return None
+    return int(ma.argument_size_in_bytes + ma.output_size_in_bytes + ma.temp_size_in_bytes - ma.alias_size_in_bytes)
+
+
+def default_memory_budget(device=None, *, fraction: float = DEFAULT_MEMORY_FRACTION) -> int:
+    """Default budget for ``task_parallel="auto"``, in bytes.
+
+    ``fraction`` of the device's ``bytes_limit`` from ``device.memory_stats()``
+    (GPU/TPU); :data:`DEFAULT_MEMORY_BUDGET_BYTES` (4 GiB) where the device
+    reports no statistics (XLA:CPU).
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    device = jax.devices()[0] if device is None else device
+    try:
+        stats = device.memory_stats()
+    except Exception:  # noqa: BLE001 - some backends raise instead of returning None
+        stats = None
+    if stats and stats.get("bytes_limit"):
+        return int(fraction * stats["bytes_limit"])
+    return DEFAULT_MEMORY_BUDGET_BYTES
+
+
+class ChunkChoice(NamedTuple):
+    """What :func:`choose_chunk_size` decided.
+
+    Attributes:
+      chunk_size: tasks per chunk (divides the batch).
+      bytes: compiled memory of the chosen program (``compiled_memory_bytes``).
+      budget: the budget it was held to, in bytes.
+      measured: ``{chunk_size: bytes}`` for every candidate that was compiled.
+      fits: whether ``bytes <= budget`` (``False`` only when even a chunk of 1 does not fit).
+    """
+
+    chunk_size: int
+    bytes: int | None
+    budget: int
+    measured: dict
+    fits: bool
+
+
+# algorithm -> {(argument signature, chunk): compiled bytes}; measurements do not depend on the budget.
+_MEMORY_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _divisors(n: int) -> list[int]:
+    small = [d for d in range(1, int(math.isqrt(n)) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
+
+
+def _abstract(tree):
+    def f(x):
+        if not hasattr(x, "shape"):
+            x = jnp.asarray(x)
+        return jax.ShapeDtypeStruct(x.shape, x.dtype)
+
+    return jax.tree.map(f, tree)
+
+
+def choose_chunk_size(algorithm, meta_params, model_state, tasks: TaskBatch, keys, step=0, *,
+                      memory_budget: int | None = None, compute_dtype=None) -> ChunkChoice:
+    """The largest chunk of tasks whose gradient program fits ``memory_budget``.
+
+    Compiles :func:`batched_loss_and_grad` for candidate chunk sizes (the
+    divisors of the batch size, by binary search, assuming memory grows with
+    the chunk) and reads each program's memory from XLA's
+    ``memory_analysis()`` (:func:`compiled_memory_bytes`). Arguments may be
+    arrays, tracers or :class:`jax.ShapeDtypeStruct`; only shapes are used, so
+    this also runs while a step is being traced.
+
+    Args:
+      algorithm, meta_params, model_state, tasks, keys, step: as for
+        :func:`batched_loss_and_grad` (``tasks`` with the task axis).
+      memory_budget: bytes; default :func:`default_memory_budget`.
+      compute_dtype: as for :func:`batched_loss_and_grad`.
+
+    Returns:
+      A :class:`ChunkChoice`. If no chunk fits, the chunk of 1 is returned
+      with ``fits=False`` and a warning.
+    """
+    budget = default_memory_budget() if memory_budget is None else memory_budget
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
+    b = int(jax.tree.leaves(tasks)[0].shape[0])
+    args = _abstract((meta_params, model_state, tasks, keys, step))
+    signature = (str(jax.tree.structure(args)), tuple((a.shape, str(a.dtype)) for a in jax.tree.leaves(args)),
+                 str(compute_dtype), jax.default_backend())
+    try:
+        cache = _MEMORY_CACHE.setdefault(algorithm, {})
+    except TypeError:  # not weak-referenceable: no cache
+        cache = {}
+    measured: dict[int, int] = {}
+
+    def mem(c: int) -> int:
+        if (signature, c) not in cache:
+            fn = functools.partial(batched_loss_and_grad, algorithm, task_parallel=c, compute_dtype=compute_dtype)
+            compiled = jax.jit(fn).lower(*args).compile()
+            m = compiled_memory_bytes(compiled)
+            cache[(signature, c)] = 0 if m is None else m
+        measured[c] = cache[(signature, c)]
+        return measured[c]
+
+    cands = _divisors(b)
+    lo, hi = 0, len(cands) - 1  # invariant: answer index in [lo, hi] if any fits
+    if mem(cands[0]) > budget:
+        warnings.warn(f"task_parallel='auto': even one task per chunk needs {measured[1]} bytes, over the "
+                      f"memory budget of {budget} bytes; using chunks of 1", RuntimeWarning, stacklevel=2)
+        return ChunkChoice(1, measured[1], budget, dict(measured), False)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if mem(cands[mid]) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    c = cands[lo]
+    return ChunkChoice(c, measured[c], budget, dict(sorted(measured.items())), True)
+
+
+# -- the batched objective -----------------------------------------------------------------------------------------
+def batched_loss_and_grad(algorithm, meta_params, model_state, tasks: TaskBatch, keys, step, *,
+                          task_parallel="vmap", compute_dtype=None, memory_budget: int | None = None):
+    r"""Mean task objective over a task batch, its gradient, and mean metrics.
+
+    Args:
+      algorithm: a jmeta algorithm.
+      meta_params, model_state: the algorithm's meta-parameters and the model state.
+      tasks: a :class:`TaskBatch` with a leading task axis of size ``B``.
+      keys: ``B`` per-task keys.
+      step: the meta-step (passed to ``task_loss``).
+      task_parallel: ``"vmap"``, ``"map"``, a chunk size dividing ``B`` or
+        ``"auto"`` (module docstring). Chunks are accumulated in a
+        ``lax.scan``: :math:`g = \frac1n\sum_{j=1}^n g_j` with :math:`g_j` the
+        gradient of the mean objective of chunk :math:`j`.
+      compute_dtype: ``None`` or a floating dtype such as ``jnp.bfloat16``:
+        each task's objective runs in that dtype, per-task meta-gradients are
+        returned in float32 and averaged in float32
+        (:mod:`jmeta.train.precision`).
+      memory_budget: bytes for ``task_parallel="auto"`` (default
+        :func:`default_memory_budget`).
+
+    Returns:
+      ``(objective, grads, metrics, new_model_state)``.
+    """
+    _check_task_parallel(task_parallel)
+    dtype = canonical_compute_dtype(compute_dtype)
     b = tasks.support_x.shape[0]
-    chunk = _resolve_chunk(task_parallel, b)
+    if task_parallel == "auto":
+        chunk = choose_chunk_size(algorithm, meta_params, model_state, tasks, keys, step,
+                                  memory_budget=memory_budget, compute_dtype=dtype).chunk_size
+    else:
+        chunk = _resolve_chunk(task_parallel, b)
 
-    def chunk_objective(mp, chunk_tasks, chunk_keys):
-        def one(task, k):
-            return algorithm.task_loss(mp, model_state, task, key=k, step=step)
+    if dtype is None:
+        def chunk_objective(mp, chunk_tasks, chunk_keys):
+            def one(task, k):
+                return algorithm.task_loss(mp, model_state, task, key=k, step=step)
 
-        obj, aux = jax.vmap(one)(chunk_tasks, chunk_keys)
-        return jnp.mean(obj), aux
+            obj, aux = jax.vmap(one)(chunk_tasks, chunk_keys)
+            return jnp.mean(obj), aux
 
-    vg = jax.value_and_grad(chunk_objective, has_aux=True)
+        vg = jax.value_and_grad(chunk_objective, has_aux=True)
+    else:
+        task_loss = mixed_precision_task_loss(algorithm, dtype)
+
+        def one(mp, task, k):
+            return task_loss(mp, model_state, task, key=k, step=step)
+
+        per_task = jax.vmap(jax.value_and_grad(one, has_aux=True), in_axes=(None, 0, 0))
+
+        def vg(mp, chunk_tasks, chunk_keys):
+            # per-task float32 gradients, averaged in float32
+            (obj, aux), g = per_task(mp, chunk_tasks, chunk_keys)
+            g = jax.tree.map(lambda x, p: jnp.mean(x, axis=0).astype(p.dtype), g, mp)
+            return (jnp.mean(obj), aux), g
+
     if chunk == b:
         (obj, aux), grads = vg(meta_params, tasks, keys)
         metrics = jax.tree.map(jnp.mean, aux["metrics"])
@@ -132,6 +338,80 @@ def _takes_data(sample_fn) -> bool:
     return len(pos) >= 3
 
 
+# -- devices -----------------------------------------------------------------------------------------------------
+def _task_axes(mesh, task_axis) -> tuple[str, ...]:
+    if not isinstance(mesh, jax.sharding.Mesh):
+        raise TypeError(f"mesh must be a jax.sharding.Mesh (e.g. jmeta.train.distributed.task_mesh()), "
+                        f"got {type(mesh).__name__}")
+    names = tuple(mesh.axis_names)
+    if task_axis is None:
+        axes = names
+    else:
+        axes = (task_axis,) if isinstance(task_axis, str) else tuple(task_axis)
+        bad = [a for a in axes if a not in names]
+        if bad or not axes:
+            raise ValueError(f"task_axis must name axes of the mesh {names}, got {task_axis!r}")
+    return axes
+
+
+def _shard_tasks(x, mesh, axes):
+    """Places the task axis of ``x`` on ``axes`` (``reshard`` for Explicit axes, a constraint for Auto ones)."""
+    spec = jax.sharding.PartitionSpec(axes)
+    types = {mesh.axis_types[mesh.axis_names.index(a)] for a in axes}
+    if types == {jax.sharding.AxisType.Explicit}:
+        return jax.reshard(x, jax.sharding.NamedSharding(mesh, spec))
+    if types == {jax.sharding.AxisType.Auto}:
+        return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, spec))
+    raise ValueError(f"the task axes {axes} of the mesh must all be Explicit or all Auto, got {types}")
+
+
+def _cross_device_state(state, axes):
+    """Mean of float model-state leaves across devices; max of the rest (counters)."""
+    return jax.tree.map(lambda s: jax.lax.pmean(s, axes) if jnp.issubdtype(s.dtype, jnp.floating)
+                        else jax.lax.pmax(s, axes), state)
+
+
+def sharded_loss_and_grad(algorithm, meta_params, model_state, tasks: TaskBatch, keys, step, *, mesh,
+                          task_axis=None, task_parallel="vmap", compute_dtype=None,
+                          memory_budget: int | None = None):
+    r""":func:`batched_loss_and_grad` with the task axis split over a device mesh.
+
+    Each device runs :func:`batched_loss_and_grad` on its ``B / D`` tasks
+    (with ``task_parallel`` chunking of its local tasks) and the results are
+    averaged across devices with ``pmean``, so
+
+    .. math:: g = \frac1D\sum_{d=1}^{D} \frac{D}{B}\sum_{\tau\in d} \nabla\mathcal{L}_\tau
+                = \frac1B\sum_\tau \nabla\mathcal{L}_\tau,
+
+    the same meta-gradient as on one device. Meta-parameters and model state
+    are replicated (``PartitionSpec()``); tasks and keys are sharded on
+    ``task_axis`` (default: all mesh axes).
+    """
+    P = jax.sharding.PartitionSpec
+    axes = _task_axes(mesh, task_axis)
+    d = math.prod(mesh.shape[a] for a in axes)
+    b = tasks.support_x.shape[0]
+    if b % d:
+        raise ValueError(f"the meta-batch of {b} tasks must be divisible by the {d} devices of the task axes {axes}")
+    tasks, keys = _shard_tasks((tasks, keys), mesh, axes)
+
+    def local(mp, ms, t, k, s):
+        # Mark the replicated inputs device-varying first. Otherwise JAX's
+        # shard_map autodiff sums (psum) the gradient of any replicated value
+        # used with device-varying data across devices, which would mix the
+        # inner-loop gradients of tasks on different devices.
+        mp, ms, s = jax.lax.pcast((mp, ms, s), axes, to="varying")
+        obj, g, metrics, new_state = batched_loss_and_grad(
+            algorithm, mp, ms, t, k, s, task_parallel=task_parallel, compute_dtype=compute_dtype,
+            memory_budget=memory_budget)
+        obj, g, metrics = jax.lax.pmean((obj, g, metrics), axes)
+        return obj, g, metrics, _cross_device_state(new_state, axes)
+
+    f = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(axes), P(axes), P()), out_specs=P())
+    return f(meta_params, model_state, tasks, keys, jnp.asarray(step))
+
+
+# -- the step ------------------------------------------------------------------------------------------------------
 def make_meta_step(
     algorithm,
     sample_fn: Callable[..., TaskBatch],
@@ -140,6 +420,10 @@ def make_meta_step(
     meta_batch_size: int,
     task_parallel="vmap",
     jit: bool = True,
+    mesh: jax.sharding.Mesh | None = None,
+    task_axis: str | tuple[str, ...] | None = None,
+    compute_dtype=None,
+    memory_budget: int | None = None,
 ):
     """Builds ``step(state, key, data=None) -> (state, metrics)``.
 
@@ -151,17 +435,54 @@ def make_meta_step(
         argument so it is not baked into the program as a constant.
       meta_optimizer: any optax transformation.
       meta_batch_size: tasks per meta-step, ``>= 1``.
-      task_parallel: ``"vmap"``, ``"map"`` or a chunk size (module docstring).
+      task_parallel: ``"vmap"``, ``"map"``, a chunk size or ``"auto"``
+        (module docstring). With a ``mesh`` it applies to each device's
+        ``meta_batch_size / D`` tasks.
       jit: return the jitted step (default) or the plain function.
+      mesh: a :class:`jax.sharding.Mesh` to split the task axis over (e.g.
+        :func:`jmeta.train.distributed.task_mesh`); ``None``: one device.
+        The meta-batch is sampled as one global array from ``key``, so on
+        many hosts ``key`` must be the same everywhere (see
+        :mod:`jmeta.train.distributed`); put the state (and ``data``) on the
+        mesh with :func:`jmeta.train.distributed.replicate`.
+      task_axis: mesh axis name(s) the tasks are split over (default: all).
+      compute_dtype: ``None`` (no casting) or e.g. ``jnp.bfloat16``: mixed
+        precision, float32 parameters and meta-gradient
+        (:mod:`jmeta.train.precision`).
+      memory_budget: bytes for ``task_parallel="auto"``
+        (default :func:`default_memory_budget`).
 
     Returns:
       ``step``; ``metrics`` holds the mean over tasks of the algorithm's
       metrics (``loss``: post-adaptation query loss, ...), ``objective`` (the
       differentiated quantity) and ``grad_norm``.
+
+    Raises:
+      ValueError: on a bad ``meta_batch_size``, ``task_parallel``,
+        ``compute_dtype``, ``memory_budget``, or a meta-batch that the mesh's
+        task axes do not divide.
+      TypeError: if ``meta_optimizer`` is not an optax transformation or
+        ``mesh`` not a mesh.
     """
     if isinstance(meta_batch_size, bool) or not isinstance(meta_batch_size, int) or meta_batch_size < 1:
         raise ValueError(f"meta_batch_size must be an integer >= 1, got {meta_batch_size!r}")
-    _resolve_chunk(task_parallel, meta_batch_size)
+    _check_task_parallel(task_parallel)
+    local_batch = meta_batch_size
+    if mesh is not None:
+        axes = _task_axes(mesh, task_axis)
+        d = math.prod(mesh.shape[a] for a in axes)
+        if meta_batch_size % d:
+            raise ValueError(f"meta_batch_size {meta_batch_size} must be divisible by the {d} devices of the "
+                             f"mesh's task axes {axes}")
+        local_batch = meta_batch_size // d
+    elif task_axis is not None:
+        raise ValueError("task_axis is only meaningful with a mesh")
+    if task_parallel != "auto":
+        _resolve_chunk(task_parallel, local_batch)
+    dtype = canonical_compute_dtype(compute_dtype)
+    if memory_budget is not None and (isinstance(memory_budget, bool) or not isinstance(memory_budget, int)
+                                      or memory_budget < 1):
+        raise ValueError(f"memory_budget must be None or a positive number of bytes, got {memory_budget!r}")
     if not isinstance(meta_optimizer, optax.GradientTransformation):
         raise TypeError(f"meta_optimizer must be an optax.GradientTransformation, got {type(meta_optimizer).__name__}")
 
@@ -180,12 +501,22 @@ def make_meta_step(
         tasks = sample(k_sample, data)
         validate_task_batch(tasks)
         keys = jax.random.split(k_tasks, meta_batch_size)
-        obj, grads, metrics, new_model_state = batched_loss_and_grad(
-            algorithm, state.meta_params, state.model_state, tasks, keys, state.step,
-            task_parallel=task_parallel)
+        opts = dict(task_parallel=task_parallel, compute_dtype=dtype, memory_budget=memory_budget)
+        if mesh is None:
+            obj, grads, metrics, new_model_state = batched_loss_and_grad(
+                algorithm, state.meta_params, state.model_state, tasks, keys, state.step, **opts)
+        else:
+            obj, grads, metrics, new_model_state = sharded_loss_and_grad(
+                algorithm, state.meta_params, state.model_state, tasks, keys, state.step, mesh=mesh,
+                task_axis=task_axis, **opts)
         updates, opt_state = meta_optimizer.update(grads, state.opt_state, state.meta_params)
         meta_params = optax.apply_updates(state.meta_params, updates)
-        metrics = dict(metrics, objective=obj, grad_norm=optax.global_norm(grads))
+        metrics = dict(metrics, objective=obj, grad_norm=optax.tree.norm(grads))
         return TrainState(state.step + 1, meta_params, new_model_state, opt_state), metrics
 
     return jax.jit(step) if jit else step
+
+
+__all__ = ["DEFAULT_MEMORY_BUDGET_BYTES", "DEFAULT_MEMORY_FRACTION", "TASK_PARALLEL", "ChunkChoice", "TrainState",
+           "batched_loss_and_grad", "choose_chunk_size", "compiled_memory_bytes", "default_memory_budget",
+           "init_train_state", "make_meta_step", "sharded_loss_and_grad"]
