@@ -3,15 +3,24 @@
 ::
 
     jmeta train [--config NAME_OR_PATH] [--algorithm NAME] [--steps N] [--seed S] [--out DIR]
-                [--set section.key=value ...] [--resume RUN_DIR] [--no-progress]
-    jmeta eval RUN_DIR [--num-tasks N] [--steps N]
+                [--set section.key=value ...] [--resume RUN_DIR] [--no-progress] [--no-eval] [--no-plots]
+                [--no-tensorboard] [--wandb [--wandb-project P] [--wandb-mode online|offline]]
+    jmeta eval RUN_DIR [--num-tasks N] [--steps N] [--no-progress]
+    jmeta export RUN_DIR [--out DIR] [--steps N] [--checkpoint STEP] [--platforms cpu,cuda,tpu|native]
+    jmeta sweep [--config NAME_OR_PATH] --grid section.key=v1,v2,... [--random N --range section.key=lo:hi[:log]]
+                [--steps N] [--set ...] --out DIR [--metric NAME] [--sweep-seed S]
     jmeta plot RUN_DIR
     jmeta presets
 
 With no arguments ``jmeta train`` meta-trains MAML on sinusoid regression
 with the paper's settings (70,000 meta-steps) into ``runs/<preset>-<time>``.
-Every command has ``--help`` and exits non-zero with a one-line error on a
-bad argument.
+A run folder gets TensorBoard event files by default (``tensorboard --logdir
+runs``; ``--no-tensorboard`` to skip them; no TensorFlow needed).
+
+Exit status: 0 on success; 1 when training stopped on a non-finite loss or
+ran out of memory; 2 on a user error (bad argument, config key or value,
+missing run folder or checkpoint). Every command has ``--help``; errors are
+printed as one line starting with ``error:``, without a traceback.
 """
 
 from __future__ import annotations
@@ -44,6 +53,13 @@ def _train_args(p):
     p.add_argument("--data-dir", default=None, help="dataset root (default: $JMETA_DATA_DIR)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--no-tensorboard", action="store_true",
+                   help="do not write TensorBoard event files into the run folder (written by default)")
+    p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (needs `pip install wandb`)")
+    p.add_argument("--wandb-project", default="jmeta", help="W&B project (default: jmeta)")
+    p.add_argument("--wandb-mode", default=None, choices=("online", "offline", "disabled"),
+                   help="W&B mode (default: $WANDB_MODE or online; offline needs no network)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +73,35 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--num-tasks", type=int, default=None)
     e.add_argument("--steps", type=int, default=None, help="adaptation steps at test time")
     e.add_argument("--data-dir", default=None)
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    x = sub.add_parser("export", help="export a run's adapt-then-predict function as a standalone JAX program",
+                       description="Writes predict(support_x, support_y, query_x) of the run's last checkpoint "
+                                   "(jax.export, symbolic numbers of examples), its parameters (npz) and a "
+                                   "loader (load.py) that needs only jax and numpy.")
+    x.add_argument("run_dir")
+    x.add_argument("--out", default=None, help="artifact folder (default: RUN_DIR/export)")
+    x.add_argument("--steps", type=int, default=None, help="adaptation steps (default: algorithm.eval_steps)")
+    x.add_argument("--checkpoint", type=int, default=None, metavar="STEP", help="checkpoint step (default: latest)")
+    x.add_argument("--platforms", default="cpu,cuda,tpu",
+                   help="comma-separated platforms to lower for, or 'native' (default: cpu,cuda,tpu)")
+    x.add_argument("--data-dir", default=None)
+    w = sub.add_parser("sweep", help="hyperparameter search: grid or random, one run per trial",
+                       description="Runs one training run per trial into OUT/trial_NNN and writes "
+                                   "OUT/results.csv, OUT/results.json and OUT/sweep.png.")
+    w.add_argument("--config", default=None, help="preset name or config file (default: sinusoid-maml)")
+    w.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="values of one config key (repeatable; the trials are their product)")
+    w.add_argument("--random", type=int, default=None, metavar="N", help="draw N random trials instead")
+    w.add_argument("--range", action="append", default=[], metavar="KEY=LO:HI[:log]",
+                   help="a range to draw from with --random (repeatable)")
+    w.add_argument("--steps", type=int, default=None, help="meta-steps of each trial (override train.steps)")
+    w.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="fixed override for all trials")
+    w.add_argument("--out", required=True, help="sweep folder")
+    w.add_argument("--metric", default=None, help="evaluation metric to rank and plot (default: see docs)")
+    w.add_argument("--sweep-seed", type=int, default=0, help="seed of the random draws (default 0)")
+    w.add_argument("--no-progress", action="store_true", help="no progress bars")
+    w.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard files in the trial folders")
+    w.add_argument("--data-dir", default=None)
     pl = sub.add_parser("plot", help="(re)draw a run folder's PNG plots")
     pl.add_argument("run_dir")
     sub.add_parser("presets", help="list the named configs")
@@ -77,14 +122,14 @@ def _resolve_config(args):
             cfg = C.apply_override(cfg, f"train.steps={args.steps}")
         return cfg, run
     cfg = C.load(args.config)
+    overrides = []
     if args.algorithm:
-        cfg = C.apply_override(cfg, f"algorithm.name={json.dumps(args.algorithm)}")
+        overrides.append(f"algorithm.name={json.dumps(args.algorithm)}")
     if args.steps is not None:
-        cfg = C.apply_override(cfg, f"train.steps={args.steps}")
+        overrides.append(f"train.steps={args.steps}")
     if args.seed is not None:
-        cfg = C.apply_override(cfg, f"train.seed={args.seed}")
-    for s in args.set:
-        cfg = C.apply_override(cfg, s)
+        overrides.append(f"train.seed={args.seed}")
+    cfg = C.apply_overrides(cfg, [*overrides, *args.set])
     out = pathlib.Path(args.out) if args.out else pathlib.Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     return cfg, out
 
@@ -100,8 +145,22 @@ def cmd_train(args) -> int:
     cfg, out = _resolve_config(args)
     print(f"jmeta: {'resuming' if args.resume else 'training'} {cfg.name} "
           f"({cfg.algorithm.name}, {cfg.train.steps} meta-steps) -> {out}", flush=True)
-    summary = train(cfg, out, resume=bool(args.resume), progress=not args.no_progress, data_dir=args.data_dir,
-                    evaluate_at_end=not args.no_eval)
+    sinks = []
+    if args.wandb:
+        from jmeta.train.wandb_logger import WandbSink
+
+        try:
+            sinks.append(WandbSink(out, cfg.to_dict(), project=args.wandb_project, name=pathlib.Path(out).name,
+                                   mode=args.wandb_mode))
+        except ImportError as e:
+            raise CLIError(str(e)) from None
+    try:
+        summary = train(cfg, out, resume=bool(args.resume), progress=not args.no_progress, data_dir=args.data_dir,
+                        evaluate_at_end=not args.no_eval, sinks=sinks, tensorboard=not args.no_tensorboard,
+                        plots=not args.no_plots)
+    finally:
+        for s in sinks:
+            s.close()
     print(f"jmeta: {summary['steps']} meta-steps, {summary['wall_time_s']} s; run folder {out}")
     if "eval" in summary:
         print(f"jmeta: evaluation over {cfg.eval.num_tasks} held-out tasks (mean ± 95% CI):")
@@ -125,8 +184,10 @@ def cmd_eval(args) -> int:
     if args.num_tasks is not None:
         cfg = C.apply_override(cfg, f"eval.num_tasks={args.num_tasks}")
     if args.steps is not None:
-        cfg = C.apply_override(cfg, f"eval.steps={args.steps}")
-        cfg = C.apply_override(cfg, f"eval.report_steps={json.dumps([s for s in cfg.eval.report_steps if s <= args.steps] or [args.steps])}")
+        if args.steps < 0:
+            raise CLIError(f"--steps must be >= 0, got {args.steps}")
+        report = sorted({*(s for s in cfg.eval.report_steps if s <= args.steps), args.steps})
+        cfg = C.apply_overrides(cfg, [f"eval.steps={args.steps}", f"eval.report_steps={json.dumps(report)}"])
     exp = build(cfg, data_dir=args.data_dir)
     key = jax.random.key(cfg.train.seed)
     _, k_eval, k_init = jax.random.split(key, 3)
@@ -134,9 +195,56 @@ def cmd_eval(args) -> int:
     ck = Checkpointer(run / "checkpoints", keep=cfg.train.keep_checkpoints)
     state = ck.restore(None, template)
     ck.close()
-    ev = evaluate_run(cfg, exp, state, k_eval, run)
+    ev = evaluate_run(cfg, exp, state, k_eval, run, progress=not args.no_progress)
     print(f"jmeta: {run} at meta-step {ev['step']}, {cfg.eval.num_tasks} held-out tasks (mean ± 95% CI):")
     _print_eval(ev)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from jmeta.export import export_run
+
+    run = pathlib.Path(args.run_dir)
+    if not (run / "config.json").is_file():
+        raise CLIError(f"{run}: no config.json there (not a jmeta run folder)")
+    if args.steps is not None and args.steps < 0:
+        raise CLIError(f"--steps must be >= 0, got {args.steps}")
+    plats = None if args.platforms == "native" else tuple(p.strip() for p in args.platforms.split(",") if p.strip())
+    valid = ("cpu", "cuda", "rocm", "tpu")
+    if plats is not None and (not plats or any(p not in valid for p in plats)):
+        raise CLIError(f"--platforms must be 'native' or a comma-separated list of {list(valid)}, got {args.platforms!r}")
+    out = export_run(run, args.out, num_steps=args.steps, step=args.checkpoint, platforms=plats,
+                     data_dir=args.data_dir)
+    meta = json.loads((out / "export.json").read_text())
+    print(f"jmeta: exported {meta['algorithm']} (checkpoint step {meta['checkpoint_step']}, "
+          f"{meta['adaptation_steps']} adaptation steps, platforms {meta['platforms']}) -> {out}")
+    print(f"jmeta: use it without jmeta: python {out / 'load.py'} {out} inputs.npz outputs.npy")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from jmeta import config as C
+    from jmeta import sweep as S
+
+    cfg = C.load(args.config)
+    cfg = C.apply_overrides(cfg, ([f"train.steps={args.steps}"] if args.steps is not None else []) + list(args.set))
+    grids = [S.parse_grid(g) for g in args.grid]
+    ranges = [S.parse_range(r) for r in args.range]
+    trials = S.make_trials(grids, ranges, random=args.random, seed=args.sweep_seed)
+    for i, t in enumerate(trials):  # every override checked before any trial runs
+        S.trial_config(cfg, t, i)
+    print(f"jmeta: sweep of {len(trials)} trial(s) of {cfg.name} ({cfg.train.steps} meta-steps each) -> {args.out}",
+          flush=True)
+    res = S.run(cfg, trials, args.out, progress=not args.no_progress, tensorboard=not args.no_tensorboard,
+                metric=args.metric, data_dir=args.data_dir)
+    out = pathlib.Path(args.out)
+    print(f"jmeta: results in {out / 'results.csv'}, {out / 'results.json'}, {out / 'sweep.png'}")
+    m = res["metric"]
+    for r in res["rows"]:
+        val = f"{r[m]:.4f}" if m and isinstance(r.get(m), (int, float)) else r["status"]
+        print(f"  trial {r['trial']:3d} " + " ".join(f"{k}={r[k]}" for k in res["keys"]) + f"  {m}: {val}")
+    if res["best"] is not None:
+        print(f"jmeta: best ({m}): trial {res['best']}")
     return 0
 
 
@@ -157,18 +265,24 @@ def cmd_presets(args) -> int:
     return 0
 
 
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split("\n")).strip()
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     try:
-        if not argv:
-            argv = ["train"]
+        if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+            argv = ["train", *argv]  # `jmeta --steps 100` = `jmeta train --steps 100`
         args = parser.parse_args(argv)
-        if args.command is None:
-            args = parser.parse_args(["train", *argv])
-        return {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "presets": cmd_presets}[args.command](args)
+        commands = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "sweep": cmd_sweep,
+                    "plot": cmd_plot, "presets": cmd_presets}
+        return commands[args.command](args)
+    except SystemExit as e:  # --help
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     except CLIError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
@@ -180,7 +294,7 @@ def main(argv=None) -> int:
 
         known = (ConfigError, CheckpointError, NonFiniteError, FileNotFoundError, MemoryError)
         if isinstance(e, known):
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {_one_line(e)}", file=sys.stderr)
             return 1 if isinstance(e, (NonFiniteError, MemoryError)) else 2
         raise
 

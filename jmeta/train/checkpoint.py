@@ -1,21 +1,36 @@
 """Checkpoints with orbax: periodic and final, the last few kept, written atomically.
 
-Orbax writes each checkpoint into a temporary folder and renames it into
-place only once every file is on disk (``commit_success.txt`` marks a
-complete one), so a write interrupted midway (the process killed, the disk
-full) never leaves a checkpoint that loads as valid, and the previous one
-stays loadable. :class:`Checkpointer` restores into a template of the same
-structure, so a checkpoint from another config fails with a clear error.
+Orbax (0.12, local file systems) writes checkpoint ``N`` into a temporary
+folder ``N.orbax-checkpoint-tmp-<time>``, writes ``commit_success.txt`` into
+it once every file is on disk, and then renames it to ``N``. A write
+interrupted midway (the process killed, the disk full) therefore leaves only
+a temporary folder, which is never listed as a step.
+
+Orbax itself lists *any* folder named by a number as a step, even one without
+``commit_success.txt`` (e.g. a half-copied run folder); restoring it fails
+deep inside orbax. :class:`Checkpointer` is stricter: a step counts only if
+its folder holds ``commit_success.txt``, so :meth:`Checkpointer.latest_step`
+and ``restore(None, ...)`` fall back to the last complete checkpoint, and a
+later :meth:`Checkpointer.save` of that step replaces the incomplete folder
+(and removes stale temporary folders). :class:`Checkpointer` restores into a
+template of the same structure, so a checkpoint from another config fails
+with a clear error.
 """
 
 from __future__ import annotations
 
 import pathlib
+import shutil
 from typing import Any
 
 import jax
 
 PyTree = Any
+
+#: The file orbax writes into a checkpoint folder once it is complete.
+COMMIT_MARKER = "commit_success.txt"
+#: Part of the name of the temporary folder orbax writes into.
+TMP_MARKER = ".orbax-checkpoint-tmp"
 
 
 class CheckpointError(RuntimeError):
@@ -41,9 +56,14 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
+    def is_complete(self, step: int) -> bool:
+        """Whether checkpoint ``step``'s folder exists and holds orbax's commit marker."""
+        return (self.directory / str(int(step)) / COMMIT_MARKER).is_file()
+
     def all_steps(self) -> list[int]:
+        """The steps of the complete checkpoints, oldest first."""
         self._manager.reload()
-        return sorted(self._manager.all_steps())
+        return sorted(s for s in self._manager.all_steps() if self.is_complete(s))
 
     def latest_step(self) -> int | None:
         steps = self.all_steps()
@@ -51,6 +71,7 @@ class Checkpointer:
 
     def save(self, step: int, tree: PyTree) -> None:
         """Writes ``tree`` as checkpoint ``step`` (atomically) and waits until it is on disk."""
+        self._remove_incomplete(int(step))
         self._manager.save(int(step), args=self._ocp.args.StandardSave(_encode(tree)), force=True)
         self._manager.wait_until_finished()
 
@@ -69,6 +90,20 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
+
+    def _remove_incomplete(self, step: int) -> None:
+        """Deletes leftovers of interrupted writes: temporary folders, and ``step``'s folder if incomplete."""
+        removed = False
+        for p in self.directory.iterdir():
+            if p.is_dir() and TMP_MARKER in p.name:
+                shutil.rmtree(p, ignore_errors=True)
+                removed = True
+        target = self.directory / str(step)
+        if target.exists() and not self.is_complete(step):
+            shutil.rmtree(target, ignore_errors=True)
+            removed = True
+        if removed:
+            self._manager.reload()
 
 
 def _is_key(x) -> bool:

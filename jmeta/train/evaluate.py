@@ -34,7 +34,8 @@ def mean_ci95(values) -> tuple[float, float]:
 
 def evaluate(algorithm, meta_params: PyTree, model_state: PyTree, sample_fn: Callable, key, *,
              num_tasks: int = 600, num_steps: int | None = None, batch_size: int = 100, data=None,
-             return_per_task: bool = False) -> dict:
+             return_per_task: bool = False, task_parallel: str = "vmap",
+             progress: Callable[[int], None] | None = None) -> dict:
     """Evaluates an algorithm on ``num_tasks`` freshly sampled tasks.
 
     Args:
@@ -47,6 +48,10 @@ def evaluate(algorithm, meta_params: PyTree, model_state: PyTree, sample_fn: Cal
       batch_size: tasks per compiled batch.
       data: passed to ``sample_fn`` as a third argument when given.
       return_per_task: include the per-task arrays under ``"per_task"``.
+      task_parallel: ``"vmap"`` (vectorise the tasks of a batch) or ``"map"``
+        (one task after another inside the compiled program: much faster for
+        convolutions on XLA:CPU, see ``jmeta.ops.recommended_task_parallel``).
+      progress: called with the number of tasks done after each batch.
 
     Returns:
       ``{"num_tasks": n, "num_steps": N, "<metric>": {"mean": [N+1], "ci95":
@@ -58,6 +63,8 @@ def evaluate(algorithm, meta_params: PyTree, model_state: PyTree, sample_fn: Cal
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     from jmeta.train.step import _takes_data
 
+    if task_parallel not in ("vmap", "map"):
+        raise ValueError(f"task_parallel must be 'vmap' or 'map', got {task_parallel!r}")
     bs = min(batch_size, num_tasks)
     takes_data = _takes_data(sample_fn)
 
@@ -66,12 +73,17 @@ def evaluate(algorithm, meta_params: PyTree, model_state: PyTree, sample_fn: Cal
         ks, ke = jax.random.split(k)
         tasks = sample_fn(ks, bs, d) if takes_data else sample_fn(ks, bs)
         keys = jax.random.split(ke, bs)
-        return jax.vmap(lambda t, kk: algorithm.evaluate(mp, ms, t, key=kk, num_steps=num_steps))(tasks, keys)
+        one = lambda t, kk: algorithm.evaluate(mp, ms, t, key=kk, num_steps=num_steps)  # noqa: E731
+        if task_parallel == "map":
+            return jax.lax.map(lambda a: one(*a), (tasks, keys))
+        return jax.vmap(one)(tasks, keys)
 
     chunks = []
     n_batches = -(-num_tasks // bs)
     for i in range(n_batches):
         chunks.append(jax.device_get(run(meta_params, model_state, jax.random.fold_in(key, i), data)))
+        if progress is not None:
+            progress(min((i + 1) * bs, num_tasks))
     per_task = jax.tree.map(lambda *a: np.concatenate(a, axis=0)[:num_tasks], *chunks)
     out: dict = {"num_tasks": num_tasks}
     for name, arr in per_task.items():

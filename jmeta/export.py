@@ -1,0 +1,239 @@
+"""Export a trained meta-learner as a standalone JAX program (``jmeta export RUN_DIR``).
+
+The exported function is *adapt, then predict* on one task::
+
+    predict(support_x, support_y, query_x) -> outputs
+        adapted = algorithm.adapt(meta_params, model_state, support_x, support_y, num_steps=N)
+        outputs = algorithm.predict(meta_params, adapted, model_state, query_x)
+
+with ``N`` the algorithm's evaluation steps (``algorithm.eval_steps``), the
+parameters of a run's checkpoint as inputs, serialized with
+:mod:`jax.export` (StableHLO; loadable by any later jax, without jmeta,
+without the Python code of the model or the algorithm). The numbers of
+support and query examples are symbolic (``k``, ``q``): one artifact serves
+any shot count; the feature shape is fixed by the config.
+
+The artifact folder::
+
+    predict.jaxexport   jax.export.Exported.serialize() of predict(leaves, support_x, support_y, query_x)
+    params.npz          the parameter leaves leaf_0000, leaf_0001, ... (meta-params, then model state)
+    export.json         format, inputs/outputs (shapes with "k"/"q", dtypes), leaves (name, path, shape,
+                        dtype) in call order, adaptation steps, run config, jax version
+    load.py             a self-contained loader (imports only json, numpy and jax)
+
+Use without jmeta::
+
+    import sys; sys.path.insert(0, "ARTIFACT"); import load
+    predict = load.load("ARTIFACT")
+    y = predict(support_x, support_y, query_x)     # numpy/jax arrays of one task
+
+or from the shell: ``python ARTIFACT/load.py ARTIFACT inputs.npz outputs.npy``
+(``inputs.npz`` with arrays ``support_x``, ``support_y``, ``query_x``).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import textwrap
+from typing import Any
+
+import jax
+import numpy as np
+
+FORMAT = "jmeta-export/1"
+PROGRAM = "predict.jaxexport"
+PARAMS = "params.npz"
+META = "export.json"
+LOADER = "load.py"
+#: Platforms the program is lowered for (a multi-platform artifact runs on each).
+DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")
+
+PyTree = Any
+
+# The loader written next to the artifact: no jmeta import, only json + numpy + jax.
+LOADER_SOURCE = textwrap.dedent('''\
+    """Standalone loader of a jmeta export (imports only json, numpy and jax).
+
+        python load.py ARTIFACT_DIR inputs.npz outputs.npy
+        # or: import load; predict = load.load(ARTIFACT_DIR); predict(support_x, support_y, query_x)
+    """
+    import json
+    import pathlib
+    import sys
+
+    import jax
+    import numpy as np
+
+
+    def load(directory):
+        """``predict(support_x, support_y, query_x) -> outputs`` of the exported meta-learner."""
+        d = pathlib.Path(directory)
+        meta = json.loads((d / "export.json").read_text())
+        if meta.get("format") != "jmeta-export/1":
+            raise ValueError(f"{d}: not a jmeta-export/1 artifact (format {meta.get('format')!r})")
+        exported = jax.export.deserialize(bytearray((d / meta["program"]).read_bytes()))
+        with np.load(d / meta["params"]) as z:
+            leaves = [np.asarray(z[leaf["name"]]) for leaf in meta["leaves"]]
+        dtypes = [np.dtype(meta["inputs"][n]["dtype"]) for n in ("support_x", "support_y", "query_x")]
+
+        def predict(support_x, support_y, query_x):
+            args = [np.asarray(a, dtype=t) for a, t in zip((support_x, support_y, query_x), dtypes)]
+            return exported.call(leaves, *args)
+
+        predict.metadata = meta
+        return predict
+
+
+    if __name__ == "__main__":
+        if len(sys.argv) != 4:
+            sys.exit("usage: python load.py ARTIFACT_DIR inputs.npz outputs.npy")
+        fn = load(sys.argv[1])
+        with np.load(sys.argv[2]) as z:
+            out = fn(z["support_x"], z["support_y"], z["query_x"])
+        np.save(sys.argv[3], np.asarray(out))
+    ''')
+
+
+def _restore(run_dir, *, step=None, data_dir=None):
+    from jmeta import config as C
+    from jmeta.experiment import build
+    from jmeta.train.checkpoint import Checkpointer
+    from jmeta.train.step import init_train_state
+
+    run = pathlib.Path(run_dir)
+    if not (run / "config.json").is_file():
+        raise FileNotFoundError(f"{run}: no config.json there (not a jmeta run folder)")
+    cfg = C.load(str(run))
+    exp = build(cfg, data_dir=data_dir)
+    _, _, k_init = jax.random.split(jax.random.key(cfg.train.seed), 3)
+    template = init_train_state(exp.algorithm, exp.model.params, exp.model.state, exp.meta_optimizer, key=k_init)
+    ck = Checkpointer(run / "checkpoints", keep=cfg.train.keep_checkpoints)
+    try:
+        state = ck.restore(step, template)
+    finally:
+        ck.close()
+    return cfg, exp, state
+
+
+def _example_task(exp, cfg):
+    """One task of the evaluation distribution (its shapes and dtypes define the inputs)."""
+    from jmeta.train.step import _takes_data
+
+    shots = cfg.eval.shots[0] if cfg.eval.shots else cfg.task.k_support
+    sample = exp.eval_samples.get(shots) or next(iter(exp.eval_samples.values()))
+    key = jax.random.key(0)
+    batch = sample(key, 1, exp.eval_data) if _takes_data(sample) else sample(key, 1)
+    return jax.tree.map(lambda a: a[0], batch)
+
+
+def predict_fn(algorithm, num_steps: int):
+    """``f(meta_params, model_state, support_x, support_y, query_x)``: adapt ``num_steps`` steps, then predict."""
+    def f(meta_params, model_state, support_x, support_y, query_x):
+        adapted = algorithm.adapt(meta_params, model_state, support_x, support_y, num_steps=num_steps)
+        return algorithm.predict(meta_params, adapted, model_state, query_x)
+
+    return f
+
+
+def export_run(run_dir, out_dir=None, *, num_steps: int | None = None, step: int | None = None,
+               platforms=DEFAULT_PLATFORMS, data_dir=None) -> pathlib.Path:
+    """Writes the adapt-then-predict program of a run's checkpoint (module docstring).
+
+    Args:
+      run_dir: a jmeta run folder.
+      out_dir: the artifact folder (default ``RUN_DIR/export``).
+      num_steps: adaptation steps (default the algorithm's ``eval_steps``).
+      step: the checkpoint (default the latest complete one).
+      platforms: platforms to lower for (``None``: the current backend only).
+      data_dir: dataset root (image families).
+
+    Returns:
+      The artifact folder.
+
+    Raises:
+      FileNotFoundError: ``run_dir`` is not a run folder.
+      CheckpointError: no (complete) checkpoint to export.
+      ValueError: a bad ``num_steps``, or parameters that are not plain arrays.
+    """
+    cfg, exp, state = _restore(run_dir, step=step, data_dir=data_dir)
+    if num_steps is None:
+        num_steps = getattr(exp.eval_algorithm, "eval_steps", None)
+        if num_steps is None:
+            num_steps = cfg.algorithm.eval_steps
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
+        raise ValueError(f"num_steps must be an integer >= 0, got {num_steps!r}")
+    out = pathlib.Path(out_dir) if out_dir is not None else pathlib.Path(run_dir) / "export"
+    out.mkdir(parents=True, exist_ok=True)
+
+    tree = (state.meta_params, state.model_state)
+    with_paths, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    leaves = []
+    for path, leaf in with_paths:
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            raise ValueError(f"cannot export PRNG-key parameter {jax.tree_util.keystr(path)}")
+        leaves.append(np.asarray(leaf))
+    f = predict_fn(exp.eval_algorithm, num_steps)
+
+    def flat(leaves_, sx, sy, qx):
+        mp, ms = jax.tree.unflatten(treedef, leaves_)
+        return f(mp, ms, sx, sy, qx)
+
+    task = _example_task(exp, cfg)
+    k, q = jax.export.symbolic_shape("k, q")
+
+    def sds(x, n):
+        return jax.ShapeDtypeStruct((n, *x.shape[1:]), x.dtype)
+
+    args = ([jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves],
+            sds(task.support_x, k), sds(task.support_y, k), sds(task.query_x, q))
+    exporter = jax.export.export(jax.jit(flat), platforms=tuple(platforms) if platforms else None)
+    try:
+        exported = exporter(*args)
+    except Exception as e:  # a platform whose lowering rules are missing in this jaxlib
+        if not platforms:
+            raise
+        exported = jax.export.export(jax.jit(flat))(*args)
+        print(f"jmeta: lowered for {exported.platforms} only ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+
+    (out / PROGRAM).write_bytes(bytes(exported.serialize()))
+    np.savez(out / PARAMS, **{f"leaf_{i:04d}": x for i, x in enumerate(leaves)})
+
+    def spec(x, n):
+        return {"shape": [n, *map(int, x.shape[1:])], "dtype": str(x.dtype)}
+
+    out_aval = exported.out_avals[0]
+    meta = {
+        "format": FORMAT,
+        "program": PROGRAM,
+        "params": PARAMS,
+        "signature": "predict(leaves, support_x, support_y, query_x) -> outputs",
+        "inputs": {"support_x": spec(task.support_x, "k"), "support_y": spec(task.support_y, "k"),
+                   "query_x": spec(task.query_x, "q")},
+        "output": {"shape": [str(d) for d in out_aval.shape], "dtype": str(out_aval.dtype)},
+        "leaves": [{"name": f"leaf_{i:04d}", "path": "meta_params" + jax.tree_util.keystr(p[1:]) if p[0].idx == 0
+                    else "model_state" + jax.tree_util.keystr(p[1:]), "shape": list(x.shape), "dtype": str(x.dtype)}
+                   for i, ((p, _), x) in enumerate(zip(with_paths, leaves))],
+        "adaptation_steps": num_steps,
+        "algorithm": cfg.algorithm.name,
+        "checkpoint_step": int(state.step),
+        "platforms": list(exported.platforms),
+        "jax_version": jax.__version__,
+        "config": cfg.to_dict(),
+    }
+    (out / META).write_text(json.dumps(meta, indent=2) + "\n")
+    (out / LOADER).write_text(LOADER_SOURCE)
+    return out
+
+
+def load_exported(directory):
+    """``predict(support_x, support_y, query_x)`` from an artifact folder (the same code as its ``load.py``)."""
+    namespace: dict = {"__name__": "jmeta_export_loader"}
+    d = pathlib.Path(directory)
+    if not (d / META).is_file():
+        raise FileNotFoundError(f"{d}: no {META} there (not a jmeta export)")
+    exec(compile(LOADER_SOURCE, str(d / LOADER), "exec"), namespace)
+    return namespace["load"](d)
+
+
+__all__ = ["DEFAULT_PLATFORMS", "FORMAT", "LOADER_SOURCE", "export_run", "load_exported", "predict_fn"]

@@ -1,0 +1,290 @@
+"""Hyperparameter search from the command line (``jmeta sweep``): grid or random, one run per trial.
+
+::
+
+    jmeta sweep --config sinusoid-maml --grid algorithm.inner_lr=0.005,0.01,0.02 \\
+                --grid train.meta_lr=0.001,0.003 --steps 5000 --out sweeps/lr
+    jmeta sweep --config sinusoid-maml --random 8 --range algorithm.inner_lr=0.001:0.1:log \\
+                --range train.meta_lr=0.0003:0.003:log --steps 5000 --out sweeps/rand
+
+Trials: with ``--grid`` only, the Cartesian product of the value lists; with
+``--random N``, ``N`` draws where every ``--range key=lo:hi[:log]`` is
+sampled uniformly (log-uniformly with ``:log``; integers when ``lo`` and
+``hi`` are written as integers) and every ``--grid`` key picks one of its
+values uniformly (numpy ``default_rng(sweep_seed)``).
+
+Each trial is an ordinary run (:func:`jmeta.train.runner.train`) in
+``OUT/trial_000``, ``OUT/trial_001``, ... , run one after another: every
+config key can be swept, and every trial folder can be inspected, resumed,
+evaluated and exported like any run. A trial whose folder already holds an
+``eval.json`` for the same config is not re-run, so re-running an interrupted
+sweep continues it. A trial that stops on a non-finite loss (or runs out of
+memory) is recorded with its status and the sweep goes on.
+
+Results: ``OUT/results.csv`` and ``OUT/results.json`` (one row per trial: the
+overrides, status, final training loss, every evaluation summary metric with
+its 95% CI), and ``OUT/sweep.png`` (the chosen metric against each swept key,
+with CIs). The metric (``--metric``) defaults to the first shot count's query
+accuracy (classification) or loss (regression) after the most adaptation steps
+reported; ``best`` in ``results.json`` is the trial that maximises accuracy /
+minimises loss.
+
+(The vectorised sweep of :mod:`jmeta.train.sweep`, which trains many
+configurations in one program, covers only float algorithm fields, the meta
+learning rate and the seed, and has no checkpointing or NaN guard; this
+command does not use it.)
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+import pathlib
+import time
+
+from jmeta.config import Config, ConfigError, apply_overrides, from_dict
+
+
+def _split_values(raw: str) -> list[str]:
+    """Splits ``a,b,[c,d]`` at commas outside brackets."""
+    parts, depth, cur = [], 0, ""
+    for ch in raw:
+        if ch in "[(":
+            depth += 1
+        elif ch in "])":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    return [p.strip() for p in parts]
+
+
+def _parse_value(raw: str):
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def parse_grid(spec: str) -> tuple[str, list]:
+    """``"section.key=v1,v2,..."`` -> ``(key, [v1, v2, ...])`` (values parsed as JSON, else strings)."""
+    if "=" not in spec:
+        raise ConfigError(f"--grid must look like section.key=v1,v2,..., got {spec!r}")
+    key, raw = spec.split("=", 1)
+    values = [_parse_value(v) for v in _split_values(raw)]
+    if not key.strip() or any(v == "" for v in values):
+        raise ConfigError(f"--grid must look like section.key=v1,v2,..., got {spec!r}")
+    return key.strip(), values
+
+
+def parse_range(spec: str) -> tuple[str, float, float, bool, bool]:
+    """``"section.key=lo:hi[:log]"`` -> ``(key, lo, hi, log, integer)``."""
+    if "=" not in spec:
+        raise ConfigError(f"--range must look like section.key=lo:hi or section.key=lo:hi:log, got {spec!r}")
+    key, raw = spec.split("=", 1)
+    parts = raw.split(":")
+    log = len(parts) == 3 and parts[2] == "log"
+    if len(parts) not in (2, 3) or (len(parts) == 3 and not log):
+        raise ConfigError(f"--range must look like section.key=lo:hi or section.key=lo:hi:log, got {spec!r}")
+    try:
+        lo, hi = float(parts[0]), float(parts[1])
+    except ValueError:
+        raise ConfigError(f"--range {key}: lo and hi must be numbers, got {parts[0]!r}, {parts[1]!r}") from None
+    if not lo < hi:
+        raise ConfigError(f"--range {key}: needs lo < hi, got {lo} and {hi}")
+    if log and lo <= 0:
+        raise ConfigError(f"--range {key}: a log range needs lo > 0, got {lo}")
+    integer = all(p.strip().lstrip("-").isdigit() for p in parts[:2])
+    return key.strip(), lo, hi, log, integer
+
+
+def make_trials(grids: list[tuple[str, list]], ranges: list[tuple] = (), *, random: int | None = None,
+                seed: int = 0) -> list[dict]:
+    """The list of trials, each ``{key: value}`` (module docstring)."""
+    keys = [k for k, _ in grids] + [r[0] for r in ranges]
+    if len(set(keys)) != len(keys):
+        raise ConfigError(f"a key is swept twice: {keys}")
+    if random is None:
+        if ranges:
+            raise ConfigError("--range needs --random N (the number of trials to draw)")
+        if not grids:
+            raise ConfigError("nothing to sweep: give --grid section.key=v1,v2,... or --random N with --range")
+        return [dict(zip([k for k, _ in grids], combo)) for combo in itertools.product(*[v for _, v in grids])]
+    if isinstance(random, bool) or not isinstance(random, int) or random < 1:
+        raise ConfigError(f"--random must be a positive number of trials, got {random!r}")
+    if not grids and not ranges:
+        raise ConfigError("--random N needs at least one --range section.key=lo:hi[:log] or --grid")
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    trials = []
+    for _ in range(random):
+        t = {}
+        for k, values in grids:
+            t[k] = values[int(rng.integers(len(values)))]
+        for k, lo, hi, log, integer in ranges:
+            if integer:
+                t[k] = int(rng.integers(int(lo), int(hi) + 1))
+            elif log:
+                t[k] = float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+            else:
+                t[k] = float(rng.uniform(lo, hi))
+        trials.append(t)
+    return trials
+
+
+def trial_config(base: Config, overrides: dict, index: int) -> Config:
+    """``base`` with the trial's overrides (validated) and name ``<base>-trial<index>``."""
+    cfg = apply_overrides(from_dict(base.to_dict()), [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
+    cfg.name = f"{base.name}-trial{index:03d}"
+    return cfg
+
+
+def default_metric(summary: dict) -> str:
+    """The first shot count's accuracy (else loss) after the most reported adaptation steps."""
+    if not summary:
+        raise ValueError("no evaluation metrics to choose from")
+    for kind in ("accuracy", "loss"):
+        keys = [k for k in summary if f" {kind} after " in k]
+        if keys:
+            first_shot = keys[0].split(" ")[0]
+            same = [k for k in keys if k.startswith(first_shot + " ")]
+            return max(same, key=lambda k: int(k.split(" after ")[1].split(" ")[0]))
+    return next(iter(summary))
+
+
+def _final_train_loss(run_dir: pathlib.Path):
+    from jmeta.train.logging import MetricsLog
+
+    m = run_dir / "metrics.jsonl"
+    if not m.exists():
+        return None
+    recs = MetricsLog.read(m)
+    return recs[-1].get("loss") if recs else None
+
+
+def run(base: Config, trials: list[dict], out_dir, *, progress: bool = True, tensorboard: bool = True,
+        metric: str | None = None, data_dir=None, log=print) -> dict:
+    """Runs the trials one after another and writes the results table and plot.
+
+    Returns:
+      ``{"metric", "best", "rows", "keys"}`` (as written to ``results.json``).
+
+    Raises:
+      ConfigError: a trial's override is not a valid config key/value (checked
+        for every trial before the first one runs), or ``metric`` is unknown.
+    """
+    from jmeta.train.runner import NonFiniteError, train
+
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfgs = [trial_config(base, t, i) for i, t in enumerate(trials)]  # fail fast on a bad override
+    keys = list(dict.fromkeys(k for t in trials for k in t))
+    rows = []
+    for i, (t, cfg) in enumerate(zip(trials, cfgs)):
+        run_dir = out / f"trial_{i:03d}"
+        row = {"trial": i, **t, "run_dir": str(run_dir)}
+        desc = ", ".join(f"{k}={v}" for k, v in t.items())
+        done = run_dir / "eval.json"
+        if done.is_file() and (run_dir / "config.json").is_file() and \
+                json.loads((run_dir / "config.json").read_text()) == json.loads(cfg.to_json()):
+            log(f"jmeta sweep: trial {i + 1}/{len(trials)} ({desc}): done before, reusing {run_dir}")
+            ev = json.loads(done.read_text())
+            row.update(status="ok", wall_time_s=None)
+        else:
+            log(f"jmeta sweep: trial {i + 1}/{len(trials)} ({desc}) -> {run_dir}")
+            t0 = time.perf_counter()
+            ev = None
+            try:
+                ev = train(cfg, run_dir, progress=progress, data_dir=data_dir, tensorboard=tensorboard,
+                           plots=False)["eval"]
+                row["status"] = "ok"
+            except NonFiniteError as e:
+                row.update(status="nonfinite", error=str(e))
+                log(f"jmeta sweep: trial {i} stopped: {e}")
+            except MemoryError as e:
+                row.update(status="out_of_memory", error=str(e))
+                log(f"jmeta sweep: trial {i} ran out of memory")
+            row["wall_time_s"] = round(time.perf_counter() - t0, 2)
+        row["final_train_loss"] = _final_train_loss(run_dir)
+        if ev is not None:
+            for name, v in ev["summary"].items():
+                row[name] = v["mean"]
+                row[f"{name} ci95"] = v["ci95"]
+        rows.append(row)
+    ok = [r for r in rows if r["status"] == "ok"]
+    metrics = [k for k in (ok[0] if ok else {}) if " after " in k and not k.endswith(" ci95")]
+    if metric is None and ok:
+        metric = default_metric({k: None for k in metrics})
+    elif metric is not None and ok and metric not in metrics:
+        raise ConfigError(f"--metric {metric!r} is not an evaluation metric of these runs; valid: {metrics}")
+    best = None
+    if ok and metric:
+        better = max if "accuracy" in metric else min
+        best = better(ok, key=lambda r: r[metric])["trial"]
+    result = {"metric": metric, "best": best, "keys": keys, "rows": rows}
+    write_results(result, out)
+    if ok and metric:
+        try:
+            plot(result, out / "sweep.png")
+        except ImportError as e:
+            log(f"jmeta sweep: plot skipped ({e})")
+    return result
+
+
+def write_results(result: dict, out_dir) -> None:
+    """``results.json`` and ``results.csv`` (one row per trial)."""
+    from jmeta.train.logging import atomic_write_json
+
+    out = pathlib.Path(out_dir)
+    atomic_write_json(out / "results.json", result)
+    columns = list(dict.fromkeys(c for r in result["rows"] for c in r))
+    with open(out / "results.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        w.writeheader()
+        for r in result["rows"]:
+            w.writerow({k: json.dumps(v) if isinstance(v, (list, tuple, dict)) else v for k, v in r.items()})
+
+
+def plot(result: dict, path) -> pathlib.Path:
+    """The metric (mean, 95% CI) against each swept key; failed trials are left out."""
+    from jmeta.plots import _plt, _save
+
+    plt = _plt()
+    metric, keys = result["metric"], result["keys"]
+    rows = [r for r in result["rows"] if r["status"] == "ok" and isinstance(r.get(metric), (int, float))]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
+    for ax, k in zip(axes[0], keys):
+        pts = [(r[k], r[metric], r.get(f"{metric} ci95") or 0.0) for r in rows
+               if isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)]
+        if pts:
+            pts.sort()
+            x, y, e = zip(*pts)
+            ax.errorbar(x, y, yerr=[v if math.isfinite(v) else 0.0 for v in e], fmt="o", capsize=3, ms=4)
+            if min(x) > 0 and max(x) / min(x) >= 10:
+                ax.set_xscale("log")
+            ticks = sorted(set(x))
+            if len(ticks) <= 8:  # label the swept values themselves
+                from matplotlib.ticker import NullFormatter
+
+                ax.set_xticks(ticks, [f"{v:g}" for v in ticks])
+                ax.xaxis.set_minor_formatter(NullFormatter())
+        else:  # categorical values
+            cats = [str(r.get(k)) for r in rows]
+            ax.plot(cats, [r[metric] for r in rows], "o")
+        ax.set_xlabel(k)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    if result.get("best") is not None:
+        fig.suptitle(f"best: trial {result['best']}")
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+__all__ = ["default_metric", "make_trials", "parse_grid", "parse_range", "plot", "run", "trial_config",
+           "write_results"]

@@ -1,0 +1,118 @@
+"""Failure handling: NaN stop/skip, out-of-memory hint, bad config keys/values/presets as one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from jmeta import config as C
+from jmeta.cli import main
+from jmeta.train.checkpoint import Checkpointer
+from jmeta.train.logging import MetricsLog
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SMALL = ["train.meta_batch_size=5", "train.log_every=10", "train.checkpoint_every=10"]
+
+
+def _cfg(*overrides):
+    cfg = C.load("sinusoid-maml")
+    for o in SMALL + list(overrides):
+        cfg = C.apply_override(cfg, o)
+    return cfg
+
+
+def _one_line_error(capsys, argv, rc=2):
+    assert main(argv) == rc
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_nan_stops_the_process_with_a_one_line_error_naming_step_and_checkpoint(tmp_path):
+    from jmeta.train.runner import train
+
+    run = tmp_path / "run"
+    train(_cfg("train.steps=20"), run, progress=False, evaluate_at_end=False, plots=False)
+    # The documented recovery path in reverse: edit config.json, resume; the inner loop now explodes.
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["algorithm"]["inner_lr"] = 1e6
+    cfg["train"]["steps"] = 40
+    (run / "config.json").write_text(json.dumps(cfg))
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-m", "jmeta", "train", "--resume", str(run), "--no-progress",
+                           "--no-plots"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    err = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert "Traceback" not in proc.stderr
+    assert len(err) == 1 and err[0].startswith("error: non-finite loss or meta-gradient at meta-step 20;"), err
+    assert f"Last good checkpoint: step 20 in {run / 'checkpoints'}" in err[0]
+    assert "train.on_nan=skip" in err[0]
+    # Nothing was written past the bad step.
+    ck = Checkpointer(run / "checkpoints")
+    assert ck.latest_step() == 20
+    ck.close()
+    assert [r["step"] for r in MetricsLog.read(run / "metrics.jsonl")] == [10, 20]
+    assert not (run / "eval.json").exists()
+
+
+def test_nan_skip_drops_updates_and_counts_them(tmp_path):
+    from jmeta.experiment import build
+    from jmeta.train.runner import train
+    from jmeta.train.step import init_train_state
+
+    cfg = _cfg("train.steps=20", "train.on_nan=\"skip\"", "algorithm.inner_lr=1e6")
+    train(cfg, tmp_path, progress=False, evaluate_at_end=False, plots=False)
+    recs = MetricsLog.read(tmp_path / "metrics.jsonl")
+    assert [(r["step"], r["skipped_updates"]) for r in recs] == [(10, 10), (20, 20)]
+    assert all(r["loss"] == "nan" or not np.isfinite(float(r["loss"])) for r in recs)
+    exp = build(cfg)
+    init = init_train_state(exp.algorithm, exp.model.params, exp.model.state, exp.meta_optimizer,
+                            key=jax.random.split(jax.random.key(cfg.train.seed), 3)[2])
+    ck = Checkpointer(tmp_path / "checkpoints")
+    final = ck.restore(None, init)
+    ck.close()
+    assert int(final.step) == 20  # the step counter moved on ...
+    for a, b in zip(jax.tree.leaves((final.meta_params, final.opt_state)), jax.tree.leaves((init.meta_params,
+                                                                                             init.opt_state))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # ... but no update was applied
+
+
+def test_out_of_memory_is_one_line_with_options(monkeypatch, capsys, tmp_path):
+    from jmeta.train import runner
+
+    def fake_guarded(step_fn, on_nan):
+        def run(*args):
+            raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 123456789 bytes.\n"
+                               "BufferAssignment OOM Debugging ...")
+        return run
+
+    monkeypatch.setattr(runner, "_guarded_steps", fake_guarded)
+    line = _one_line_error(capsys, ["train", "--steps", "5", "--out", str(tmp_path), "--no-progress"], rc=1)
+    assert "ran out of memory" in line and "train.meta_batch_size" in line and "algorithm.remat=full" in line
+    assert "RESOURCE_EXHAUSTED" in line
+
+
+@pytest.mark.parametrize("argv, fragments", [
+    (["--set", "train.nope=1"], ["unknown key 'train.nope'", "valid keys of train:", "meta_lr"]),
+    (["--set", "trainer.steps=1"], ["'trainer.steps'", "section one of", "'train'"]),
+    (["--set", "train.on_nan=maybe"], ["train.on_nan must be one of ['stop', 'skip']", "'maybe'"]),
+    (["--set", "algorithm.inner_steps=two"], ["algorithm.inner_steps must be an integer", "'two'"]),
+    (["--set", "algorithm.name=maml3"], ["algorithm.name must be one of", "'fomaml'", "'maml3'"]),
+    (["--set", "train.steps=-1"], ["train.steps must be >= 0"]),
+    (["--set", "inner_lr"], ["must look like section.key=value"]),
+    (["--config", "sinusoid-mamI"], ["no preset or config file named 'sinusoid-mamI'", "sinusoid-maml"]),
+    (["--algorithm", "nope"], ["algorithm.name must be one of"]),
+])
+def test_bad_config_is_a_one_line_error_naming_key_and_choices(argv, fragments, capsys, tmp_path):
+    line = _one_line_error(capsys, ["train", "--out", str(tmp_path), *argv])
+    for f in fragments:
+        assert f in line, line
+    assert not (tmp_path / "metrics.jsonl").exists()

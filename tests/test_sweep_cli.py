@@ -1,0 +1,97 @@
+"""`jmeta sweep`: trial generation, a tiny grid sweep end to end (table, plot, reuse of finished trials)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+
+from jmeta import sweep as S
+from jmeta.cli import main
+from jmeta.config import ConfigError, load
+
+
+def test_parse_grid_and_range():
+    assert S.parse_grid("algorithm.inner_lr=0.005,0.01") == ("algorithm.inner_lr", [0.005, 0.01])
+    assert S.parse_grid("model.hidden=[40,40],[20, 20]") == ("model.hidden", [[40, 40], [20, 20]])
+    assert S.parse_grid("train.on_nan=stop,skip") == ("train.on_nan", ["stop", "skip"])
+    assert S.parse_range("train.meta_lr=1e-4:1e-2:log") == ("train.meta_lr", 1e-4, 1e-2, True, False)
+    assert S.parse_range("algorithm.inner_steps=1:5") == ("algorithm.inner_steps", 1.0, 5.0, False, True)
+    for bad in ("x=1:2:cubic", "x=a:b", "x=2:1", "x=0:1:log", "x"):
+        with pytest.raises(ConfigError):
+            S.parse_range(bad)
+    with pytest.raises(ConfigError):
+        S.parse_grid("algorithm.inner_lr=")
+
+
+def test_make_trials_grid_product_and_random_draws():
+    grid = S.make_trials([("a.x", [1, 2, 3]), ("b.y", ["u", "v"])])
+    assert len(grid) == 6 and {(t["a.x"], t["b.y"]) for t in grid} == {(i, c) for i in (1, 2, 3) for c in "uv"}
+    ranges = [S.parse_range("a.lr=1e-4:1e-1:log"), S.parse_range("a.n=1:3"), S.parse_range("a.m=0.5:0.75")]
+    draws = S.make_trials([("b.y", ["u", "v"])], ranges, random=200, seed=1)
+    assert draws == S.make_trials([("b.y", ["u", "v"])], ranges, random=200, seed=1)  # seeded
+    lrs = [t["a.lr"] for t in draws]
+    assert all(1e-4 <= v <= 1e-1 for v in lrs)
+    # log-uniform: about half the draws below the geometric midpoint 10**-2.5
+    assert 0.35 < sum(v < 10 ** -2.5 for v in lrs) / len(lrs) < 0.65
+    assert {t["a.n"] for t in draws} == {1, 2, 3} and all(isinstance(t["a.n"], int) for t in draws)
+    assert all(0.5 <= t["a.m"] <= 0.75 for t in draws) and {t["b.y"] for t in draws} == {"u", "v"}
+    with pytest.raises(ConfigError, match="--range needs --random"):
+        S.make_trials([], ranges)
+    with pytest.raises(ConfigError, match="swept twice"):
+        S.make_trials([("a.x", [1]), ("a.x", [2])])
+
+
+def test_trial_config_validates_and_leaves_base_alone():
+    base = load("sinusoid-maml")
+    cfg = S.trial_config(base, {"algorithm.inner_lr": 0.02}, 3)
+    assert cfg.algorithm.inner_lr == 0.02 and cfg.name == "sinusoid-maml-trial003"
+    assert base.algorithm.inner_lr == 0.01 and base.name == "sinusoid-maml"
+    with pytest.raises(ConfigError, match="algorithm.inner_lr must be > 0"):
+        S.trial_config(base, {"algorithm.inner_lr": -1.0}, 0)
+
+
+def test_default_metric():
+    summary = {"K=5 loss after 1 step(s)": 0, "K=5 loss after 10 step(s)": 0, "K=10 loss after 10 step(s)": 0}
+    assert S.default_metric(summary) == "K=5 loss after 10 step(s)"
+    assert S.default_metric({"K=1 loss after 5 step(s)": 0, "K=1 accuracy after 5 step(s)": 0}) \
+        == "K=1 accuracy after 5 step(s)"
+
+
+def test_grid_sweep_end_to_end(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--config", "sinusoid-maml", "--grid", "algorithm.inner_lr=0.005,0.02", "--steps", "20",
+            "--set", "train.log_every=10", "--set", "train.meta_batch_size=5", "--set", "eval.num_tasks=8",
+            "--set", "eval.shots=[5]", "--set", "eval.report_steps=[1,2]", "--set", "eval.steps=2",
+            "--out", str(out), "--no-progress", "--no-tensorboard"]
+    assert main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["keys"] == ["algorithm.inner_lr"] and res["metric"] == "K=5 loss after 2 step(s)"
+    rows = res["rows"]
+    assert [r["algorithm.inner_lr"] for r in rows] == [0.005, 0.02] and all(r["status"] == "ok" for r in rows)
+    for i, r in enumerate(rows):
+        cfg = json.loads((out / f"trial_{i:03d}" / "config.json").read_text())
+        assert cfg["algorithm"]["inner_lr"] == r["algorithm.inner_lr"] and cfg["train"]["steps"] == 20
+        ev = json.loads((out / f"trial_{i:03d}" / "eval.json").read_text())
+        assert r[res["metric"]] == ev["summary"][res["metric"]]["mean"]
+        assert math.isfinite(r["final_train_loss"])
+    assert res["best"] == min(rows, key=lambda r: r[res["metric"]])["trial"]
+    with open(out / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [float(t["algorithm.inner_lr"]) for t in table] == [0.005, 0.02]
+    assert float(table[1][res["metric"]]) == pytest.approx(rows[1][res["metric"]])
+    assert (out / "sweep.png").stat().st_size > 0
+    assert "best (K=5 loss after 2 step(s)): trial" in capsys.readouterr().out
+
+    # Re-running the sweep reuses the finished trials instead of training again.
+    assert main(argv) == 0
+    assert capsys.readouterr().out.count("done before, reusing") == 2
+    assert json.loads((out / "results.json").read_text())["rows"][0][res["metric"]] == rows[0][res["metric"]]
+
+
+def test_bad_sweep_override_fails_before_any_trial(tmp_path, capsys):
+    assert main(["sweep", "--grid", "algorithm.inner_lr=0.01,-1", "--out", str(tmp_path / "s")]) == 2
+    assert "algorithm.inner_lr must be > 0" in capsys.readouterr().err
+    assert not (tmp_path / "s" / "trial_000").exists()
