@@ -39,6 +39,8 @@ _EXPORTS = {
     "Model": "jmeta.models",
     "from_nnx": "jmeta.models",
     "from_apply": "jmeta.models",
+    "conv4": "jmeta.models",
+    "resnet12": "jmeta.models",
     # inner loop
     "inner_loop": "jmeta.inner",
     "scale_by_learned_lr": "jmeta.inner",
@@ -53,6 +55,7 @@ _EXPORTS = {
     "R2D2": "jmeta.algorithms",
     "MetaOptNet": "jmeta.algorithms",
     "IMAML": "jmeta.algorithms",
+    "ProtoNet": "jmeta.algorithms",
     # training
     "TrainState": "jmeta.train",
     "init_train_state": "jmeta.train",

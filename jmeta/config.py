@@ -70,7 +70,12 @@ class AlgorithmConfig:
       remat: ``None``, ``"full"``, ``"dots"``, ``"dots_no_batch"``.
       multi_step_loss: MAML++ multi-step loss.
       msl_anneal_steps: meta-steps over which the multi-step loss anneals.
-      bn_mode: ``"batch"`` or ``"frozen"``.
+      bn_mode: ``"batch"``, ``"frozen"`` or ``"per_step"`` (MAML++ per-step
+        BatchNorm; conv4 only).
+      reg_lambda: iMAML's proximal regulariser lambda.
+      cg_steps: iMAML's conjugate-gradient steps.
+      svm_c: MetaOptNet-SVM's C.
+      label_smoothing: label smoothing of the query loss (closed-form heads).
     """
 
     name: str = "maml"
@@ -85,6 +90,10 @@ class AlgorithmConfig:
     multi_step_loss: bool = False
     msl_anneal_steps: int = 10_000
     bn_mode: str = "batch"
+    reg_lambda: float = 2.0
+    cg_steps: int = 5
+    svm_c: float = 0.1
+    label_smoothing: float = 0.0
 
 
 @dataclasses.dataclass
@@ -94,8 +103,15 @@ class TrainConfig:
     Attributes:
       steps: meta-steps.
       meta_batch_size: tasks per meta-step.
-      meta_optimizer: ``"adam"`` or ``"sgd"``.
+      meta_optimizer: ``"adam"``, ``"sgd"``, ``"momentum"`` (0.9) or
+        ``"nesterov"`` (0.9, as MetaOptNet).
       meta_lr: meta learning rate.
+      weight_decay: L2 weight decay added to the meta-gradient (MetaOptNet: 5e-4).
+      lr_decay_every, lr_decay: multiply the meta learning rate by
+        ``lr_decay`` every ``lr_decay_every`` meta-steps (0: never; ProtoNets
+        halve it every 2,000 episodes).
+      lr_boundaries, lr_scales: piecewise-constant schedule: at meta-step
+        ``lr_boundaries[i]`` the learning rate is multiplied by ``lr_scales[i]``.
       seed: the run's seed (tasks, initialisation, evaluation).
       log_every: meta-steps between metric records.
       checkpoint_every: meta-steps between checkpoints (0: only at the end).
@@ -108,6 +124,11 @@ class TrainConfig:
     meta_batch_size: int = 25
     meta_optimizer: str = "adam"
     meta_lr: float = 1e-3
+    weight_decay: float = 0.0
+    lr_decay_every: int = 0
+    lr_decay: float = 0.5
+    lr_boundaries: tuple = ()
+    lr_scales: tuple = ()
     seed: int = 0
     log_every: int = 100
     checkpoint_every: int = 5_000
@@ -118,8 +139,18 @@ class TrainConfig:
 
 @dataclasses.dataclass
 class EvalConfig:
-    """Final evaluation: ``num_tasks`` held-out tasks for each shot count, curves over ``steps``."""
+    """Final evaluation: ``num_tasks`` held-out tasks for each shot count, curves over ``steps``.
 
+    Attributes:
+      split: the held-out split of an image family (``"test"`` or ``"val"``).
+      n_way: classes per evaluation episode (0: ``task.n_way``; metric and
+        closed-form heads may train with more ways than they test).
+      k_query: query examples per class of evaluation episodes (0: ``task.k_query``).
+    """
+
+    split: str = "test"
+    n_way: int = 0
+    k_query: int = 0
     num_tasks: int = 600
     shots: tuple = (5, 10)
     steps: int = 10
@@ -224,11 +255,32 @@ def validate(cfg: Config) -> Config:
     choice("model.name", cfg.model.name, MODELS)
     choice("algorithm.name", cfg.algorithm.name, ALGORITHMS)
     choice("algorithm.inner_optimizer", cfg.algorithm.inner_optimizer, ("sgd", "adam"))
-    choice("algorithm.bn_mode", cfg.algorithm.bn_mode, ("batch", "frozen"))
+    choice("algorithm.bn_mode", cfg.algorithm.bn_mode, ("batch", "frozen", "per_step"))
+    choice("eval.split", cfg.eval.split, ("test", "val"))
     choice("algorithm.remat", cfg.algorithm.remat, (None, "none", "full", "dots", "dots_no_batch"))
     choice("algorithm.learn_lr", cfg.algorithm.learn_lr,
            (None, "scalar", "per_layer", "per_param", "per_layer_per_step", "per_param_per_step"))
-    choice("train.meta_optimizer", cfg.train.meta_optimizer, ("adam", "sgd"))
+    choice("train.meta_optimizer", cfg.train.meta_optimizer, ("adam", "sgd", "momentum", "nesterov"))
+    if len(cfg.train.lr_boundaries) != len(cfg.train.lr_scales):
+        raise ConfigError(f"train.lr_boundaries and train.lr_scales must have the same length, got "
+                          f"{list(cfg.train.lr_boundaries)} and {list(cfg.train.lr_scales)}")
+    if any(not isinstance(b, int) or b < 1 for b in cfg.train.lr_boundaries):
+        raise ConfigError(f"train.lr_boundaries must be positive integers, got {list(cfg.train.lr_boundaries)}")
+    if any(not isinstance(v, (int, float)) or v <= 0 for v in cfg.train.lr_scales):
+        raise ConfigError(f"train.lr_scales must be positive numbers, got {list(cfg.train.lr_scales)}")
+    if not cfg.train.lr_decay > 0:
+        raise ConfigError(f"train.lr_decay must be > 0, got {cfg.train.lr_decay!r}")
+    if cfg.train.weight_decay < 0:
+        raise ConfigError(f"train.weight_decay must be >= 0, got {cfg.train.weight_decay!r}")
+    for name, v in (("algorithm.reg_lambda", cfg.algorithm.reg_lambda), ("algorithm.svm_c", cfg.algorithm.svm_c)):
+        if not v > 0:
+            raise ConfigError(f"{name} must be > 0, got {v!r}")
+    if not 0 <= cfg.algorithm.label_smoothing < 1:
+        raise ConfigError(f"algorithm.label_smoothing must be in [0, 1), got {cfg.algorithm.label_smoothing!r}")
+    if cfg.task.family == "sinusoid" and cfg.model.name != "mlp":
+        raise ConfigError(f"task.family='sinusoid' needs model.name='mlp', got {cfg.model.name!r}")
+    if cfg.task.family != "sinusoid" and cfg.model.name == "mlp":
+        raise ConfigError(f"task.family={cfg.task.family!r} needs model.name 'conv4' or 'resnet12', got 'mlp'")
     choice("train.on_nan", cfg.train.on_nan, ("stop", "skip"))
     if not (cfg.train.task_parallel in ("vmap", "map", "auto") or
             (isinstance(cfg.train.task_parallel, int) and cfg.train.task_parallel >= 1)):
@@ -242,6 +294,9 @@ def validate(cfg: Config) -> Config:
                             ("task.n_way", cfg.task.n_way, 2), ("algorithm.inner_steps", cfg.algorithm.inner_steps, 1),
                             ("algorithm.eval_steps", cfg.algorithm.eval_steps, 0), ("train.steps", cfg.train.steps, 0),
                             ("train.meta_batch_size", cfg.train.meta_batch_size, 1),
+                            ("train.lr_decay_every", cfg.train.lr_decay_every, 0),
+                            ("algorithm.cg_steps", cfg.algorithm.cg_steps, 1),
+                            ("eval.n_way", cfg.eval.n_way, 0), ("eval.k_query", cfg.eval.k_query, 0),
                             ("train.log_every", cfg.train.log_every, 1),
                             ("train.checkpoint_every", cfg.train.checkpoint_every, 0),
                             ("train.keep_checkpoints", cfg.train.keep_checkpoints, 1),
@@ -258,16 +313,14 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-def apply_override(cfg: Config, assignment: str) -> Config:
-    """Applies one ``section.key=value`` override (value parsed as JSON, else a string)."""
-    if "=" not in assignment:
+def _parse_assignment(d: dict, assignment: str) -> None:
+    if not isinstance(assignment, str) or "=" not in assignment:
         raise ConfigError(f"an override must look like section.key=value, got {assignment!r}")
     path, raw = assignment.split("=", 1)
     parts = path.strip().split(".")
-    d = cfg.to_dict()
     if parts == ["name"]:
         d["name"] = raw
-        return from_dict(d)
+        return
     if len(parts) != 2 or parts[0] not in _SECTIONS:
         raise ConfigError(f"override key {path!r} must be section.key with section one of {sorted(_SECTIONS)}")
     section, key = parts
@@ -280,7 +333,23 @@ def apply_override(cfg: Config, assignment: str) -> Config:
     if raw.strip().lower() in ("none", "null"):
         value = None
     d[section][key] = value
+
+
+def apply_overrides(cfg: Config, assignments) -> Config:
+    """Applies ``section.key=value`` overrides together and validates the result once.
+
+    The order does not matter for validity: ``eval.steps=20`` and
+    ``eval.report_steps=[1,20]`` may be given in either order.
+    """
+    d = cfg.to_dict()
+    for a in assignments:
+        _parse_assignment(d, a)
     return from_dict(d)
+
+
+def apply_override(cfg: Config, assignment: str) -> Config:
+    """Applies one ``section.key=value`` override (value parsed as JSON, else a string)."""
+    return apply_overrides(cfg, [assignment])
 
 
 # -- presets ---------------------------------------------------------------------------------------
@@ -332,6 +401,93 @@ for _n, _a in {
     "mamlpp": dict(name="mamlpp", inner_steps=5, learn_lr="per_layer_per_step", multi_step_loss=True),
 }.items():
     PRESETS[f"sinusoid-{_n}"] = _sinusoid_variant(_n, **_a)
+
+
+# -- image presets (the papers' settings) ------------------------------------------------------------
+
+
+def _image(name: str, family: str, n_way: int, k_shot: int, *, k_query: int, model: str = "conv4",
+           filters: int = 64, pool: str = "max", algorithm: dict, train: dict, eval_steps: int = 0,
+           eval_way: int = 0, eval_query: int = 15, doc: str) -> None:
+    def make() -> Config:
+        c = Config(name=name)
+        c.task = TaskConfig(family=family, k_support=k_shot, k_query=k_query, n_way=n_way,
+                            rotations=family == "omniglot", image_size=28 if family == "omniglot" else 84)
+        c.model = ModelConfig(name=model, filters=filters, pool=pool)
+        for k, v in algorithm.items():
+            setattr(c.algorithm, k, v)
+        c.algorithm.eval_steps = eval_steps
+        for k, v in {"log_every": 100, "checkpoint_every": 2_000, "task_parallel": "auto", **train}.items():
+            setattr(c.train, k, v)
+        c.eval = EvalConfig(split="test", n_way=eval_way, k_query=eval_query, num_tasks=600, shots=(k_shot,),
+                            steps=eval_steps, report_steps=(0, eval_steps) if eval_steps else (0,), batch_size=50)
+        return c
+
+    make.__doc__ = doc
+    PRESETS[name] = make
+
+
+# MAML (Finn et al. 2017, appendix A.1 and the official README): Omniglot 5-way one inner step of 0.4,
+# meta-batch 32, evaluated with 3 steps; 20-way 5 steps of 0.1, meta-batch 16; strided convs, 64 filters;
+# mini-ImageNet 5 steps of 0.01 (10 at test), 32 filters, max-pool, meta-batch 4 (1-shot) / 2 (5-shot);
+# 60,000 meta-steps, Adam 1e-3.
+for _way, _shot in ((5, 1), (5, 5), (20, 1), (20, 5)):
+    for _alg in ("maml", "fomaml"):
+        _five = _way == 5
+        _image(f"omniglot-{_way}w{_shot}s-{_alg}", "omniglot", _way, _shot, k_query=_shot, pool="stride",
+               algorithm=dict(name=_alg, first_order=_alg == "fomaml", inner_lr=0.4 if _five else 0.1,
+                              inner_steps=1 if _five else 5),
+               train=dict(steps=60_000, meta_batch_size=32 if _five else 16), eval_steps=3 if _five else 5,
+               eval_query=_shot,
+               doc=f"{'First-order ' if _alg == 'fomaml' else ''}MAML, Omniglot {_way}-way {_shot}-shot, the "
+                   f"paper's settings (Finn et al. 2017).")
+for _shot, _mb in ((1, 4), (5, 2)):
+    for _alg in ("maml", "fomaml"):
+        _image(f"miniimagenet-5w{_shot}s-{_alg}", "miniimagenet", 5, _shot, k_query=15, filters=32,
+               algorithm=dict(name=_alg, first_order=_alg == "fomaml", inner_lr=0.01, inner_steps=5),
+               train=dict(steps=60_000, meta_batch_size=_mb), eval_steps=10,
+               doc=f"{'First-order ' if _alg == 'fomaml' else ''}MAML, mini-ImageNet 5-way {_shot}-shot, "
+                   f"Conv4-32 with max-pool, the paper's settings (Finn et al. 2017).")
+# MAML++ (Antoniou et al. 2019): 5 steps, per-step BatchNorm, learned per-layer per-step rates, multi-step loss.
+_image("omniglot-5w1s-mamlpp", "omniglot", 5, 1, k_query=1, pool="max",
+       algorithm=dict(name="mamlpp", inner_lr=0.1, inner_steps=5, bn_mode="per_step", multi_step_loss=True,
+                      learn_lr="per_layer_per_step", msl_anneal_steps=15_000),
+       train=dict(steps=50_000, meta_batch_size=8), eval_steps=5, eval_query=1,
+       doc="MAML++ on Omniglot 5-way 1-shot (Antoniou et al. 2019): 5 steps, per-step BatchNorm, LSLR, MSL.")
+# Prototypical Networks (Snell et al. 2017): Omniglot 60-way training, 5 queries; mini-ImageNet 30-way
+# (1-shot) / 20-way (5-shot), 15 queries; Adam 1e-3 halved every 2,000 episodes; tested 5-way, 15 queries.
+for _shot in (1, 5):
+    _image(f"omniglot-5w{_shot}s-protonet", "omniglot", 60, _shot, k_query=5,
+           algorithm=dict(name="protonet"), train=dict(steps=20_000, meta_batch_size=1, lr_decay_every=2_000),
+           eval_way=5, doc=f"Prototypical Networks, Omniglot 5-way {_shot}-shot (trained 60-way), Snell et al. 2017.")
+    _image(f"miniimagenet-5w{_shot}s-protonet", "miniimagenet", 30 if _shot == 1 else 20, _shot, k_query=15,
+           algorithm=dict(name="protonet"), train=dict(steps=30_000, meta_batch_size=1, lr_decay_every=2_000),
+           eval_way=5, doc=f"Prototypical Networks, mini-ImageNet 5-way {_shot}-shot, Conv4-64 (Snell et al. 2017).")
+# MetaOptNet (Lee et al. 2019): ResNet-12, SVM (C=0.1) or ridge head, label smoothing 0.1, SGD Nesterov
+# 0.9, lr 0.1 -> 0.006 -> 0.0012 -> 0.00024 at epochs 20/40/50 of 1,000 episodes, 8 episodes per batch,
+# 6 queries per class in training (the paper also trains 1-shot models with 15 shots; here the test shot).
+for _head in ("svm", "rr"):
+    for _shot in (1, 5):
+        _image(f"miniimagenet-5w{_shot}s-metaoptnet-{_head}", "miniimagenet", 5, _shot, k_query=6, model="resnet12",
+               algorithm=dict(name=f"metaoptnet-{_head}", label_smoothing=0.1, svm_c=0.1),
+               train=dict(steps=60_000, meta_batch_size=8, meta_optimizer="nesterov", meta_lr=0.1,
+                          weight_decay=5e-4, lr_boundaries=(20_000, 40_000, 50_000), lr_scales=(0.06, 0.2, 0.2)),
+               doc=f"MetaOptNet-{_head.upper()}, ResNet-12, mini-ImageNet 5-way {_shot}-shot (Lee et al. 2019).")
+# R2-D2 (Bertinetto et al. 2019) with the same ResNet-12 backbone (the paper uses a 4-layer 96-192-384-512 CNN).
+for _shot in (1, 5):
+    _image(f"miniimagenet-5w{_shot}s-r2d2", "miniimagenet", 5, _shot, k_query=6, model="resnet12",
+           algorithm=dict(name="r2d2"),
+           train=dict(steps=60_000, meta_batch_size=8, meta_optimizer="nesterov", meta_lr=0.1, weight_decay=5e-4,
+                      lr_boundaries=(20_000, 40_000, 50_000), lr_scales=(0.06, 0.2, 0.2)),
+           doc=f"R2-D2 ridge head, ResNet-12, mini-ImageNet 5-way {_shot}-shot (Bertinetto et al. 2019; "
+               f"MetaOptNet's schedule).")
+# iMAML (Rajeswaran et al. 2019, iMAML-GD): Omniglot, lambda 2, 5 CG steps, 16 (5-way) / 25 (20-way)
+# inner gradient-descent steps.
+for _way, _steps in ((5, 16), (20, 25)):
+    _image(f"omniglot-{_way}w1s-imaml", "omniglot", _way, 1, k_query=1, pool="stride",
+           algorithm=dict(name="imaml", inner_lr=0.1, inner_steps=_steps, reg_lambda=2.0, cg_steps=5),
+           train=dict(steps=30_000, meta_batch_size=32 if _way == 5 else 16), eval_steps=_steps, eval_query=1,
+           doc=f"iMAML (GD inner solver), Omniglot {_way}-way 1-shot (Rajeswaran et al. 2019).")
 
 
 def load(name_or_path: str | None) -> Config:

@@ -30,6 +30,9 @@ class Experiment:
       train_data: device data passed to ``train_sample`` (or ``None``).
       eval_data: device data passed to the evaluation samplers (or ``None``).
       task_kind: ``"regression"`` or ``"classification"``.
+      eval_algorithm: the algorithm used for evaluation (differs from
+        ``algorithm`` when a metric head tests with fewer ways than it trains).
+      task_parallel: the resolved ``task_parallel`` for this backend and model.
     """
 
     model: Any
@@ -40,9 +43,15 @@ class Experiment:
     train_data: Any = None
     eval_data: Any = None
     task_kind: str = "regression"
+    eval_algorithm: Any = None
+    task_parallel: Any = "vmap"
+
+    def __post_init__(self):
+        if self.eval_algorithm is None:
+            self.eval_algorithm = self.algorithm
 
 
-def build_algorithm(cfg: Config, apply: Callable, *, loss: str):
+def build_algorithm(cfg: Config, apply: Callable, *, loss: str, n_way: int | None = None):
     """The algorithm object named by ``cfg.algorithm.name``."""
     from jmeta import algorithms as A
 
@@ -67,33 +76,58 @@ def build_algorithm(cfg: Config, apply: Callable, *, loss: str):
                                  msl_anneal_steps=a.msl_anneal_steps)
     if a.name == "reptile":
         return A.Reptile(**common, adapt_params=adapt)
-    extra = _extra_algorithm(cfg, apply, loss)
-    if extra is not None:
-        return extra
+    n_way = cfg.task.n_way if n_way is None else n_way
+    if a.name == "imaml":
+        from jmeta.ops import resolve_conv_impl
+
+        # custom_vjp convolutions (patches_vjp, "auto" on the CPU) have no forward mode
+        hvp = "reverse" if cfg.model.name != "mlp" and resolve_conv_impl("auto") == "patches_vjp" else "forward"
+        return A.IMAML(apply=apply, loss=loss, reg_lambda=a.reg_lambda, inner_lr=a.inner_lr, num_steps=a.inner_steps,
+                       eval_steps=a.eval_steps, inner_transform=inner, cg_steps=a.cg_steps, adapt_params=adapt,
+                       bn_mode=a.bn_mode, hvp=hvp)
+    if a.name in HEAD_ALGORITHMS and loss != "cross_entropy":
+        raise ConfigError(f"algorithm.name={a.name!r} is a classification head; task.family must be "
+                          f"'omniglot' or 'miniimagenet'")
+    if a.name == "protonet":
+        from jmeta.algorithms.protonet import ProtoNet
+
+        return ProtoNet(apply=apply, n_way=n_way)
+    if a.name == "r2d2":
+        return A.R2D2(apply=apply, n_way=n_way, label_smoothing=a.label_smoothing, bn_mode="batch")
+    if a.name in ("metaoptnet-svm", "metaoptnet-rr"):
+        return A.MetaOptNet(apply=apply, n_way=n_way, label_smoothing=a.label_smoothing, bn_mode="batch",
+                            head="svm" if a.name.endswith("svm") else "ridge", C=a.svm_c)
+    if a.name == "meta-lstm":
+        try:
+            from jmeta.learned_optim.meta_lstm import MetaLSTM
+        except ImportError:
+            raise ConfigError("algorithm.name='meta-lstm' is not available in this build of jmeta") from None
+        return MetaLSTM.from_config(cfg, apply=apply, n_way=n_way)
     raise ConfigError(f"algorithm.name={a.name!r} is not available in this build of jmeta")
 
 
-def _extra_algorithm(cfg: Config, apply, loss):
-    """Algorithms that live in optional modules (metric/closed-form heads, iMAML, Meta-LSTM)."""
-    import importlib
-
-    a = cfg.algorithm
-    table = {"protonet": ("jmeta.algorithms.protonet", "ProtoNet")}
-    if a.name not in table:
-        return None
-    mod, cls = table[a.name]
-    try:
-        klass = getattr(importlib.import_module(mod), cls)
-    except (ImportError, AttributeError):
-        return None
-    return klass(apply=apply, n_way=cfg.task.n_way)
+# Algorithms whose model is an embedding (no classification layer): the head is fitted per task.
+HEAD_ALGORITHMS = ("protonet", "r2d2", "metaoptnet-svm", "metaoptnet-rr")
 
 
 def build_meta_optimizer(cfg: Config) -> optax.GradientTransformation:
+    """The meta-optimizer of ``cfg.train``, with its learning-rate schedule and weight decay."""
     t = cfg.train
+    lr = t.meta_lr
+    if t.lr_boundaries:
+        lr = optax.piecewise_constant_schedule(t.meta_lr, {int(b): float(v) for b, v in
+                                                           zip(t.lr_boundaries, t.lr_scales)})
+    elif t.lr_decay_every:
+        lr = optax.exponential_decay(t.meta_lr, t.lr_decay_every, t.lr_decay, staircase=True)
     if t.meta_optimizer == "adam":
-        return optax.adam(t.meta_lr)
-    return optax.sgd(t.meta_lr)
+        opt = optax.adam(lr)
+    elif t.meta_optimizer == "sgd":
+        opt = optax.sgd(lr)
+    else:
+        opt = optax.sgd(lr, momentum=0.9, nesterov=t.meta_optimizer == "nesterov")
+    if t.weight_decay:
+        opt = optax.chain(optax.add_decayed_weights(t.weight_decay), opt)
+    return opt
 
 
 def build(cfg: Config, *, data_dir=None) -> Experiment:
@@ -113,9 +147,89 @@ def _build_sinusoid(cfg: Config) -> Experiment:
     algo = build_algorithm(cfg, model.apply, loss="mse")
     train = Sinusoid(cfg.task.k_support, cfg.task.k_query)
     evals = {k: Sinusoid(k, max(cfg.task.k_query, 10)).sample for k in cfg.eval.shots}
-    return Experiment(model, algo, build_meta_optimizer(cfg), train.sample, evals, task_kind="regression")
+    tp = cfg.train.task_parallel
+    return Experiment(model, algo, build_meta_optimizer(cfg), train.sample, evals, task_kind="regression",
+                      task_parallel="vmap" if tp == "auto" else tp)
+
+
+# Per-channel normalisation of mini-ImageNet (MetaOptNet's constants); Omniglot is only scaled to [0, 1].
+MINIIMAGENET_MEAN = (120.39586422 / 255.0, 115.59361427 / 255.0, 104.54012653 / 255.0)
+MINIIMAGENET_STD = (70.68188272 / 255.0, 68.27635443 / 255.0, 72.54505529 / 255.0)
+
+
+def load_image_data(cfg: Config, *, data_dir=None):
+    """``(train_store, eval_store)`` of an image family as :class:`~jmeta.data.ClassStore` (host arrays)."""
+    t = cfg.task
+    if t.family == "omniglot":
+        from jmeta.data import load_omniglot
+
+        train = load_omniglot("train", data_dir=data_dir, image_size=t.image_size, rotations=t.rotations)
+        held = load_omniglot(cfg.eval.split, data_dir=data_dir, image_size=t.image_size)
+    elif t.family == "miniimagenet":
+        from jmeta.data import load_miniimagenet
+
+        train = load_miniimagenet("train", data_dir=data_dir, image_size=t.image_size)
+        held = load_miniimagenet(cfg.eval.split, data_dir=data_dir, image_size=t.image_size)
+    else:
+        raise ConfigError(f"task.family={t.family!r} is not an image family; valid: ['omniglot', 'miniimagenet']")
+    return train, held
 
 
 def _build_images(cfg: Config, *, data_dir=None) -> Experiment:
-    raise ConfigError(f"task.family={cfg.task.family!r}: image families are not wired into the command line "
-                      f"in this build; valid: ['sinusoid']")
+    import jax
+
+    from jmeta.ops import recommended_task_parallel
+    from jmeta.tasks.episodes import EpisodeSampler, put_on_device
+
+    t, a = cfg.task, cfg.algorithm
+    train_store, eval_store = load_image_data(cfg, data_dir=data_dir)
+    eval_way = cfg.eval.n_way or t.n_way
+    eval_query = cfg.eval.k_query or t.k_query
+    head = a.name in HEAD_ALGORITHMS
+    if not head and a.name != "meta-lstm" and eval_way != t.n_way:
+        raise ConfigError(f"eval.n_way={eval_way} must equal task.n_way={t.n_way} for {a.name!r} (its model has "
+                          f"an {t.n_way}-way output layer)")
+    for name, way, store in (("task.n_way", t.n_way, train_store), ("eval.n_way", eval_way, eval_store)):
+        if way > store.num_classes:
+            raise ConfigError(f"{name}={way} exceeds the {store.num_classes} classes of {store.name}")
+    for name, need, store in (("task.k_support + task.k_query", t.k_support + t.k_query, train_store),
+                              ("eval shots + eval query", max(cfg.eval.shots) + eval_query, eval_store)):
+        if need > store.num_per_class:
+            raise ConfigError(f"{name}={need} exceeds the {store.num_per_class} examples per class of {store.name}")
+    shape = tuple(train_store.image_shape)
+    norm = {}
+    if t.family == "miniimagenet":
+        norm = dict(mean=MINIIMAGENET_MEAN, std=MINIIMAGENET_STD)
+    out_way = None if head else t.n_way
+    key = jax.random.key(cfg.train.seed)
+    if cfg.model.name == "conv4":
+        from jmeta.models.conv import conv4
+
+        model = conv4(out_way, input_shape=shape, hidden=cfg.model.filters, pool=cfg.model.pool,
+                      per_step_bn=a.inner_steps if a.bn_mode == "per_step" else None, key=key)
+    elif cfg.model.name == "resnet12":
+        from jmeta.models.resnet import resnet12
+
+        if a.bn_mode == "per_step":
+            raise ConfigError("algorithm.bn_mode='per_step' is implemented for model.name='conv4' only")
+        model = resnet12(out_way, input_shape=shape, key=key)
+    else:
+        raise ConfigError(f"model.name={cfg.model.name!r} cannot classify images; valid: ['conv4', 'resnet12']")
+    algo = build_algorithm(cfg, model.apply, loss="cross_entropy")
+    eval_algo = build_algorithm(cfg, model.apply, loss="cross_entropy", n_way=eval_way) if eval_way != t.n_way \
+        else algo
+    train_sampler = EpisodeSampler(t.n_way, t.k_support, t.k_query, **norm)
+
+    def train_sample(key, n, data):
+        return train_sampler.sample(data, key, n)
+
+    evals = {}
+    for shots in cfg.eval.shots:
+        sampler = EpisodeSampler(eval_way, shots, eval_query, **norm)
+        evals[shots] = (lambda s: lambda key, n, data: s.sample(data, key, n))(sampler)
+    tp = cfg.train.task_parallel
+    if tp == "auto" and recommended_task_parallel() == "map":
+        tp = "map"  # convolutions on XLA:CPU: a loop over tasks beats vmap (see jmeta.ops)
+    return Experiment(model, algo, build_meta_optimizer(cfg), train_sample, evals,
+                      train_data=put_on_device(train_store), eval_data=put_on_device(eval_store),
+                      task_kind="classification", eval_algorithm=eval_algo, task_parallel=tp)

@@ -5,6 +5,7 @@ from jmeta.algorithms.maml import (ANIL, BN_MODES, FOMAML, MAML, GradientLearner
                                    msl_weights)
 from jmeta.algorithms.imaml import IMAML
 from jmeta.algorithms.metaoptnet import MetaOptNet, crammer_singer_svm
+from jmeta.algorithms.protonet import ProtoNet, prototypes, squared_distances
 from jmeta.algorithms.r2d2 import R2D2, ClosedFormHead, ridge_regression
 from jmeta.algorithms.reptile import Reptile
 
@@ -14,6 +15,9 @@ __all__ = [
     "ClosedFormHead",
     "IMAML",
     "MetaOptNet",
+    "ProtoNet",
+    "prototypes",
+    "squared_distances",
     "R2D2",
     "crammer_singer_svm",
     "ridge_regression",

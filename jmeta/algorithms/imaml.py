@@ -49,6 +49,7 @@ from jmeta.losses import get_loss, metrics_for
 
 PyTree = Any
 
+IMAML_HVPS = ("forward", "reverse")
 IMAML_BN_MODES = ("batch", "frozen")
 IMAML_SOLVES = ("cg", "dense", "gmres", "bicgstab")
 
@@ -83,6 +84,11 @@ class IMAML:
         :func:`jmeta.algorithms.base.make_param_filter`).
       bn_mode: ``"batch"`` (training-mode BatchNorm everywhere, as MAML) or
         ``"frozen"`` (evaluation mode, ``model_state`` never updated).
+      hvp: how the Hessian-vector products of CG are formed: ``"forward"``
+        (forward-over-reverse, the default) or ``"reverse"``
+        (reverse-over-reverse: the same numbers, needed when the model calls
+        ``jax.custom_vjp`` functions, which have no forward mode -- e.g.
+        ``conv_impl="patches_vjp"`` convolutions, ``"auto"``'s choice on CPU).
     """
 
     apply: Callable[..., Any]
@@ -98,6 +104,7 @@ class IMAML:
     linear_solve: str = "cg"
     adapt_params: Any = None
     bn_mode: str = "batch"
+    hvp: str = "forward"
 
     def __post_init__(self):
         if not callable(self.apply):
@@ -118,6 +125,8 @@ class IMAML:
             raise ValueError(f"linear_solve must be one of {IMAML_SOLVES}, got {self.linear_solve!r}")
         if self.bn_mode not in IMAML_BN_MODES:
             raise ValueError(f"bn_mode must be one of {IMAML_BN_MODES}, got {self.bn_mode!r}")
+        if self.hvp not in IMAML_HVPS:
+            raise ValueError(f"hvp must be one of {IMAML_HVPS}, got {self.hvp!r}")
         make_param_filter(self.adapt_params)
 
     # -- pieces ---------------------------------------------------------------
@@ -162,7 +171,8 @@ class IMAML:
         """``(phi, slow, support_loss_before)`` with the implicit derivative attached."""
         fast, slow = self._split(meta_params["params"])
         solver = custom_root(self.optimality, solve=self.linear_solve, has_aux=True, tol=self.cg_tol,
-                             maxiter=self.cg_steps, ridge=self.cg_damping, symmetric=True)(self._inner(num_steps))
+                             maxiter=self.cg_steps, ridge=self.cg_damping,
+                             symmetric=self.hvp == "forward")(self._inner(num_steps))
         phi, (first, _) = solver(jax.lax.stop_gradient(fast), fast, slow, model_state, x, y)
         return phi, slow, first
 

@@ -32,7 +32,7 @@ from jmeta.losses import get_loss, metrics_for
 
 PyTree = Any
 
-BN_MODES = ("batch", "frozen")
+BN_MODES = ("batch", "frozen", "per_step")
 
 
 def _check_int(name, v, lo):
@@ -86,7 +86,13 @@ class GradientLearner:
       bn_mode: ``"batch"``: the model runs in training mode during adaptation
         and on the query set (per-task batch statistics, the MAML default,
         transductive); ``"frozen"``: evaluation mode everywhere (running
-        statistics from ``model_state``, which are then never updated).
+        statistics from ``model_state``, which are then never updated);
+        ``"per_step"``: MAML++'s per-step BatchNorm (BNRS + BNWB): training
+        mode as ``"batch"``, and ``apply`` takes ``step=i`` -- the support
+        forward of inner step ``i`` and the query forward after step ``i``
+        use row ``i`` of per-step BatchNorm weights and statistics (build the
+        model with ``jmeta.models.conv4(..., per_step_bn=K)`` or
+        :func:`jmeta.models.with_per_step`).
     """
 
     apply: Callable[..., Any]
@@ -126,7 +132,11 @@ class GradientLearner:
     # -- pieces ---------------------------------------------------------------
     @property
     def _train_mode(self) -> bool:
-        return self.bn_mode == "batch"
+        return self.bn_mode in ("batch", "per_step")
+
+    @property
+    def _per_step(self) -> bool:
+        return self.bn_mode == "per_step"
 
     def _split(self, params):
         return partition(params, make_param_filter(self.adapt_params))
@@ -141,17 +151,23 @@ class GradientLearner:
             return scale
         return optax.chain(self.inner_transform, scale)
 
-    def _forward(self, params, state, x, train):
+    def _forward(self, params, state, x, train, step=None):
+        if self._per_step:
+            return self.apply(params, state, x, train=train, step=0 if step is None else step)
         return self.apply(params, state, x, train=train)
 
     def _support_loss(self, slow, state, x, y):
         loss_fn = get_loss(self.loss)
 
-        def f(fast):
-            out, _ = self._forward(combine(fast, slow), state, x, self._train_mode)
+        def f(fast, i=None):
+            out, _ = self._forward(combine(fast, slow), state, x, self._train_mode, i)
             return loss_fn(out, y)
 
         return f
+
+    def _last_row(self, k):
+        # the query forward after k >= 1 steps uses row k-1 (that of the last step)
+        return max(k - 1, 0)
 
     # -- contract -------------------------------------------------------------
     def init(self, params: PyTree, *, key=None) -> dict:
@@ -172,12 +188,15 @@ class GradientLearner:
         fast, slow = self._split(meta_params["params"])
         res = inner_loop(self._support_loss(slow, model_state, support_x, support_y), fast,
                          self.inner_optimizer(meta_params), k, first_order=self.first_order,
-                         remat=self.remat)
+                         remat=self.remat, step_index=self._per_step)
         return combine(res.params, slow)
 
-    def predict(self, meta_params, adapted, model_state, x):
+    def predict(self, meta_params, adapted, model_state, x, *, num_steps=None):
+        """Model outputs of ``x`` with ``adapted`` parameters (``num_steps``: the
+        adaptation steps taken, which selects the per-step BatchNorm row)."""
         del meta_params
-        return self._forward(adapted, model_state, x, self._train_mode)[0]
+        k = self.num_steps if num_steps is None else num_steps
+        return self._forward(adapted, model_state, x, self._train_mode, self._last_row(k))[0]
 
     def task_loss(self, meta_params, model_state, task, *, key=None, step=0):
         del key
@@ -186,19 +205,21 @@ class GradientLearner:
         support = self._support_loss(slow, model_state, task.support_x, task.support_y)
 
         if self.multi_step_loss:
-            def query(f):
-                out, _ = self._forward(combine(f, slow), model_state, task.query_x, self._train_mode)
+            def query(f, i=None):
+                out, _ = self._forward(combine(f, slow), model_state, task.query_x, self._train_mode, i)
                 return loss_fn(out, task.query_y)
 
             res = inner_loop(support, fast, self.inner_optimizer(meta_params), self.num_steps,
-                             first_order=self.first_order, remat=self.remat, eval_fn=query)
+                             first_order=self.first_order, remat=self.remat, eval_fn=query,
+                             step_index=self._per_step)
             w = msl_weights(self.num_steps, step, self.msl_anneal_steps)
             objective = jnp.sum(w * res.evals[1:])
         else:
             res = inner_loop(support, fast, self.inner_optimizer(meta_params), self.num_steps,
-                             first_order=self.first_order, remat=self.remat)
+                             first_order=self.first_order, remat=self.remat, step_index=self._per_step)
             objective = None
-        out, new_state = self._forward(combine(res.params, slow), model_state, task.query_x, self._train_mode)
+        out, new_state = self._forward(combine(res.params, slow), model_state, task.query_x, self._train_mode,
+                                       self._last_row(self.num_steps))
         metrics = metrics_for(self.loss, out, task.query_y)
         if objective is None:
             objective = metrics["loss"]
@@ -213,12 +234,12 @@ class GradientLearner:
         k = num_steps if num_steps is not None else (self.eval_steps if self.eval_steps is not None else self.num_steps)
         fast, slow = self._split(meta_params["params"])
 
-        def query(f):
-            out, _ = self._forward(combine(f, slow), model_state, task.query_x, self._train_mode)
+        def query(f, i=None):
+            out, _ = self._forward(combine(f, slow), model_state, task.query_x, self._train_mode, i)
             return metrics_for(self.loss, out, task.query_y)
 
         res = inner_loop(self._support_loss(slow, model_state, task.support_x, task.support_y), fast,
-                         self.inner_optimizer(meta_params), k, eval_fn=query)
+                         self.inner_optimizer(meta_params), k, eval_fn=query, step_index=self._per_step)
         return jax.lax.stop_gradient(res.evals)
 
 

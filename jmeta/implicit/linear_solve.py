@@ -65,9 +65,40 @@ def solve_dense(matvec: Callable[[PyTree], PyTree], b: PyTree, *, ridge: float =
 def solve_cg(matvec, b, *, ridge: float = 0.0, tol: float = 1e-6, maxiter: int | None = None, init=None):
     r"""Conjugate gradient for symmetric positive definite :math:`A + \rho I`.
 
-    Stops when :math:`\lVert r\rVert \le \mathrm{tol}\,\lVert b\rVert` or after ``maxiter`` iterations.
+    Stops when :math:`\lVert r\rVert \le \mathrm{tol}\,\lVert b\rVert` or after ``maxiter`` iterations
+    (default ``10 n``, as scipy). A plain ``lax.while_loop`` (no ``lax.custom_linear_solve``), so the
+    matvec need not be differentiable in forward mode -- it may be a ``jax.vjp`` through
+    ``jax.custom_vjp`` functions. The solve itself is not differentiated (it runs inside backward passes).
     """
-    return jax.scipy.sparse.linalg.cg(_add_ridge(matvec, ridge), b, x0=init, tol=tol, maxiter=maxiter)[0]
+    a = _add_ridge(matvec, ridge)
+    flat_b, unravel = ravel_pytree(b)
+    n = flat_b.shape[0]
+    maxiter = 10 * n if maxiter is None else maxiter
+
+    def mv(v):
+        return ravel_pytree(a(unravel(v)))[0].astype(flat_b.dtype)
+
+    x0 = jnp.zeros_like(flat_b) if init is None else ravel_pytree(init)[0].astype(flat_b.dtype)
+    r0 = flat_b - mv(x0) if init is not None else flat_b
+    rs0 = jnp.vdot(r0, r0)
+    thresh = (tol * jnp.linalg.norm(flat_b)) ** 2
+
+    def cond(c):
+        k, _, _, _, rs = c
+        return (k < maxiter) & (rs > thresh)
+
+    def body(c):
+        k, x, r, p, rs = c
+        ap = mv(p)
+        alpha = rs / jnp.vdot(p, ap)
+        x = x + alpha * p
+        r = r - alpha * ap
+        rs_new = jnp.vdot(r, r)
+        p = r + (rs_new / rs) * p
+        return k + 1, x, r, p, rs_new
+
+    _, x, _, _, _ = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), x0, r0, r0, rs0))
+    return unravel(x)
 
 
 def solve_gmres(matvec, b, *, ridge: float = 0.0, tol: float = 1e-6, maxiter: int | None = None, init=None,

@@ -87,7 +87,10 @@ def root_vjp(optimality_fn: Callable[..., PyTree], sol: PyTree, args: tuple, cot
       symmetric: :math:`\partial_x F` is symmetric (e.g. ``F`` a gradient:
         then it is a Hessian), so the matvecs use forward mode
         (``jax.linearize`` of ``F``: forward-over-reverse Hessian-vector
-        products) instead of ``jax.vjp``.
+        products) instead of ``jax.vjp``. Leave it ``False`` (reverse-over-reverse
+        products, the same numbers for a symmetric matrix) when ``F`` calls
+        ``jax.custom_vjp`` functions, which have no forward mode (e.g. jmeta's
+        ``conv_impl="patches_vjp"`` convolutions).
     """
     _check_square(optimality_fn, sol, args)
     lin = make_linear_solver(solve)

@@ -96,6 +96,7 @@ def inner_loop(
     eval_fn: Callable[[PyTree], Any] | None = None,
     has_aux: bool = False,
     unroll: int = 1,
+    step_index: bool = False,
 ) -> InnerResult:
     """Adapts ``params`` by ``num_steps`` steps of ``optimizer`` on ``loss_fn``.
 
@@ -115,6 +116,10 @@ def inner_loop(
       has_aux: whether ``loss_fn`` returns ``(loss, aux)``; ``aux`` is dropped.
       unroll: ``lax.scan`` unroll factor (a single step is always inlined:
         on XLA:CPU a one-trip loop blocks fusion and costs ~5% of a small step).
+      step_index: call ``loss_fn(params, i)`` and ``eval_fn(params, i)`` with
+        the (traced) step index ``i``: ``loss_fn`` at step ``i`` gets ``i``,
+        ``eval_fn`` after step ``i`` gets ``i`` and before the first step
+        ``0`` -- for per-step parameters such as MAML++'s per-step BatchNorm.
 
     Returns:
       An :class:`InnerResult`.
@@ -131,26 +136,35 @@ def inner_loop(
         raise ValueError(f"num_steps must be a non-negative Python int, got {num_steps!r}")
     if not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}")
-    vg = _value_and_grad(loss_fn, has_aux)
     opt_state = optimizer.init(params)
+    if step_index:
+        def vg(p, i):
+            return _value_and_grad(lambda q: loss_fn(q, i), has_aux)(p)
 
-    def step(carry, _):
+        ev = eval_fn
+    else:
+        vg_ = _value_and_grad(loss_fn, has_aux)
+        vg = lambda p, i: vg_(p)  # noqa: E731
+        ev = None if eval_fn is None else (lambda p, i: eval_fn(p))
+
+    def step(carry, i):
         p, s = carry
-        (loss, _aux), grads = vg(p)
+        (loss, _aux), grads = vg(p, i)
         if first_order:
             grads = jax.lax.stop_gradient(grads)
         updates, s = optimizer.update(grads, s, p)
         p = optax.apply_updates(p, updates)
-        out = (loss, eval_fn(p) if eval_fn is not None else None)
+        out = (loss, ev(p, i) if ev is not None else None)
         return (p, s), out
 
     use_ckpt, policy = remat_policy(remat)
     if use_ckpt:
         step = jax.checkpoint(step, policy=policy, prevent_cse=False)
 
+    xs = jnp.arange(num_steps, dtype=jnp.int32) if step_index else None
     (params_k, opt_state), (losses, evals) = jax.lax.scan(
-        step, (params, opt_state), None, length=num_steps, unroll=True if num_steps == 1 else unroll)
+        step, (params, opt_state), xs, length=num_steps, unroll=True if num_steps == 1 else unroll)
     if eval_fn is not None:
-        first = eval_fn(params)
+        first = ev(params, jnp.zeros((), jnp.int32))
         evals = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b], axis=0), first, evals)
     return InnerResult(params_k, opt_state, losses, evals)

@@ -9,7 +9,16 @@ The run folder (the contract other tools build on)::
       learning_curves.png    training metrics
       adaptation_curves.png  query loss after 0..N steps, with CIs
       predictions.png        (sinusoid) adapted fits on held-out tasks
-      checkpoints/<step>/    orbax checkpoints (the last few)
+      checkpoints/<step>/    orbax checkpoints (the last few; complete ones hold commit_success.txt)
+      events.out.tfevents.*  the metrics for TensorBoard (``tensorboard --logdir RUN_DIR/..``)
+      wandb/, wandb_id.txt   (with ``--wandb``) the Weights & Biases run
+
+Non-finite values: with ``train.on_nan='stop'`` (default) the first meta-step
+whose objective or meta-gradient norm is NaN/Inf is not applied, no later
+checkpoint is written, and :class:`NonFiniteError` names that step and the
+last good checkpoint (``jmeta train`` prints it as one line and exits 1).
+With ``'skip'`` such updates are dropped (the step counter moves on) and
+``metrics.jsonl`` counts them in ``skipped_updates``.
 
 Determinism: the meta-step's key is ``fold_in(key(seed), step)``, so the data
 stream and every random draw are functions of the seed and the step; a run
@@ -77,7 +86,8 @@ def _guarded_steps(step_fn, on_nan: str):
 
 
 def train(cfg: Config, out_dir, *, resume: bool = False, progress: bool = True, data_dir=None,
-          sinks=(), evaluate_at_end: bool = True, stop_after: int | None = None) -> dict:
+          sinks=(), evaluate_at_end: bool = True, stop_after: int | None = None, tensorboard: bool = True,
+          plots: bool = True) -> dict:
     """Runs (or resumes) the experiment ``cfg`` into ``out_dir``.
 
     Args:
@@ -91,6 +101,15 @@ def train(cfg: Config, out_dir, *, resume: bool = False, progress: bool = True, 
       evaluate_at_end: run the final evaluation and write ``eval.json``.
       stop_after: stop (with a checkpoint) after this many meta-steps of this
         call, without the final evaluation (to test resuming).
+      tensorboard: also write the metrics as a TensorBoard event file into
+        ``out_dir`` (:mod:`jmeta.train.tensorboard`; no TensorFlow needed).
+      plots: draw the PNGs at the end (needs matplotlib).
+
+    Raises:
+      NonFiniteError: ``train.on_nan='stop'`` and a loss or meta-gradient was
+        not finite; the message names the meta-step and the last good checkpoint.
+      MemoryError: the device ran out of memory (the message lists the options
+        that reduce memory).
 
     Returns:
       A summary dict (``steps``, ``wall_time``, ``eval``).
@@ -119,8 +138,13 @@ def train(cfg: Config, out_dir, *, resume: bool = False, progress: bool = True, 
         MetricsLog.truncate_after(out / "metrics.jsonl", start)
     elif (out / "metrics.jsonl").exists():
         (out / "metrics.jsonl").unlink()
+    sinks = list(sinks)
+    if tensorboard:
+        from jmeta.train.tensorboard import TensorBoardSink
+
+        sinks.append(TensorBoardSink(out, resume_step=start if resume else None))
     log = MetricsLog(out / "metrics.jsonl", sinks)
-    task_parallel = t.task_parallel if t.task_parallel != "auto" else "vmap"
+    task_parallel = exp.task_parallel
     step_fn = make_meta_step(exp.algorithm, exp.train_sample, exp.meta_optimizer,
                              meta_batch_size=t.meta_batch_size, task_parallel=task_parallel, jit=False)
     guarded = _guarded_steps(step_fn, t.on_nan)
@@ -140,18 +164,18 @@ def train(cfg: Config, out_dir, *, resume: bool = False, progress: bool = True, 
                 nxt = min(nxt, (s // t.checkpoint_every + 1) * t.checkpoint_every)
             state, bad, skipped, metrics = guarded(state, bad, skipped, k_train, exp.train_data, nxt - s)
             s = nxt
+            b = int(bad)  # checked after every call, so no checkpoint is written past a bad step
+            if b >= 0:
+                last = ckpt.latest_step()
+                raise NonFiniteError(
+                    f"non-finite loss or meta-gradient at meta-step {b}; the run stopped without applying "
+                    f"it. Last good checkpoint: "
+                    f"{'step ' + str(last) + ' in ' + str(ckpt.directory) if last is not None else 'none'}. "
+                    f"Resume with `jmeta train --resume {out}` after lowering train.meta_lr or "
+                    f"algorithm.inner_lr (edit {out / 'config.json'}), or use --set train.on_nan=skip "
+                    f"to drop such updates.")
             if s % t.log_every == 0 or s == total:
                 host = jax.device_get(metrics)
-                b = int(bad)
-                if b >= 0:
-                    last = ckpt.latest_step()
-                    raise NonFiniteError(
-                        f"non-finite loss or meta-gradient at meta-step {b}; the run stopped without applying "
-                        f"it. Last good checkpoint: "
-                        f"{'step ' + str(last) + ' in ' + str(ckpt.directory) if last is not None else 'none'}. "
-                        f"Resume with `jmeta train --resume {out}` after lowering train.meta_lr or "
-                        f"algorithm.inner_lr (edit {out / 'config.json'}), or use --set train.on_nan=skip "
-                        f"to drop such updates.")
                 rec = {k: float(v) for k, v in host.items()}
                 if t.on_nan == "skip":
                     rec["skipped_updates"] = int(skipped)
@@ -176,7 +200,9 @@ def train(cfg: Config, out_dir, *, resume: bool = False, progress: bool = True, 
     if stop_after is not None and s < t.steps:
         return summary
     if evaluate_at_end:
-        summary["eval"] = evaluate_run(cfg, exp, state, k_eval, out)
+        summary["eval"] = evaluate_run(cfg, exp, state, k_eval, out, progress=progress)
+    if not plots:
+        return summary
     try:
         from jmeta.plots import plot_run
 
@@ -193,18 +219,38 @@ def _is_oom(e: Exception) -> bool:
     return "RESOURCE_EXHAUSTED" in msg or "Out of memory" in msg or "out of memory" in msg
 
 
-def evaluate_run(cfg: Config, exp, state, key, out=None) -> dict:
-    """Final evaluation: each shot count of ``cfg.eval`` over ``cfg.eval.num_tasks`` held-out tasks."""
+def evaluate_run(cfg: Config, exp, state, key, out=None, *, progress: bool = False) -> dict:
+    """Final evaluation: each shot count of ``cfg.eval`` over ``cfg.eval.num_tasks`` held-out tasks.
+
+    With ``progress`` a bar counts evaluated tasks (per batch when
+    :func:`jmeta.train.evaluate.evaluate` accepts a ``progress`` callback,
+    else per shot count).
+    """
+    import inspect
+
     from jmeta.train.evaluate import evaluate
 
     results = {}
-    for shots, sample in exp.eval_samples.items():
-        t0 = time.perf_counter()
-        r = evaluate(exp.algorithm, state.meta_params, state.model_state, sample,
-                     jax.random.fold_in(key, shots), num_tasks=cfg.eval.num_tasks, num_steps=cfg.eval.steps,
-                     batch_size=cfg.eval.batch_size, data=exp.eval_data)
-        r["wall_time_s"] = round(time.perf_counter() - t0, 2)
-        results[f"K={shots}"] = r
+    n = cfg.eval.num_tasks
+    bar = Progress(n * len(exp.eval_samples), desc=f"{cfg.name} eval", unit="task", enabled=progress)
+    per_batch = "progress" in inspect.signature(evaluate).parameters
+    done = 0
+    try:
+        for shots, sample in exp.eval_samples.items():
+            t0 = time.perf_counter()
+            kw = {}
+            if per_batch and progress:
+                kw["progress"] = lambda k, base=done: bar.update(base + k, postfix=f"K={shots}")
+            r = evaluate(exp.eval_algorithm, state.meta_params, state.model_state, sample,
+                         jax.random.fold_in(key, shots), num_tasks=n, num_steps=cfg.eval.steps,
+                         batch_size=cfg.eval.batch_size, data=exp.eval_data,
+                         task_parallel="map" if exp.task_parallel == "map" else "vmap", **kw)
+            r["wall_time_s"] = round(time.perf_counter() - t0, 2)
+            results[f"K={shots}"] = r
+            done += n
+            bar.update(done, postfix=f"K={shots}")
+    finally:
+        bar.close()
     summary = {}
     for name, r in results.items():
         for metric in ("loss", "accuracy"):
@@ -233,14 +279,20 @@ def _sinusoid_predictions(cfg, exp, state, key, out) -> None:
     xs = jax.random.uniform(kx, (3, k, 1), minval=-5.0, maxval=5.0)
     grid = jnp.linspace(-5, 5, 200)[:, None]
     steps = cfg.eval.report_steps[0] if cfg.eval.report_steps else 1
-    curves = []
     algo = exp.algorithm
+    sy = jax.vmap(Sinusoid.function)(amp, phase, xs)
+
+    @jax.jit  # one program instead of op-by-op dispatch of the inner loop
+    def fits(mp, ms, xs, sy):
+        def one(x, y):
+            return algo.predict(mp, algo.adapt(mp, ms, x, y, num_steps=steps), ms, grid)
+
+        return algo.predict(mp, mp["params"], ms, grid), jax.vmap(one)(xs, sy)
+
+    pre, post = jax.device_get(fits(state.meta_params, state.model_state, xs, sy))
+    curves = []
     for i in range(3):
-        sy = Sinusoid.function(amp[i], phase[i], xs[i])
-        adapted = algo.adapt(state.meta_params, state.model_state, xs[i], sy, num_steps=steps)
-        post = algo.predict(state.meta_params, adapted, state.model_state, grid)
-        pre = algo.predict(state.meta_params, state.meta_params["params"], state.model_state, grid)
         curves.append({"x": np.asarray(grid[:, 0]), "truth": np.asarray(Sinusoid.function(amp[i], phase[i], grid[:, 0])),
-                       "pre": np.asarray(pre[:, 0]), "post": np.asarray(post[:, 0]),
-                       "support_x": np.asarray(xs[i, :, 0]), "support_y": np.asarray(sy[:, 0]), "steps": steps})
+                       "pre": np.asarray(pre[:, 0]), "post": np.asarray(post[i, :, 0]),
+                       "support_x": np.asarray(xs[i, :, 0]), "support_y": np.asarray(sy[i, :, 0]), "steps": steps})
     sinusoid_fits(curves, pathlib.Path(out) / "predictions.png", title=f"{cfg.name}: held-out tasks, K={k}")
