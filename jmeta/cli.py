@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--out", required=True, help="sweep folder")
     w.add_argument("--metric", default=None, help="evaluation metric to rank and plot (default: see docs)")
     w.add_argument("--sweep-seed", type=int, default=0, help="seed of the random draws (default 0)")
+    w.add_argument("--vectorize", action="store_true",
+                   help="train all trials in one vmapped program (only algorithm.inner_lr, train.meta_lr, "
+                        "train.seed may vary)")
     w.add_argument("--no-progress", action="store_true", help="no progress bars")
     w.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard files in the trial folders")
     w.add_argument("--data-dir", default=None)
@@ -235,8 +238,11 @@ def cmd_sweep(args) -> int:
         S.trial_config(cfg, t, i)
     print(f"jmeta: sweep of {len(trials)} trial(s) of {cfg.name} ({cfg.train.steps} meta-steps each) -> {args.out}",
           flush=True)
-    res = S.run(cfg, trials, args.out, progress=not args.no_progress, tensorboard=not args.no_tensorboard,
-                metric=args.metric, data_dir=args.data_dir)
+    runner = S.run_vectorized if args.vectorize else S.run
+    if args.vectorize:
+        S._check_vectorizable(cfg, trials)
+    res = runner(cfg, trials, args.out, progress=not args.no_progress, tensorboard=not args.no_tensorboard,
+                 metric=args.metric, data_dir=args.data_dir)
     out = pathlib.Path(args.out)
     print(f"jmeta: results in {out / 'results.csv'}, {out / 'results.json'}, {out / 'sweep.png'}")
     m = res["metric"]

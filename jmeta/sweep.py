@@ -29,10 +29,16 @@ accuracy (classification) or loss (regression) after the most adaptation steps
 reported; ``best`` in ``results.json`` is the trial that maximises accuracy /
 minimises loss.
 
-(The vectorised sweep of :mod:`jmeta.train.sweep`, which trains many
-configurations in one program, covers only float algorithm fields, the meta
-learning rate and the seed, and has no checkpointing or NaN guard; this
-command does not use it.)
+With ``--vectorize`` (:func:`run_vectorized`) the trials are trained
+together, ``vmap``-ed over a configuration axis in one compiled program
+(:mod:`jmeta.train.sweep`), then each is checkpointed and evaluated into its
+own ``trial_NNN`` folder exactly as a separate run would be. Only the keys
+that do not change the program can be vectorised: ``algorithm.inner_lr``
+(without a learned learning rate), ``train.meta_lr`` (Adam or SGD without a
+schedule) and ``train.seed`` (sinusoid: the model's initialisation does not
+depend on it); anything else is a :class:`ConfigError` naming the key. A
+trial whose loss turns non-finite is recorded as ``nonfinite`` (its updates
+keep running inside the shared program; there is no per-step guard).
 """
 
 from __future__ import annotations
@@ -217,6 +223,139 @@ def run(base: Config, trials: list[dict], out_dir, *, progress: bool = True, ten
                 row[name] = v["mean"]
                 row[f"{name} ci95"] = v["ci95"]
         rows.append(row)
+    return _finish(rows, keys, metric, out, log)
+
+
+#: config keys :func:`run_vectorized` can vary inside one program -> the jmeta.train.sweep axis name.
+VECTOR_KEYS = {"algorithm.inner_lr": "inner_lr", "train.meta_lr": "meta_lr", "train.seed": "seed"}
+
+
+def _check_vectorizable(base: Config, trials: list[dict]) -> None:
+    keys = list(dict.fromkeys(k for t in trials for k in t))
+    bad = [k for k in keys if k not in VECTOR_KEYS]
+    if bad:
+        raise ConfigError(f"--vectorize can sweep only {sorted(VECTOR_KEYS)} (they do not change the compiled "
+                          f"program); {bad} need separate runs (drop --vectorize)")
+    if "algorithm.inner_lr" in keys and base.algorithm.learn_lr is not None:
+        raise ConfigError("--vectorize cannot sweep algorithm.inner_lr with algorithm.learn_lr set (the learned "
+                          "rates are initialised from it); drop --vectorize")
+    if "algorithm.inner_lr" in keys and base.algorithm.name not in ("maml", "fomaml", "anil", "metasgd",
+                                                                     "mamlpp", "reptile", "imaml"):
+        raise ConfigError(f"--vectorize: algorithm {base.algorithm.name!r} has no inner_lr to sweep")
+    t = base.train
+    if "train.meta_lr" in keys and (t.meta_optimizer not in ("adam", "sgd") or t.lr_boundaries or
+                                    t.lr_decay_every or t.weight_decay):
+        raise ConfigError("--vectorize can sweep train.meta_lr only with train.meta_optimizer 'adam' or 'sgd', "
+                          "no schedule and no weight decay; drop --vectorize")
+    if "train.seed" in keys and base.task.family != "sinusoid":
+        raise ConfigError("--vectorize can sweep train.seed only on the sinusoid family (image models are "
+                          "initialised from the seed); drop --vectorize")
+
+
+def run_vectorized(base: Config, trials: list[dict], out_dir, *, progress: bool = True, tensorboard: bool = True,
+                   metric: str | None = None, data_dir=None, log=print) -> dict:
+    """Trains all trials in one vmapped program, then evaluates each into ``OUT/trial_NNN``.
+
+    Each trial folder is a complete run (``config.json``, ``metrics.jsonl``,
+    ``eval.json``, a checkpoint) equal, up to float32 rounding, to what
+    :func:`run` would produce. Returns what :func:`run` returns.
+
+    Raises:
+      ConfigError: a trial varies a key that cannot be vectorised (see
+        :data:`VECTOR_KEYS`), or any override is invalid.
+    """
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    from jmeta.experiment import build
+    from jmeta.train import sweep as VS
+    from jmeta.train.checkpoint import Checkpointer
+    from jmeta.train.logging import MetricsLog, Progress, atomic_write_json
+    from jmeta.train.runner import evaluate_run
+
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfgs = [trial_config(base, t, i) for i, t in enumerate(trials)]
+    _check_vectorizable(base, trials)
+    keys = list(dict.fromkeys(k for t in trials for k in t))
+    n = len(cfgs)
+    exp = build(cfgs[0], data_dir=data_dir)
+    tcfg = cfgs[0].train
+    hp = {}
+    if "algorithm.inner_lr" in keys:
+        hp["inner_lr"] = jnp.asarray([c.algorithm.inner_lr for c in cfgs], jnp.float32)
+    opt = exp.meta_optimizer
+    if "train.meta_lr" in keys:
+        maker = optax.adam if tcfg.meta_optimizer == "adam" else optax.sgd
+        opt = optax.inject_hyperparams(maker)(learning_rate=tcfg.meta_lr)
+        hp["meta_lr"] = jnp.asarray([c.train.meta_lr for c in cfgs], jnp.float32)
+    splits = [jax.random.split(jax.random.key(c.train.seed), 3) for c in cfgs]  # as the runner: train, eval, init
+    state = VS.init_sweep(exp.algorithm, exp.model.params, exp.model.state, opt, hp, key=splits[0][2])
+    state = state._replace(key=jnp.stack([s[0] for s in splits]))
+    step = VS.make_sweep_step(exp.algorithm, exp.train_sample, opt, meta_batch_size=tcfg.meta_batch_size,
+                              task_parallel=exp.task_parallel)
+    run_dirs = [out / f"trial_{i:03d}" for i in range(n)]
+    logs = []
+    for cfg, d in zip(cfgs, run_dirs):
+        d.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(d / "config.json", cfg.to_dict())
+        if (d / "metrics.jsonl").exists():
+            (d / "metrics.jsonl").unlink()
+        sinks = []
+        if tensorboard:
+            from jmeta.train.tensorboard import TensorBoardSink
+
+            sinks.append(TensorBoardSink(d))
+        logs.append(MetricsLog(d / "metrics.jsonl", sinks))
+    log(f"jmeta sweep: {n} trials vectorised in one program ({', '.join(keys)}), {tcfg.steps} meta-steps")
+    bar = Progress(tcfg.steps, desc=f"{base.name} sweep x{n}", enabled=progress)
+    t0 = time.perf_counter()
+    finite = np.ones(n, bool)
+    s = 0
+    try:
+        while s < tcfg.steps:
+            k = min(tcfg.steps, (s // tcfg.log_every + 1) * tcfg.log_every) - s
+            state, hist = VS.run_sweep(step, state, k, exp.train_data)
+            s += k
+            finite &= np.all(np.isfinite(hist["loss"]), axis=0)
+            last = {name: np.mean(v, axis=0) for name, v in hist.items()}  # averaged as the runner logs
+            for i, lg in enumerate(logs):
+                lg.write(s, {**{name: float(v[i]) for name, v in last.items()},
+                             "time": round(time.perf_counter() - t0, 3)})
+            bar.update(s, postfix=f"best loss {float(np.nanmin(last['loss'])):.4f}")
+    finally:
+        bar.close()
+        for lg in logs:
+            lg.close()
+    wall = time.perf_counter() - t0
+    rows = []
+    for i, (t, cfg, d) in enumerate(zip(trials, cfgs, run_dirs)):
+        row = {"trial": i, **t, "run_dir": str(d), "wall_time_s": round(wall / n, 2)}
+        ts = VS.select(state, i)
+        if "train.meta_lr" in keys:  # back to the plain optimizer's state layout for a loadable checkpoint
+            ts = ts._replace(opt_state=ts.opt_state.inner_state)
+        ck = Checkpointer(d / "checkpoints", keep=cfg.train.keep_checkpoints)
+        try:
+            ck.save(int(ts.step), ts)
+        finally:
+            ck.close()
+        row["final_train_loss"] = _final_train_loss(d)
+        if not finite[i]:
+            row.update(status="nonfinite", error="non-finite loss during the vectorised sweep")
+        else:
+            exp_i = build(cfg, data_dir=data_dir) if i else exp
+            ev = evaluate_run(cfg, exp_i, ts, splits[i][1], d, progress=False)
+            row["status"] = "ok"
+            for name, v in ev["summary"].items():
+                row[name] = v["mean"]
+                row[f"{name} ci95"] = v["ci95"]
+        rows.append(row)
+    return _finish(rows, keys, metric, out, log)
+
+
+def _finish(rows, keys, metric, out, log) -> dict:
     ok = [r for r in rows if r["status"] == "ok"]
     metrics = [k for k in (ok[0] if ok else {}) if " after " in k and not k.endswith(" ci95")]
     if metric is None and ok:

@@ -95,3 +95,31 @@ def test_bad_sweep_override_fails_before_any_trial(tmp_path, capsys):
     assert main(["sweep", "--grid", "algorithm.inner_lr=0.01,-1", "--out", str(tmp_path / "s")]) == 2
     assert "algorithm.inner_lr must be > 0" in capsys.readouterr().err
     assert not (tmp_path / "s" / "trial_000").exists()
+
+
+def test_vectorized_sweep_equals_separate_runs(tmp_path, capsys):
+    """--vectorize trains the trials in one vmapped program; each trial folder matches a separate run."""
+    common = ["--config", "sinusoid-maml", "--steps", "30", "--set", "train.log_every=10",
+              "--set", "eval.num_tasks=50", "--set", "eval.shots=[5]", "--set", "train.meta_lr=0.003",
+              "--grid", "algorithm.inner_lr=0.005,0.02", "--grid", "train.seed=0,3",
+              "--no-progress", "--no-tensorboard"]
+    assert main(["sweep", *common, "--out", str(tmp_path / "seq")]) == 0
+    assert main(["sweep", *common, "--vectorize", "--out", str(tmp_path / "vec")]) == 0
+    seq = json.loads((tmp_path / "seq" / "results.json").read_text())
+    vec = json.loads((tmp_path / "vec" / "results.json").read_text())
+    assert len(vec["rows"]) == 4 and vec["metric"] == seq["metric"] and vec["best"] == seq["best"]
+    for a, b in zip(seq["rows"], vec["rows"]):
+        assert b["status"] == "ok"
+        assert a["algorithm.inner_lr"] == b["algorithm.inner_lr"] and a["train.seed"] == b["train.seed"]
+        assert math.isclose(a["final_train_loss"], b["final_train_loss"], rel_tol=1e-3)
+        assert math.isclose(a[seq["metric"]], b[seq["metric"]], rel_tol=1e-3)
+    # every vectorised trial folder is a complete run: jmeta eval reads its checkpoint
+    assert main(["eval", str(tmp_path / "vec" / "trial_003"), "--num-tasks", "50", "--no-progress"]) == 0
+    capsys.readouterr()
+
+
+def test_vectorize_refuses_structural_keys(tmp_path, capsys):
+    code = main(["sweep", "--config", "sinusoid-maml", "--grid", "algorithm.inner_steps=1,2", "--vectorize",
+                 "--steps", "2", "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert code == 2 and "algorithm.inner_steps" in err and "--vectorize" in err and "Traceback" not in err
