@@ -295,10 +295,11 @@ def main(argv=None) -> int:
         return 130
     except Exception as e:  # user-facing errors as one line; bugs keep their traceback
         from jmeta.config import ConfigError
+        from jmeta.data.errors import DataError
         from jmeta.train.checkpoint import CheckpointError
         from jmeta.train.runner import NonFiniteError
 
-        known = (ConfigError, CheckpointError, NonFiniteError, FileNotFoundError, MemoryError)
+        known = (ConfigError, CheckpointError, DataError, NonFiniteError, FileNotFoundError, MemoryError)
         if isinstance(e, known):
             print(f"error: {_one_line(e)}", file=sys.stderr)
             return 1 if isinstance(e, (NonFiniteError, MemoryError)) else 2

@@ -112,6 +112,8 @@ class TrainConfig:
         halve it every 2,000 episodes).
       lr_boundaries, lr_scales: piecewise-constant schedule: at meta-step
         ``lr_boundaries[i]`` the learning rate is multiplied by ``lr_scales[i]``.
+      grad_clip: clip the meta-gradient to this global norm before the
+        meta-optimizer (0: no clipping; the Meta-LSTM's code uses 0.25).
       seed: the run's seed (tasks, initialisation, evaluation).
       log_every: meta-steps between metric records.
       checkpoint_every: meta-steps between checkpoints (0: only at the end).
@@ -129,6 +131,7 @@ class TrainConfig:
     lr_decay: float = 0.5
     lr_boundaries: tuple = ()
     lr_scales: tuple = ()
+    grad_clip: float = 0.0
     seed: int = 0
     log_every: int = 100
     checkpoint_every: int = 5_000
@@ -272,6 +275,11 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"train.lr_decay must be > 0, got {cfg.train.lr_decay!r}")
     if cfg.train.weight_decay < 0:
         raise ConfigError(f"train.weight_decay must be >= 0, got {cfg.train.weight_decay!r}")
+    if not cfg.train.grad_clip >= 0:
+        raise ConfigError(f"train.grad_clip must be >= 0 (0: no clipping), got {cfg.train.grad_clip!r}")
+    if cfg.algorithm.name == "meta-lstm" and cfg.algorithm.bn_mode not in ("batch", "frozen"):
+        raise ConfigError(f"algorithm.bn_mode must be 'batch' or 'frozen' for meta-lstm, got "
+                          f"{cfg.algorithm.bn_mode!r}")
     for name, v in (("algorithm.reg_lambda", cfg.algorithm.reg_lambda), ("algorithm.svm_c", cfg.algorithm.svm_c)):
         if not v > 0:
             raise ConfigError(f"{name} must be > 0, got {v!r}")
@@ -488,6 +496,19 @@ for _way, _steps in ((5, 16), (20, 25)):
            algorithm=dict(name="imaml", inner_lr=0.1, inner_steps=_steps, reg_lambda=2.0, cg_steps=5),
            train=dict(steps=30_000, meta_batch_size=32 if _way == 5 else 16), eval_steps=_steps, eval_query=1,
            doc=f"iMAML (GD inner solver), Omniglot {_way}-way 1-shot (Rajeswaran et al. 2019).")
+# Meta-LSTM (Ravi & Larochelle 2017): Conv4-32 learner with max-pool whose parameters are the cell state of the
+# meta-learner; Adam 1e-3 with the meta-gradient clipped to global norm 0.25, one episode per meta-step, 15
+# query images per class, no second derivatives through the learner's gradients (first_order). Updates per
+# episode: 5-shot 8 (8 epochs of one 25-image batch: the official code's settings as its PyTorch port lists
+# them); 1-shot 12 (12 epochs of the 5-image support). The paper trains on mini-ImageNet only; the Omniglot
+# preset uses the same learner on 28x28 characters with 5 updates.
+for _fam, _shot, _steps, _q, _n in (("miniimagenet", 1, 12, 15, 50_000), ("miniimagenet", 5, 8, 15, 50_000),
+                                    ("omniglot", 1, 5, 15, 30_000)):
+    _image(f"{_fam}-5w{_shot}s-meta-lstm", _fam, 5, _shot, k_query=_q, filters=32, pool="max",
+           algorithm=dict(name="meta-lstm", inner_steps=_steps, first_order=True),
+           train=dict(steps=_n, meta_batch_size=1, meta_lr=1e-3, grad_clip=0.25), eval_steps=_steps,
+           doc=f"Meta-LSTM learner (Ravi & Larochelle 2017), {_fam} 5-way {_shot}-shot, {_steps} updates per "
+               f"episode, Conv4-32.")
 
 
 def load(name_or_path: str | None) -> Config:

@@ -102,7 +102,7 @@ def build_algorithm(cfg: Config, apply: Callable, *, loss: str, n_way: int | Non
             from jmeta.learned_optim.meta_lstm import MetaLSTM
         except ImportError:
             raise ConfigError("algorithm.name='meta-lstm' is not available in this build of jmeta") from None
-        return MetaLSTM.from_config(cfg, apply=apply, n_way=n_way)
+        return MetaLSTM.from_config(cfg, apply=apply, loss=loss)
     raise ConfigError(f"algorithm.name={a.name!r} is not available in this build of jmeta")
 
 
@@ -127,6 +127,8 @@ def build_meta_optimizer(cfg: Config) -> optax.GradientTransformation:
         opt = optax.sgd(lr, momentum=0.9, nesterov=t.meta_optimizer == "nesterov")
     if t.weight_decay:
         opt = optax.chain(optax.add_decayed_weights(t.weight_decay), opt)
+    if t.grad_clip:
+        opt = optax.chain(optax.clip_by_global_norm(t.grad_clip), opt)
     return opt
 
 
@@ -186,7 +188,7 @@ def _build_images(cfg: Config, *, data_dir=None) -> Experiment:
     eval_way = cfg.eval.n_way or t.n_way
     eval_query = cfg.eval.k_query or t.k_query
     head = a.name in HEAD_ALGORITHMS
-    if not head and a.name != "meta-lstm" and eval_way != t.n_way:
+    if not head and eval_way != t.n_way:
         raise ConfigError(f"eval.n_way={eval_way} must equal task.n_way={t.n_way} for {a.name!r} (its model has "
                           f"an {t.n_way}-way output layer)")
     for name, way, store in (("task.n_way", t.n_way, train_store), ("eval.n_way", eval_way, eval_store)):

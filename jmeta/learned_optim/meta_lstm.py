@@ -169,6 +169,18 @@ class MetaLSTM:
         if isinstance(s, bool) or not isinstance(s, (int, float)) or not s >= 0:
             raise ValueError(f"gate_weight_init must be a number >= 0, got {s!r}")
 
+    @classmethod
+    def from_config(cls, cfg, *, apply: Callable[..., Any], loss: str | Callable = "cross_entropy") -> "MetaLSTM":
+        """The Meta-LSTM of a :class:`jmeta.config.Config` (``algorithm.name="meta-lstm"``).
+
+        ``algorithm.inner_steps`` -> :attr:`num_steps`, ``algorithm.eval_steps``
+        (0: the same) -> :attr:`eval_steps`, ``algorithm.first_order`` -> not
+        :attr:`second_order`, ``algorithm.bn_mode`` -> :attr:`bn_mode`.
+        """
+        a = cfg.algorithm
+        return cls(apply=apply, loss=loss, num_steps=a.inner_steps, eval_steps=a.eval_steps or a.inner_steps,
+                   second_order=not a.first_order, bn_mode=a.bn_mode)
+
     # -- meta-parameters --------------------------------------------------------
     def init(self, params: PyTree, *, key=None) -> dict:
         """Meta-parameters: the learner's initial parameters and the Meta-LSTM's weights.
