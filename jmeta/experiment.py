@@ -98,10 +98,8 @@ def build_algorithm(cfg: Config, apply: Callable, *, loss: str, n_way: int | Non
         return A.MetaOptNet(apply=apply, n_way=n_way, label_smoothing=a.label_smoothing, bn_mode="batch",
                             head="svm" if a.name.endswith("svm") else "ridge", C=a.svm_c)
     if a.name == "meta-lstm":
-        try:
-            from jmeta.learned_optim.meta_lstm import MetaLSTM
-        except ImportError:
-            raise ConfigError("algorithm.name='meta-lstm' is not available in this build of jmeta") from None
+        from jmeta.learned_optim.meta_lstm import MetaLSTM
+
         return MetaLSTM.from_config(cfg, apply=apply, loss=loss)
     raise ConfigError(f"algorithm.name={a.name!r} is not available in this build of jmeta")
 

@@ -47,7 +47,6 @@ def _np_episode(meta, x, y, steps):
     lw = {k: np.asarray(v, np.float64) for k, v in meta["lstm"].items()}
     gw = {k: np.asarray(v, np.float64) for k, v in meta["gates"].items()}
     hs = lw["w_h"].shape[0]
-    m = x.shape[0]
     # ravel_pytree flattens dict leaves in sorted key order: b, then w (row-major)
     c = np.concatenate([b.ravel(), w.ravel()])
     n = c.size
@@ -71,7 +70,6 @@ def _np_episode(meta, x, y, steps):
         i_new = _sig(h @ gw["w_i"][:hs] + c * gw["w_i"][hs] + i * gw["w_i"][hs + 1] + gw["b_i"])
         c = f_new * c - i_new * g
         f, i = f_new, i_new
-    del m
     return c
 
 
