@@ -30,10 +30,8 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from jmeta import config as C  # noqa: E402
-from jmeta.experiment import build  # noqa: E402
+from jmeta.experiment import load_run  # noqa: E402
 from jmeta.tasks import Sinusoid  # noqa: E402
-from jmeta.train.checkpoint import Checkpointer  # noqa: E402
-from jmeta.train.step import init_train_state  # noqa: E402
 
 
 def top_eigenvalue(loss_fn, params, key, iters: int):
@@ -80,13 +78,7 @@ def main(argv=None):
     if cfg.algorithm.inner_optimizer != "sgd" or cfg.algorithm.learn_lr is not None:
         p.error("this diagnostic assumes a fixed inner SGD learning rate (algorithm.inner_optimizer='sgd', "
                 "algorithm.learn_lr=null)")
-    exp = build(cfg)
-    key = jax.random.key(cfg.train.seed)
-    _, _, k_init = jax.random.split(key, 3)
-    template = init_train_state(exp.algorithm, exp.model.params, exp.model.state, exp.meta_optimizer, key=k_init)
-    ck = Checkpointer(run / "checkpoints", keep=cfg.train.keep_checkpoints)
-    state = ck.restore(None, template)
-    ck.close()
+    cfg, exp, state = load_run(run, cfg=cfg)
     params0 = state.meta_params["params"]
     model_state = state.model_state
     apply = exp.model.apply

@@ -175,10 +175,8 @@ def cmd_eval(args) -> int:
     import jax
 
     from jmeta import config as C
-    from jmeta.experiment import build
-    from jmeta.train.checkpoint import Checkpointer
+    from jmeta.experiment import load_run
     from jmeta.train.runner import evaluate_run
-    from jmeta.train.step import init_train_state
 
     run = pathlib.Path(args.run_dir)
     if not (run / "config.json").is_file():
@@ -191,13 +189,8 @@ def cmd_eval(args) -> int:
             raise CLIError(f"--steps must be >= 0, got {args.steps}")
         report = sorted({*(s for s in cfg.eval.report_steps if s <= args.steps), args.steps})
         cfg = C.apply_overrides(cfg, [f"eval.steps={args.steps}", f"eval.report_steps={json.dumps(report)}"])
-    exp = build(cfg, data_dir=args.data_dir)
-    key = jax.random.key(cfg.train.seed)
-    _, k_eval, k_init = jax.random.split(key, 3)
-    template = init_train_state(exp.algorithm, exp.model.params, exp.model.state, exp.meta_optimizer, key=k_init)
-    ck = Checkpointer(run / "checkpoints", keep=cfg.train.keep_checkpoints)
-    state = ck.restore(None, template)
-    ck.close()
+    cfg, exp, state = load_run(run, cfg=cfg, data_dir=args.data_dir)
+    _, k_eval, _ = jax.random.split(jax.random.key(cfg.train.seed), 3)
     ev = evaluate_run(cfg, exp, state, k_eval, run, progress=not args.no_progress)
     print(f"jmeta: {run} at meta-step {ev['step']}, {cfg.eval.num_tasks} held-out tasks (mean ± 95% CI):")
     _print_eval(ev)

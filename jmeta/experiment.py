@@ -137,6 +137,43 @@ def build(cfg: Config, *, data_dir=None) -> Experiment:
     return _build_images(cfg, data_dir=data_dir)
 
 
+def load_run(run_dir, *, cfg: Config | None = None, step: int | None = None, data_dir=None):
+    """Restores a run folder written by ``jmeta train``: ``(cfg, experiment, train_state)``.
+
+    Args:
+      run_dir: the run folder (``config.json`` and ``checkpoints/``).
+      cfg: the config to build with (default: the folder's ``config.json``); pass a
+        modified copy to evaluate differently (more tasks, more steps).
+      step: the checkpoint's meta-step (default: the latest complete one).
+      data_dir: where the image datasets are (default: ``$JMETA_DATA_DIR``/the cache).
+
+    Raises:
+      FileNotFoundError: the folder has no ``config.json`` or no complete checkpoint.
+    """
+    import pathlib
+
+    import jax
+
+    from jmeta import config as C
+    from jmeta.train.checkpoint import Checkpointer
+    from jmeta.train.step import init_train_state
+
+    run = pathlib.Path(run_dir)
+    if not (run / "config.json").is_file():
+        raise FileNotFoundError(f"{run}: no config.json there (not a jmeta run folder)")
+    if cfg is None:
+        cfg = C.load(str(run))
+    exp = build(cfg, data_dir=data_dir)
+    _, _, k_init = jax.random.split(jax.random.key(cfg.train.seed), 3)
+    template = init_train_state(exp.algorithm, exp.model.params, exp.model.state, exp.meta_optimizer, key=k_init)
+    ck = Checkpointer(run / "checkpoints", keep=cfg.train.keep_checkpoints)
+    try:
+        state = ck.restore(step, template)
+    finally:
+        ck.close()
+    return cfg, exp, state
+
+
 def _build_sinusoid(cfg: Config) -> Experiment:
     from jmeta.models import mlp
     from jmeta.tasks import Sinusoid

@@ -95,27 +95,6 @@ LOADER_SOURCE = textwrap.dedent('''\
     ''')
 
 
-def _restore(run_dir, *, step=None, data_dir=None):
-    from jmeta import config as C
-    from jmeta.experiment import build
-    from jmeta.train.checkpoint import Checkpointer
-    from jmeta.train.step import init_train_state
-
-    run = pathlib.Path(run_dir)
-    if not (run / "config.json").is_file():
-        raise FileNotFoundError(f"{run}: no config.json there (not a jmeta run folder)")
-    cfg = C.load(str(run))
-    exp = build(cfg, data_dir=data_dir)
-    _, _, k_init = jax.random.split(jax.random.key(cfg.train.seed), 3)
-    template = init_train_state(exp.algorithm, exp.model.params, exp.model.state, exp.meta_optimizer, key=k_init)
-    ck = Checkpointer(run / "checkpoints", keep=cfg.train.keep_checkpoints)
-    try:
-        state = ck.restore(step, template)
-    finally:
-        ck.close()
-    return cfg, exp, state
-
-
 def _example_task(exp, cfg):
     """One task of the evaluation distribution (its shapes and dtypes define the inputs)."""
     from jmeta.train.step import _takes_data
@@ -156,7 +135,9 @@ def export_run(run_dir, out_dir=None, *, num_steps: int | None = None, step: int
       CheckpointError: no (complete) checkpoint to export.
       ValueError: a bad ``num_steps``, or parameters that are not plain arrays.
     """
-    cfg, exp, state = _restore(run_dir, step=step, data_dir=data_dir)
+    from jmeta.experiment import load_run
+
+    cfg, exp, state = load_run(run_dir, step=step, data_dir=data_dir)
     if num_steps is None:
         num_steps = getattr(exp.eval_algorithm, "eval_steps", None)
         if num_steps is None:

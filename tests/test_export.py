@@ -47,9 +47,9 @@ def run_dir(tmp_path_factory):
 
 def _reference(run_dir: pathlib.Path, tasks, num_steps):
     """jmeta's own adapt + predict on the restored checkpoint."""
-    from jmeta.export import _restore
+    from jmeta.experiment import load_run
 
-    cfg, exp, state = _restore(run_dir)
+    cfg, exp, state = load_run(run_dir)
     algo = exp.algorithm
 
     @jax.jit
