@@ -118,3 +118,10 @@ def test_export_steps_override_and_missing_checkpoint(run_dir, tmp_path):
     (empty / "config.json").write_text((run_dir / "config.json").read_text())
     with pytest.raises(CheckpointError, match="no checkpoint found"):
         export_run(empty)
+
+
+def test_load_run_names_what_is_missing(tmp_path):
+    from jmeta.experiment import load_run
+
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_run(tmp_path)
