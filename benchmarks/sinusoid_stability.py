@@ -32,6 +32,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from jmeta import config as C  # noqa: E402
 from jmeta.experiment import load_run  # noqa: E402
 from jmeta.tasks import Sinusoid  # noqa: E402
+from jmeta.train.evaluate import eval_batch_keys  # noqa: E402
+from jmeta.train.runner import run_keys  # noqa: E402
 
 
 def top_eigenvalue(loss_fn, params, key, iters: int):
@@ -93,41 +95,33 @@ def main(argv=None):
 
         def step(p, k):
             lam = top_eigenvalue(loss_s, p, k, args.power_iters)
-            out = (lam, loss_s(p), mse(p, xq, yq))
+            out = (lam, mse(p, xq, yq))
             g = jax.grad(loss_s)(p)
             return jax.tree.map(lambda a, b: a - alpha * b, p, g), out
 
-        p_end, (lams, ls, lq) = jax.lax.scan(step, params0, jax.random.split(ke, args.steps))
-        return lams, ls, jnp.append(lq, mse(p_end, xq, yq))
+        p_end, (lams, lq) = jax.lax.scan(step, params0, jax.random.split(ke, args.steps))
+        return lams, jnp.append(lq, mse(p_end, xq, yq))
 
     if args.tasks == "eval":
-        # exactly the tasks `jmeta train`/`jmeta eval` evaluated (jmeta.train.runner.evaluate_run)
-        k_eval = jax.random.split(jax.random.key(cfg.train.seed), 3)[1]
-        k_shots = jax.random.fold_in(k_eval, args.shots)
-        fam = Sinusoid(args.shots, max(cfg.task.k_query, 10))
-        n, bs = cfg.eval.num_tasks, min(cfg.eval.batch_size, cfg.eval.num_tasks)
-        amp_l, ph_l, batches = [], [], []
-        for i in range(-(-n // bs)):
-            ks, _ = jax.random.split(jax.random.fold_in(k_shots, i))
-            kt, _ = jax.random.split(ks)
-            a, ph = fam.sample_params(kt, bs)
-            amp_l.append(a), ph_l.append(ph), batches.append(fam.sample(ks, bs))
-        tasks = jax.tree.map(lambda *a: jnp.concatenate(a)[:n], *batches)
-        amp, phase = jnp.concatenate(amp_l)[:n], jnp.concatenate(ph_l)[:n]
+        # exactly the tasks `jmeta train` / `jmeta eval` evaluated (jmeta.train.runner.evaluate_run)
+        if args.shots not in exp.eval_samples:
+            p.error(f"--shots {args.shots}: the run evaluated shots {sorted(exp.eval_samples)} (eval.shots)")
+        fam = exp.eval_samples[args.shots].__self__  # the run's Sinusoid evaluation family
+        _, k_eval, _ = run_keys(cfg.train.seed)
+        n = cfg.eval.num_tasks
+        drawn = [fam.sample_with_params(ks, min(cfg.eval.batch_size, n))
+                 for ks, _ in eval_batch_keys(jax.random.fold_in(k_eval, args.shots), n, cfg.eval.batch_size)]
+        tasks, amp, phase = jax.tree.map(lambda *a: jnp.concatenate(a)[:n], *drawn)
     else:
         n = args.num_tasks
-        fam = Sinusoid(args.shots, 100)
-        k_tasks = jax.random.key(args.seed)
-        tasks = fam.sample(k_tasks, n)
-        amp, phase = fam.sample_params(jax.random.split(k_tasks)[0], n)
+        tasks, amp, phase = Sinusoid(args.shots, 100).sample_with_params(jax.random.key(args.seed), n)
     eig_keys = jax.random.split(jax.random.key(7), n)
     t0 = time.perf_counter()
-    lams, ls, lq = jax.block_until_ready(jax.lax.map(
+    lams, lq = jax.block_until_ready(jax.lax.map(
         lambda a: one_task(*a), (tasks.support_x, tasks.support_y, tasks.query_x, tasks.query_y, eig_keys)))
     wall = time.perf_counter() - t0
     xmax = np.max(np.abs(np.asarray(tasks.support_x)), axis=(1, 2))
     lams, lq, amp = map(np.asarray, (lams, lq, amp))
-    args.num_tasks = n
 
     final, first = lq[:, -1], lq[:, 0]
     exploded = ~np.isfinite(final) | (final > 10 * np.maximum(first, 1e-3))
@@ -135,7 +129,7 @@ def main(argv=None):
     edge0 = alpha * np.abs(lams[:, 0])
     over = edge > 2
     summary = {
-        "num_tasks": int(args.num_tasks),
+        "num_tasks": int(n),
         "alpha": alpha,
         "exploded": int(exploded.sum()),
         "exploded_fraction": float(exploded.mean()),

@@ -172,11 +172,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    import jax
-
     from jmeta import config as C
     from jmeta.experiment import load_run
-    from jmeta.train.runner import evaluate_run
+    from jmeta.train.runner import evaluate_run, run_keys
 
     run = pathlib.Path(args.run_dir)
     if not (run / "config.json").is_file():
@@ -190,7 +188,7 @@ def cmd_eval(args) -> int:
         report = sorted({*(s for s in cfg.eval.report_steps if s <= args.steps), args.steps})
         cfg = C.apply_overrides(cfg, [f"eval.steps={args.steps}", f"eval.report_steps={json.dumps(report)}"])
     cfg, exp, state = load_run(run, cfg=cfg, data_dir=args.data_dir)
-    _, k_eval, _ = jax.random.split(jax.random.key(cfg.train.seed), 3)
+    _, k_eval, _ = run_keys(cfg.train.seed)
     ev = evaluate_run(cfg, exp, state, k_eval, run, progress=not args.no_progress)
     print(f"jmeta: {run} at meta-step {ev['step']}, {cfg.eval.num_tasks} held-out tasks (mean ± 95% CI):")
     _print_eval(ev)

@@ -148,14 +148,14 @@ def load_run(run_dir, *, cfg: Config | None = None, step: int | None = None, dat
       data_dir: where the image datasets are (default: ``$JMETA_DATA_DIR``/the cache).
 
     Raises:
-      FileNotFoundError: the folder has no ``config.json`` or no complete checkpoint.
+      FileNotFoundError: the folder has no ``config.json``.
+      jmeta.train.checkpoint.CheckpointError: no complete checkpoint (at ``step``).
     """
     import pathlib
 
-    import jax
-
     from jmeta import config as C
     from jmeta.train.checkpoint import Checkpointer
+    from jmeta.train.runner import run_keys
     from jmeta.train.step import init_train_state
 
     run = pathlib.Path(run_dir)
@@ -164,7 +164,7 @@ def load_run(run_dir, *, cfg: Config | None = None, step: int | None = None, dat
     if cfg is None:
         cfg = C.load(str(run))
     exp = build(cfg, data_dir=data_dir)
-    _, _, k_init = jax.random.split(jax.random.key(cfg.train.seed), 3)
+    _, _, k_init = run_keys(cfg.train.seed)
     template = init_train_state(exp.algorithm, exp.model.params, exp.model.state, exp.meta_optimizer, key=k_init)
     ck = Checkpointer(run / "checkpoints", keep=cfg.train.keep_checkpoints)
     try:

@@ -264,7 +264,6 @@ def run_vectorized(base: Config, trials: list[dict], out_dir, *, progress: bool 
       ConfigError: a trial varies a key that cannot be vectorised (see
         :data:`VECTOR_KEYS`), or any override is invalid.
     """
-    import jax
     import jax.numpy as jnp
     import numpy as np
     import optax
@@ -273,7 +272,7 @@ def run_vectorized(base: Config, trials: list[dict], out_dir, *, progress: bool 
     from jmeta.train import sweep as VS
     from jmeta.train.checkpoint import Checkpointer
     from jmeta.train.logging import MetricsLog, Progress, atomic_write_json
-    from jmeta.train.runner import evaluate_run
+    from jmeta.train.runner import evaluate_run, run_keys
 
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -291,7 +290,7 @@ def run_vectorized(base: Config, trials: list[dict], out_dir, *, progress: bool 
         maker = optax.adam if tcfg.meta_optimizer == "adam" else optax.sgd
         opt = optax.inject_hyperparams(maker)(learning_rate=tcfg.meta_lr)
         hp["meta_lr"] = jnp.asarray([c.train.meta_lr for c in cfgs], jnp.float32)
-    splits = [jax.random.split(jax.random.key(c.train.seed), 3) for c in cfgs]  # as the runner: train, eval, init
+    splits = [run_keys(c.train.seed) for c in cfgs]  # (train, eval, init), as the runner
     state = VS.init_sweep(exp.algorithm, exp.model.params, exp.model.state, opt, hp, key=splits[0][2])
     state = state._replace(key=jnp.stack([s[0] for s in splits]))
     step = VS.make_sweep_step(exp.algorithm, exp.train_sample, opt, meta_batch_size=tcfg.meta_batch_size,

@@ -165,3 +165,14 @@ def test_short_reptile_and_metasgd_runs_learn():
                       num_tasks=300, num_steps=5)
         curve = ev["loss"]["mean"]
         assert curve[-1] < 0.7 * curve[0], (type(algo).__name__, curve)
+
+
+def test_sinusoid_sample_with_params_is_sample_plus_its_parameters():
+    fam = Sinusoid(5, 7)
+    tasks, amp, phase = fam.sample_with_params(jax.random.key(3), 4)
+    ref = fam.sample(jax.random.key(3), 4)
+    for a, b in zip(tasks, ref):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(tasks.support_y, Sinusoid.function(amp[:, None, None], phase[:, None, None],
+                                                                  tasks.support_x), rtol=1e-6)
+    assert amp.shape == phase.shape == (4,)

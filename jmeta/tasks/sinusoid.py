@@ -60,6 +60,10 @@ class Sinusoid:
 
     def sample(self, key, num_tasks: int) -> TaskBatch:
         """Samples a :class:`TaskBatch` of ``num_tasks`` tasks (``x, y: [B, K, 1]``)."""
+        return self.sample_with_params(key, num_tasks)[0]
+
+    def sample_with_params(self, key, num_tasks: int):
+        """``(TaskBatch, amplitudes [B], phases [B])``: :meth:`sample`'s tasks and the parameters behind them."""
         if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
             raise ValueError(f"num_tasks must be an integer >= 1, got {num_tasks!r}")
         kt, kx = jax.random.split(key)
@@ -68,7 +72,7 @@ class Sinusoid:
         x = jax.random.uniform(kx, (num_tasks, n, 1), self.dtype, *self.x_range)
         y = amp[:, None, None] * jnp.sin(x - phase[:, None, None])
         k = self.k_support
-        return TaskBatch(x[:, :k], y[:, :k], x[:, k:], y[:, k:])
+        return TaskBatch(x[:, :k], y[:, :k], x[:, k:], y[:, k:]), amp, phase
 
     @staticmethod
     def function(amp, phase, x):

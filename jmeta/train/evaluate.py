@@ -32,6 +32,17 @@ def mean_ci95(values) -> tuple[float, float]:
     return float(v.mean()), float(1.96 * v.std(ddof=1) / math.sqrt(v.size))
 
 
+def eval_batch_keys(key, num_tasks: int, batch_size: int) -> list:
+    """``[(sample_key, adapt_key), ...]``: the keys of each batch :func:`evaluate` draws, in order.
+
+    Batch ``i`` holds ``min(batch_size, num_tasks)`` tasks sampled with
+    ``sample_fn(sample_key, ...)``; the last batch is cut to ``num_tasks``. Tools that
+    replay a run's evaluation tasks use this to draw exactly the same ones.
+    """
+    bs = min(batch_size, num_tasks)
+    return [tuple(jax.random.split(jax.random.fold_in(key, i))) for i in range(-(-num_tasks // bs))]
+
+
 def evaluate(algorithm, meta_params: PyTree, model_state: PyTree, sample_fn: Callable, key, *,
              num_tasks: int = 600, num_steps: int | None = None, batch_size: int = 100, data=None,
              return_per_task: bool = False, task_parallel: str = "vmap",
@@ -69,8 +80,7 @@ def evaluate(algorithm, meta_params: PyTree, model_state: PyTree, sample_fn: Cal
     takes_data = _takes_data(sample_fn)
 
     @jax.jit
-    def run(mp, ms, k, d):
-        ks, ke = jax.random.split(k)
+    def run(mp, ms, ks, ke, d):
         tasks = sample_fn(ks, bs, d) if takes_data else sample_fn(ks, bs)
         keys = jax.random.split(ke, bs)
         one = lambda t, kk: algorithm.evaluate(mp, ms, t, key=kk, num_steps=num_steps)  # noqa: E731
@@ -79,9 +89,8 @@ def evaluate(algorithm, meta_params: PyTree, model_state: PyTree, sample_fn: Cal
         return jax.vmap(one)(tasks, keys)
 
     chunks = []
-    n_batches = -(-num_tasks // bs)
-    for i in range(n_batches):
-        chunks.append(jax.device_get(run(meta_params, model_state, jax.random.fold_in(key, i), data)))
+    for i, (ks, ke) in enumerate(eval_batch_keys(key, num_tasks, bs)):
+        chunks.append(jax.device_get(run(meta_params, model_state, ks, ke, data)))
         if progress is not None:
             progress(min((i + 1) * bs, num_tasks))
     per_task = jax.tree.map(lambda *a: np.concatenate(a, axis=0)[:num_tasks], *chunks)

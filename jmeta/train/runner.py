@@ -51,6 +51,13 @@ OOM_HINT = ("the device ran out of memory. Options that reduce memory: a smaller
             "gradients (--set algorithm.first_order=true).")
 
 
+def run_keys(seed: int):
+    """``(k_train, k_eval, k_init)`` of a run with this seed: the meta-training stream, the held-out
+    evaluation and the initialisation. Every tool that re-creates part of a run (``jmeta eval``,
+    :func:`jmeta.experiment.load_run`, sweeps, diagnostics) derives its keys here."""
+    return tuple(jax.random.split(jax.random.key(seed), 3))
+
+
 def _guarded_steps(step_fn, on_nan: str):
     """``n`` meta-steps in one compiled call, guarded against non-finite values.
 
@@ -125,8 +132,7 @@ def train(cfg: Config, out_dir, *, resume: bool = False, progress: bool = True, 
     atomic_write_json(out / "config.json", cfg.to_dict())
     exp = build(cfg, data_dir=data_dir)
     t = cfg.train
-    key = jax.random.key(t.seed)
-    k_train, k_eval, k_init = jax.random.split(key, 3)
+    k_train, k_eval, k_init = run_keys(t.seed)
     state = init_train_state(exp.algorithm, exp.model.params, exp.model.state, exp.meta_optimizer, key=k_init)
     ckpt = Checkpointer(out / "checkpoints", keep=t.keep_checkpoints)
     start = 0
