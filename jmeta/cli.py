@@ -137,15 +137,31 @@ def _resolve_config(args):
     return cfg, out
 
 
+def _determinism(cfg) -> None:
+    """Sets XLA:GPU's deterministic mode before JAX starts, as ``cfg.train.deterministic`` asks."""
+    if not cfg.train.deterministic:
+        return
+    from jmeta.train.determinism import enable_determinism
+
+    try:
+        enable_determinism()
+    except (RuntimeError, ValueError) as e:
+        raise CLIError(str(e)) from None
+
+
 def _print_eval(ev: dict) -> None:
     for name, v in ev["summary"].items():
-        print(f"  {name}: {v['mean']:.4f} ± {v['ci95']:.4f}")
+        extra = ""
+        if v.get("nonfinite"):
+            extra = f" ({v['nonfinite']} task(s) diverged to NaN/inf; median {v['median']:.4f})"
+        print(f"  {name}: {v['mean']:.4f} ± {v['ci95']:.4f}{extra}")
 
 
 def cmd_train(args) -> int:
     from jmeta.train.runner import train
 
     cfg, out = _resolve_config(args)
+    _determinism(cfg)
     print(f"jmeta: {'resuming' if args.resume else 'training'} {cfg.name} "
           f"({cfg.algorithm.name}, {cfg.train.steps} meta-steps) -> {out}", flush=True)
     sinks = []
@@ -180,6 +196,7 @@ def cmd_eval(args) -> int:
     if not (run / "config.json").is_file():
         raise CLIError(f"{run}: no config.json there (not a jmeta run folder)")
     cfg = C.load(str(run))
+    _determinism(cfg)
     if args.num_tasks is not None:
         cfg = C.apply_override(cfg, f"eval.num_tasks={args.num_tasks}")
     if args.steps is not None:
@@ -222,6 +239,7 @@ def cmd_sweep(args) -> int:
 
     cfg = C.load(args.config)
     cfg = C.apply_overrides(cfg, ([f"train.steps={args.steps}"] if args.steps is not None else []) + list(args.set))
+    _determinism(cfg)
     grids = [S.parse_grid(g) for g in args.grid]
     ranges = [S.parse_range(r) for r in args.range]
     trials = S.make_trials(grids, ranges, random=args.random, seed=args.sweep_seed)

@@ -120,6 +120,10 @@ class TrainConfig:
       keep_checkpoints: how many checkpoints to keep.
       task_parallel: ``"vmap"``, ``"map"`` or a chunk size.
       on_nan: ``"stop"`` (stop with a message) or ``"skip"`` (drop that update).
+      deterministic: run XLA:GPU's deterministic operations (no autotuning, no
+        atomics), so that a GPU run is a function of its seed; ``jmeta`` sets
+        the flag before JAX starts (:mod:`jmeta.train.determinism`). Nothing
+        changes on the CPU. ``false`` trades reproducibility for speed.
     """
 
     steps: int = 70_000
@@ -138,6 +142,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     task_parallel: Any = "vmap"
     on_nan: str = "stop"
+    deterministic: bool = True
 
 
 @dataclasses.dataclass

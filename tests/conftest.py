@@ -45,3 +45,14 @@ def data_dir() -> pathlib.Path:
     if d is None:
         pytest.skip("real datasets not found: set JMETA_DATA_DIR or place shared/data beside the repo")
     return d
+
+
+@pytest.fixture(autouse=True)
+def _restore_xla_flags():
+    """`jmeta train/eval/sweep` called in-process add the GPU determinism flag to XLA_FLAGS; keep tests apart."""
+    old = os.environ.get("XLA_FLAGS")
+    yield
+    if old is None:
+        os.environ.pop("XLA_FLAGS", None)
+    else:
+        os.environ["XLA_FLAGS"] = old

@@ -32,6 +32,30 @@ def mean_ci95(values) -> tuple[float, float]:
     return float(v.mean()), float(1.96 * v.std(ddof=1) / math.sqrt(v.size))
 
 
+def task_statistics(values, *, higher_is_better: bool = False) -> dict:
+    """Per-column statistics of a ``[tasks, steps]`` array of a metric.
+
+    Returns ``{"mean", "ci95", "median", "nonfinite"}``, each a list over the
+    columns. The mean and CI include every task, so a task whose adaptation
+    diverged (NaN/inf) makes them non-finite, as it should. The median ranks
+    a non-finite value as the worst one (``+inf``, or ``-inf`` when
+    ``higher_is_better``), so one diverged task does not hide the typical
+    task; ``nonfinite`` counts those tasks.
+    """
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2 or arr.shape[0] == 0:
+        raise ValueError(f"task_statistics needs a [tasks, steps] array with at least one task, got shape {arr.shape}")
+    finite = np.isfinite(arr)
+    ranked = np.where(finite, arr, -np.inf if higher_is_better else np.inf)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf inside the std: NaN is the answer
+        stats = [mean_ci95(arr[:, j]) for j in range(arr.shape[1])]
+    return {"mean": [s[0] for s in stats], "ci95": [s[1] for s in stats],
+            "median": [float(np.median(ranked[:, j])) for j in range(arr.shape[1])],
+            "nonfinite": [int((~finite[:, j]).sum()) for j in range(arr.shape[1])]}
+
+
 def eval_batch_keys(key, num_tasks: int, batch_size: int) -> list:
     """``[(sample_key, adapt_key), ...]``: the keys of each batch :func:`evaluate` draws, in order.
 
@@ -66,7 +90,11 @@ def evaluate(algorithm, meta_params: PyTree, model_state: PyTree, sample_fn: Cal
 
     Returns:
       ``{"num_tasks": n, "num_steps": N, "<metric>": {"mean": [N+1], "ci95":
-      [N+1], "median": [N+1]}, ...}`` with plain Python floats (JSON-ready).
+      [N+1], "median": [N+1], "nonfinite": [N+1]}, ...}`` with plain Python
+      floats (JSON-ready). The mean and CI include every task (a diverged
+      task makes them NaN/inf, as it should); the median ranks a non-finite
+      value as the worst one (``+inf`` loss, ``-inf`` accuracy), and
+      ``nonfinite`` counts those tasks after each step.
     """
     if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
         raise ValueError(f"num_tasks must be an integer >= 1, got {num_tasks!r}")
@@ -99,9 +127,7 @@ def evaluate(algorithm, meta_params: PyTree, model_state: PyTree, sample_fn: Cal
         arr = np.asarray(arr)
         if arr.ndim == 1:
             arr = arr[:, None]
-        stats = [mean_ci95(arr[:, j]) for j in range(arr.shape[1])]
-        out[name] = {"mean": [s[0] for s in stats], "ci95": [s[1] for s in stats],
-                     "median": [float(np.median(arr[:, j])) for j in range(arr.shape[1])]}
+        out[name] = task_statistics(arr, higher_is_better=name == "accuracy")
         out["num_steps"] = arr.shape[1] - 1
     if return_per_task:
         out["per_task"] = per_task

@@ -22,13 +22,16 @@ With ``'skip'`` such updates are dropped (the step counter moves on) and
 
 Determinism: the meta-step's key is ``fold_in(key(seed), step)``, so the data
 stream and every random draw are functions of the seed and the step; a run
-resumed from a checkpoint (``resume=True``) continues bit-identically.
+resumed from a checkpoint (``resume=True``) continues bit-identically. On a GPU
+that needs XLA's deterministic operations (``train.deterministic``, default
+true; :mod:`jmeta.train.determinism`): without them two runs of one seed differ.
 """
 
 from __future__ import annotations
 
 import pathlib
 import time
+import warnings
 from typing import Any
 
 import jax
@@ -36,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jmeta.config import Config
+from jmeta.train.determinism import deterministic_ops_enabled, nondeterminism_warning
 from jmeta.train.logging import MetricsLog, Progress, atomic_write_json
 
 PyTree = Any
@@ -127,6 +131,9 @@ def train(cfg: Config, out_dir, *, resume: bool = False, progress: bool = True, 
     from jmeta.train.step import init_train_state, make_meta_step
 
     validate(cfg)
+    warning = nondeterminism_warning(cfg.train.deterministic)
+    if warning:
+        warnings.warn(warning, stacklevel=2)
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", cfg.to_dict())
@@ -265,9 +272,11 @@ def evaluate_run(cfg: Config, exp, state, key, out=None, *, progress: bool = Fal
             for k in cfg.eval.report_steps:
                 if k < len(r[metric]["mean"]):
                     summary[f"{name} {metric} after {k} step(s)"] = {
-                        "mean": r[metric]["mean"][k], "ci95": r[metric]["ci95"][k]}
+                        "mean": r[metric]["mean"][k], "ci95": r[metric]["ci95"][k],
+                        "median": r[metric]["median"][k], "nonfinite": r[metric]["nonfinite"][k]}
     ev = {"name": cfg.name, "step": int(state.step), "num_tasks": cfg.eval.num_tasks,
           "device": jax.devices()[0].device_kind, "platform": jax.default_backend(),
+          "xla_gpu_deterministic_ops": deterministic_ops_enabled(),
           "summary": summary, "results": results}
     if out is not None:
         atomic_write_json(pathlib.Path(out) / "eval.json", ev)
