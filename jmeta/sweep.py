@@ -115,6 +115,9 @@ def make_trials(grids: list[tuple[str, list]], ranges: list[tuple] = (), *, rand
     keys = [k for k, _ in grids] + [r[0] for r in ranges]
     if len(set(keys)) != len(keys):
         raise ConfigError(f"a key is swept twice: {keys}")
+    if "train.deterministic" in keys:
+        raise ConfigError("train.deterministic cannot be swept: it is one XLA flag for the whole process, set before "
+                          "JAX starts; give it with --set train.deterministic=true|false")
     if random is None:
         if ranges:
             raise ConfigError("--range needs --random N (the number of trials to draw)")

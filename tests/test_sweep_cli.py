@@ -42,6 +42,8 @@ def test_make_trials_grid_product_and_random_draws():
         S.make_trials([], ranges)
     with pytest.raises(ConfigError, match="swept twice"):
         S.make_trials([("a.x", [1]), ("a.x", [2])])
+    with pytest.raises(ConfigError, match="train.deterministic cannot be swept.*--set"):
+        S.make_trials([("train.deterministic", [True, False])])
 
 
 def test_trial_config_validates_and_leaves_base_alone():
