@@ -32,7 +32,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from jmeta import config as C  # noqa: E402
 from jmeta.experiment import load_run  # noqa: E402
 from jmeta.tasks import Sinusoid  # noqa: E402
-from jmeta.train.evaluate import eval_batch_keys  # noqa: E402
+from jmeta.train.evaluate import eval_batch_keys, task_statistics  # noqa: E402
 from jmeta.train.runner import run_keys  # noqa: E402
 
 
@@ -124,6 +124,7 @@ def main(argv=None):
     lams, lq, amp = map(np.asarray, (lams, lq, amp))
 
     final, first = lq[:, -1], lq[:, 0]
+    final_stats = task_statistics(final)  # as eval.json: the median ranks a NaN/inf task worst
     exploded = ~np.isfinite(final) | (final > 10 * np.maximum(first, 1e-3))
     edge = alpha * np.nanmax(np.abs(lams), axis=1)  # max over the trajectory of alpha * |lambda_max|
     edge0 = alpha * np.abs(lams[:, 0])
@@ -148,9 +149,10 @@ def main(argv=None):
         "spearman_amplitude_vs_lambda0": float(
             np.corrcoef(np.argsort(np.argsort(amp)), np.argsort(np.argsort(edge0)))[0, 1]),
         "amplitude_of_exploded": sorted(float(a) for a in amp[exploded]),
-        "query_mse_after_steps_mean_all": float(np.mean(final)),
+        "query_mse_after_steps_mean_all": final_stats["mean"][0],
         "query_mse_after_steps_mean_without_exploded": float(np.mean(final[~exploded])) if (~exploded).any() else None,
-        "query_mse_after_steps_median": float(np.median(final)),
+        "query_mse_after_steps_median": final_stats["median"][0],
+        "query_mse_after_steps_nonfinite": final_stats["nonfinite"][0],
     }
     res = {
         "run": str(run), "config_name": cfg.name, "train_seed": cfg.train.seed, "step": int(state.step),

@@ -124,11 +124,8 @@ def evaluate(algorithm, meta_params: PyTree, model_state: PyTree, sample_fn: Cal
     per_task = jax.tree.map(lambda *a: np.concatenate(a, axis=0)[:num_tasks], *chunks)
     out: dict = {"num_tasks": num_tasks}
     for name, arr in per_task.items():
-        arr = np.asarray(arr)
-        if arr.ndim == 1:
-            arr = arr[:, None]
         out[name] = task_statistics(arr, higher_is_better=name == "accuracy")
-        out["num_steps"] = arr.shape[1] - 1
+        out["num_steps"] = len(out[name]["mean"]) - 1
     if return_per_task:
         out["per_task"] = per_task
     return out
