@@ -11,14 +11,6 @@ from jmeta.models import from_apply
 from jmeta.tasks.base import TaskBatch
 
 
-@pytest.fixture
-def x64():
-    prev = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", prev)
-
-
 def _tiny_embedding(dtype=jnp.float32, d_in=4, d_out=3):
     k1, k2 = jax.random.split(jax.random.key(0))
     params = {"w": jax.random.normal(k1, (d_in, d_out), dtype), "b": jax.random.normal(k2, (d_out,), dtype) * 0.1}

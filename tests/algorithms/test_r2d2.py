@@ -13,6 +13,8 @@ from jmeta.models import from_apply, mlp
 from jmeta.tasks import TaskBatch
 from jmeta.train.step import init_train_state, make_meta_step
 
+from finite_differences import fd_relative_error
+
 
 def gaussian_tasks(num_tasks, *, n_way=3, k_shot=2, q_query=3, dim=5, dtype=np.float32, seed=0):
     """Classification tasks: one Gaussian cluster per class, labels ``0..n_way-1``."""
@@ -38,20 +40,9 @@ def small_embedding(dim=5, width=6, dtype=jnp.float64, seed=0):
     return from_apply(apply, params, stateless=True)
 
 
-def fd_error(f, x, *, seed=0, eps=1e-6, n_dirs=2):
-    """``(max relative error, grad)`` of jax.grad(f) against central differences along random directions."""
-    g = jax.jit(jax.grad(f))(x)
-    f = jax.jit(f)
-    leaves, treedef = jax.tree.flatten(x)
-    rng = np.random.default_rng(seed)
-    errs = []
-    for _ in range(n_dirs):
-        v = jax.tree.unflatten(treedef, [jnp.asarray(rng.normal(size=np.shape(a))) for a in leaves])
-        fd = (f(jax.tree.map(lambda a, b: a + eps * b, x, v)) - f(jax.tree.map(lambda a, b: a - eps * b, x, v)))
-        fd = float(fd) / (2 * eps)
-        an = float(sum(jnp.sum(a * b) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(v))))
-        errs.append(abs(fd - an) / max(abs(an), 1e-8))
-    return max(errs), g
+def fd_error(f, x, **kwargs):
+    """``(max relative error, grad)`` along two unnormalised random directions."""
+    return fd_relative_error(f, x, **{"n_dirs": 2, "normalize": False, **kwargs})
 
 
 def test_woodbury_equals_primal_solution_and_gradient(x64):

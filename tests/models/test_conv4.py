@@ -10,14 +10,6 @@ from jmeta.models.conv import Conv4, conv4, conv4_feature_dim, max_pool_2x2, wit
 from jmeta.tasks.base import TaskBatch
 
 
-@pytest.fixture
-def x64():
-    prev = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", prev)
-
-
 def _images(n, shape=(28, 28, 1), seed=0):
     return jax.random.uniform(jax.random.key(seed), (n, *shape))
 

@@ -20,14 +20,6 @@ CONFIGS = [  # (stride, padding, H, W)
 FAST = ("patches_vjp", "patches")
 
 
-@pytest.fixture
-def x64():
-    prev = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", prev)
-
-
 def _inputs(h, w, dtype, cin=3, cout=4, k=3, n=2):
     kx, kw = jax.random.split(jax.random.key(0))
     x = jax.random.normal(kx, (n, h, w, cin), dtype)
