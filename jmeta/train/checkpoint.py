@@ -1,6 +1,6 @@
 """Checkpoints with orbax: periodic and final, the last few kept, written atomically.
 
-Orbax (0.12, local file systems) writes checkpoint ``N`` into a temporary
+Orbax (>= 0.12.3, local file systems) writes checkpoint ``N`` into a temporary
 folder ``N.orbax-checkpoint-tmp-<time>``, writes ``commit_success.txt`` into
 it once every file is on disk, and then renames it to ``N``. A write
 interrupted midway (the process killed, the disk full) therefore leaves only
@@ -15,6 +15,11 @@ later :meth:`Checkpointer.save` of that step replaces the incomplete folder
 (and removes stale temporary folders). :class:`Checkpointer` restores into a
 template of the same structure, so a checkpoint from another config fails
 with a clear error.
+
+Orbax before 0.12.3 does not write ``commit_success.txt`` on a local disk,
+so none of its checkpoints could be told complete: :class:`Checkpointer`
+refuses such a version with a :class:`CheckpointError` that says which one
+to install, instead of saving checkpoints it would never find again.
 """
 
 from __future__ import annotations
@@ -31,10 +36,41 @@ PyTree = Any
 COMMIT_MARKER = "commit_success.txt"
 #: Part of the name of the temporary folder orbax writes into.
 TMP_MARKER = ".orbax-checkpoint-tmp"
+#: The oldest orbax-checkpoint that writes :data:`COMMIT_MARKER` on a local file system.
+MIN_ORBAX_VERSION = (0, 12, 3)
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be restored (missing, corrupted, or of another structure)."""
+
+
+def _version_tuple(version: str) -> tuple[int, ...] | None:
+    """``"0.12.3"`` -> ``(0, 12, 3)``; the leading digits of each part (``"0.12.3rc1"`` too); ``None`` if none."""
+    parts = []
+    for piece in str(version).split(".")[:3]:
+        digits = ""
+        for ch in piece:
+            if not ch.isdigit():
+                break
+            digits += ch
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts) if parts else None
+
+
+def check_orbax_version(version: str | None) -> None:
+    """Raises :class:`CheckpointError` if ``version`` of orbax-checkpoint is older than :data:`MIN_ORBAX_VERSION`.
+
+    An unparseable or unknown version passes (a development build).
+    """
+    parsed = _version_tuple(version) if version is not None else None
+    if parsed is not None and parsed < MIN_ORBAX_VERSION:
+        need = ".".join(map(str, MIN_ORBAX_VERSION))
+        raise CheckpointError(
+            f"orbax-checkpoint {version} is too old for jmeta's checkpoints: it needs >= {need} (older versions "
+            f"do not write {COMMIT_MARKER} on a local disk, so a complete checkpoint could not be told from an "
+            f"interrupted one); run: pip install -U 'orbax-checkpoint>={need}'")
 
 
 class Checkpointer:
@@ -48,6 +84,7 @@ class Checkpointer:
     def __init__(self, directory, *, keep: int = 3):
         import orbax.checkpoint as ocp
 
+        check_orbax_version(getattr(ocp, "__version__", None))
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
         self._ocp = ocp

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from jmeta import config as C
-from jmeta.train.checkpoint import COMMIT_MARKER, Checkpointer
+from jmeta.train.checkpoint import COMMIT_MARKER, CheckpointError, Checkpointer, check_orbax_version
 from jmeta.train.logging import MetricsLog
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -170,3 +170,41 @@ def test_restore_into_other_structure_is_a_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoint found"):
         empty.restore(None, {"w": jnp.ones(3)})
     empty.close()
+
+
+@pytest.mark.parametrize("version", ["0.12.3", "0.12.8", "0.13.0rc1", "1.0", "dev", None])
+def test_orbax_versions_that_write_the_commit_marker_pass(version):
+    check_orbax_version(version)
+
+
+@pytest.mark.parametrize("version", ["0.12.2", "0.11.40", "0.6.0"])
+def test_older_orbax_is_refused_with_the_version_to_install(version):
+    with pytest.raises(CheckpointError, match=rf"orbax-checkpoint {version} is too old.*>= 0\.12\.3.*"
+                                              r"pip install -U 'orbax-checkpoint>=0\.12\.3'"):
+        check_orbax_version(version)
+
+
+def test_installed_orbax_writes_the_commit_marker(tmp_path):
+    """The orbax this environment resolved is new enough, and really writes the marker jmeta relies on."""
+    import orbax.checkpoint as ocp
+
+    check_orbax_version(ocp.__version__)
+    ck = Checkpointer(tmp_path / "ck", keep=2)
+    ck.save(7, {"w": jnp.arange(3.0)})
+    assert (tmp_path / "ck" / "7" / COMMIT_MARKER).is_file()
+    assert ck.latest_step() == 7
+
+
+def test_checkpointer_and_cli_refuse_an_old_orbax(tmp_path, monkeypatch, capsys):
+    import orbax.checkpoint as ocp
+
+    from jmeta.cli import main
+
+    monkeypatch.setattr(ocp, "__version__", "0.12.2")
+    with pytest.raises(CheckpointError, match="too old"):
+        Checkpointer(tmp_path / "ck")
+    assert not (tmp_path / "ck").exists()
+    rc = main(["train", "--out", str(tmp_path / "run"), "--steps", "2", "--no-progress", "--no-plots"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "orbax-checkpoint 0.12.2 is too old" in err and "Traceback" not in err
