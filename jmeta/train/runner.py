@@ -137,11 +137,11 @@ def train(cfg: Config, out_dir, *, resume: bool = False, progress: bool = True, 
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", cfg.to_dict())
-    exp = build(cfg, data_dir=data_dir)
     t = cfg.train
+    ckpt = Checkpointer(out / "checkpoints", keep=t.keep_checkpoints)  # first: refuses an unusable orbax at once
+    exp = build(cfg, data_dir=data_dir)
     k_train, k_eval, k_init = run_keys(t.seed)
     state = init_train_state(exp.algorithm, exp.model.params, exp.model.state, exp.meta_optimizer, key=k_init)
-    ckpt = Checkpointer(out / "checkpoints", keep=t.keep_checkpoints)
     start = 0
     if resume:
         latest = ckpt.latest_step()
