@@ -25,6 +25,7 @@ to install, instead of saving checkpoints it would never find again.
 from __future__ import annotations
 
 import pathlib
+import re
 import shutil
 from typing import Any
 
@@ -45,18 +46,9 @@ class CheckpointError(RuntimeError):
 
 
 def _version_tuple(version: str) -> tuple[int, ...] | None:
-    """``"0.12.3"`` -> ``(0, 12, 3)``; the leading digits of each part (``"0.12.3rc1"`` too); ``None`` if none."""
-    parts = []
-    for piece in str(version).split(".")[:3]:
-        digits = ""
-        for ch in piece:
-            if not ch.isdigit():
-                break
-            digits += ch
-        if not digits:
-            break
-        parts.append(int(digits))
-    return tuple(parts) if parts else None
+    """``"0.12.3"`` -> ``(0, 12, 3)`` (also ``"0.12.3rc1"``, ``"1.0"``); ``None`` if it does not start with ``N.N``."""
+    m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", str(version))
+    return tuple(int(g) for g in m.groups() if g is not None) if m else None
 
 
 def check_orbax_version(version: str | None) -> None:
