@@ -49,6 +49,7 @@ import json
 import math
 import pathlib
 import time
+import warnings
 
 from jmeta.config import Config, ConfigError, apply_overrides, from_dict
 
@@ -274,13 +275,17 @@ def run_vectorized(base: Config, trials: list[dict], out_dir, *, progress: bool 
     from jmeta.experiment import build
     from jmeta.train import sweep as VS
     from jmeta.train.checkpoint import Checkpointer
+    from jmeta.train.determinism import nondeterminism_warning
     from jmeta.train.logging import MetricsLog, Progress, atomic_write_json
     from jmeta.train.runner import evaluate_run, run_keys
 
     out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     cfgs = [trial_config(base, t, i) for i, t in enumerate(trials)]
     _check_vectorizable(base, trials)
+    warning = nondeterminism_warning(base.train.deterministic)
+    if warning:
+        warnings.warn(warning, stacklevel=2)
+    out.mkdir(parents=True, exist_ok=True)
     keys = list(dict.fromkeys(k for t in trials for k in t))
     n = len(cfgs)
     exp = build(cfgs[0], data_dir=data_dir)
@@ -348,7 +353,7 @@ def run_vectorized(base: Config, trials: list[dict], out_dir, *, progress: bool 
             row.update(status="nonfinite", error="non-finite loss during the vectorised sweep")
         else:
             exp_i = build(cfg, data_dir=data_dir) if i else exp
-            ev = evaluate_run(cfg, exp_i, ts, splits[i][1], d, progress=False)
+            ev = evaluate_run(cfg, exp_i, ts, splits[i][1], d, progress=False, warn_nondeterminism=False)
             row["status"] = "ok"
             for name, v in ev["summary"].items():
                 row[name] = v["mean"]

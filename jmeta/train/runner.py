@@ -213,7 +213,8 @@ def train(cfg: Config, out_dir, *, resume: bool = False, progress: bool = True, 
     if stop_after is not None and s < t.steps:
         return summary
     if evaluate_at_end:
-        summary["eval"] = evaluate_run(cfg, exp, state, k_eval, out, progress=progress)
+        summary["eval"] = evaluate_run(cfg, exp, state, k_eval, out, progress=progress,
+                                       warn_nondeterminism=False)
     if not plots:
         return summary
     try:
@@ -232,27 +233,30 @@ def _is_oom(e: Exception) -> bool:
     return "RESOURCE_EXHAUSTED" in msg or "Out of memory" in msg or "out of memory" in msg
 
 
-def evaluate_run(cfg: Config, exp, state, key, out=None, *, progress: bool = False) -> dict:
+def evaluate_run(cfg: Config, exp, state, key, out=None, *, progress: bool = False,
+                 warn_nondeterminism: bool = True) -> dict:
     """Final evaluation: each shot count of ``cfg.eval`` over ``cfg.eval.num_tasks`` held-out tasks.
 
-    With ``progress`` a bar counts evaluated tasks (per batch when
-    :func:`jmeta.train.evaluate.evaluate` accepts a ``progress`` callback,
-    else per shot count).
+    With ``progress`` a bar counts evaluated tasks, per batch. On a GPU
+    without XLA's deterministic operations while ``cfg.train.deterministic``
+    asks for them, warns (unless ``warn_nondeterminism=False``: :func:`train`
+    has warned already) and ``eval.json`` records it.
     """
-    import inspect
-
     from jmeta.train.evaluate import evaluate
 
+    if warn_nondeterminism:
+        warning = nondeterminism_warning(cfg.train.deterministic)
+        if warning:
+            warnings.warn(warning, stacklevel=2)
     results = {}
     n = cfg.eval.num_tasks
     bar = Progress(n * len(exp.eval_samples), desc=f"{cfg.name} eval", unit="task", enabled=progress)
-    per_batch = "progress" in inspect.signature(evaluate).parameters
     done = 0
     try:
         for shots, sample in exp.eval_samples.items():
             t0 = time.perf_counter()
             kw = {}
-            if per_batch and progress:
+            if progress:
                 kw["progress"] = lambda k, base=done: bar.update(base + k, postfix=f"K={shots}")
             r = evaluate(exp.eval_algorithm, state.meta_params, state.model_state, sample,
                          jax.random.fold_in(key, shots), num_tasks=n, num_steps=cfg.eval.steps,

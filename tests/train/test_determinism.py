@@ -111,6 +111,38 @@ def test_train_warns_on_a_gpu_without_the_flag(monkeypatch, tmp_path):
         train(cfg, tmp_path / "run", progress=False, evaluate_at_end=False, tensorboard=False, plots=False)
 
 
+def test_train_warns_once_and_library_evaluation_warns(monkeypatch, tmp_path):
+    """evaluate_run and the vectorised sweep, called as a library, warn too; train() warns once, not twice."""
+    import warnings
+
+    import jax
+
+    from jmeta import sweep as S
+    from jmeta.experiment import build, load_run
+    from jmeta.train.runner import evaluate_run, train
+
+    monkeypatch.setenv("XLA_FLAGS", "")
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    cfg = C.apply_overrides(C.load("sinusoid-maml"), ["train.steps=2", "train.log_every=1", "eval.num_tasks=4",
+                                                      "eval.shots=[5]"])
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        train(cfg, tmp_path / "run", progress=False, tensorboard=False, plots=False)
+    assert sum("not reproducible" in str(w.message) for w in seen) == 1
+    _, exp, state = load_run(tmp_path / "run")
+    with pytest.warns(UserWarning, match="not reproducible"):
+        ev = evaluate_run(cfg, exp, state, jax.random.key(0))
+    assert ev["xla_gpu_deterministic_ops"] is False
+    with warnings.catch_warnings(record=True) as seen:  # not when the caller has warned, or asked for speed
+        warnings.simplefilter("always")
+        evaluate_run(cfg, exp, state, jax.random.key(0), warn_nondeterminism=False)
+        evaluate_run(C.apply_override(cfg, "train.deterministic=false"), exp, state, jax.random.key(0))
+    assert not any("not reproducible" in str(w.message) for w in seen)
+    with pytest.warns(UserWarning, match="not reproducible"):
+        S.run_vectorized(cfg, [{"algorithm.inner_lr": 0.01}, {"algorithm.inner_lr": 0.02}], tmp_path / "vec",
+                         progress=False, tensorboard=False, log=lambda *a: None)
+
+
 def test_config_key():
     assert C.load("sinusoid-maml").train.deterministic is True
     assert C.apply_override(C.load("sinusoid-maml"), "train.deterministic=false").train.deterministic is False
