@@ -151,6 +151,8 @@ class EvalConfig:
 
     Attributes:
       split: the held-out split of an image family (``"test"`` or ``"val"``).
+        Omniglot meta-trains on 1,100 characters with ``"val"`` (its 100
+        validation characters are part of the usual 1,200 training ones).
       n_way: classes per evaluation episode (0: ``task.n_way``; metric and
         closed-form heads may train with more ways than they test).
       k_query: query examples per class of evaluation episodes (0: ``task.k_query``).

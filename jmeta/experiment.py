@@ -195,12 +195,18 @@ MINIIMAGENET_STD = (70.68188272 / 255.0, 68.27635443 / 255.0, 72.54505529 / 255.
 
 
 def load_image_data(cfg: Config, *, data_dir=None):
-    """``(train_store, eval_store)`` of an image family as :class:`~jmeta.data.ClassStore` (host arrays)."""
+    """``(train_store, eval_store)`` of an image family as :class:`~jmeta.data.ClassStore` (host arrays).
+
+    The two never share a class: Omniglot's ``"val"`` characters are the last
+    100 of its 1,200 training characters, so evaluating on ``"val"`` meta-trains
+    on the other 1,100 (``"train_minus_val"``).
+    """
     t = cfg.task
     if t.family == "omniglot":
         from jmeta.data import load_omniglot
 
-        train = load_omniglot("train", data_dir=data_dir, image_size=t.image_size, rotations=t.rotations)
+        split = "train_minus_val" if cfg.eval.split == "val" else "train"
+        train = load_omniglot(split, data_dir=data_dir, image_size=t.image_size, rotations=t.rotations)
         held = load_omniglot(cfg.eval.split, data_dir=data_dir, image_size=t.image_size)
     elif t.family == "miniimagenet":
         from jmeta.data import load_miniimagenet

@@ -69,6 +69,19 @@ def test_imaml_and_mamlpp_presets_take_a_finite_meta_step(data_dir):
         assert max(moved) > 0, name
 
 
+@pytest.mark.parametrize("name", ["omniglot-5w1s-maml", "miniimagenet-5w1s-protonet"])
+@pytest.mark.parametrize("split", ["test", "val"])
+def test_held_out_classes_are_never_meta_trained_on(name, split, data_dir):
+    from jmeta.experiment import load_image_data
+
+    cfg = C.apply_overrides(C.load(name), [f"eval.split={split}", "task.rotations=false"]
+                            if name.startswith("omniglot") else [f"eval.split={split}"])
+    train, held = load_image_data(cfg, data_dir=data_dir)
+    assert held.num_classes >= 16 and not set(train.class_names) & set(held.class_names)
+    if name.startswith("omniglot"):
+        assert train.num_classes == (1100 if split == "val" else 1200)
+
+
 def test_image_config_errors_name_the_key(data_dir):
     from jmeta.experiment import build
 
