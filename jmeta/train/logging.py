@@ -18,6 +18,8 @@ import sys
 import time
 from typing import Any, Iterable
 
+from jmeta._io import atomic_write_text
+
 
 def _jsonable(v):
     try:
@@ -80,18 +82,6 @@ class MetricsLog:
     @staticmethod
     def read(path) -> list[dict]:
         return [json.loads(x) for x in pathlib.Path(path).read_text(encoding="utf-8").splitlines() if x.strip()]
-
-
-def atomic_write_text(path, text: str) -> None:
-    """Writes ``text`` to ``path`` atomically (temporary file, fsync, rename)."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def atomic_write_json(path, obj) -> None:
