@@ -95,6 +95,17 @@ def _equalise(groups: dict[str, list[Any]], path: Path, max_per_class: int | Non
     return (n if max_per_class is None else min(n, max_per_class)), n
 
 
+def _whole_cache(hit: dict, split: str, size: int, max_per_class: int | None) -> bool:
+    """Whether a decoded cache holds what :func:`_decode_zip` would return for these arguments."""
+    if np.shape(hit["available"]) != ():
+        return False
+    available = int(hit["available"])
+    n = available if max_per_class is None else min(max_per_class, available)
+    classes = MINIIMAGENET_CLASSES[split]
+    return (n >= 1 and hit["images"].dtype == np.uint8 and
+            hit["images"].shape == (len(classes), n, size, size, 3) and tuple(hit["class_names"].tolist()) == classes)
+
+
 def _decode_zip(path: Path, split: str, size: int, max_per_class: int | None):
     member = re.compile(rf"^{re.escape(split)}/(n\d{{8}})/([^/]+\.(?:jpe?g|JPE?G))$")
     try:
@@ -263,6 +274,11 @@ def load_miniimagenet(split: str, *, data_dir: PathLike | None = None, image_siz
                 f"-v{_cache.CACHE_VERSION}-{digest[:16]}.npz")
             info["cache_path"] = str(cpath)
             hit = _cache.cached_arrays(cpath, ("images", "class_names", "available"))
+            if hit is not None and not _whole_cache(hit, split, image_size, max_per_class):
+                warnings.warn(f"ignoring cache {cpath}: it holds {hit['images'].dtype} {hit['images'].shape}, "
+                              f"not uint8 [{len(MINIIMAGENET_CLASSES[split])}, n, {image_size}, {image_size}, 3] "
+                              f"of the {split!r} classes; decoding again", stacklevel=2)
+                hit = None
             if hit is not None:
                 images, wnids, available = (hit["images"], hit["class_names"].tolist(),
                                             int(hit["available"]))

@@ -62,6 +62,7 @@ the image size, so a changed source or size is decoded again.
 from __future__ import annotations
 
 import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Mapping
@@ -270,9 +271,16 @@ def _load_part(root: Path, part: str, source: str, size: int, cache: bool,
             f"omniglot-{part}-{source}-{size}px-v{_cache.CACHE_VERSION}-{digest[:16]}.npz")
         info["cache_path"] = str(cpath)
         hit = _cache.cached_arrays(cpath, ("images", "class_names"))
-        if hit is not None and hit["images"].shape[2:] == (size, size, 1):
+        names = _class_names(part)
+        if hit is not None and (hit["images"].dtype == np.uint8 and
+                                hit["images"].shape == (len(names), N_DRAWINGS, size, size, 1) and
+                                hit["class_names"].tolist() == names):
             info["cache_hit"] = True
-            return hit["images"], hit["class_names"].tolist(), info
+            return hit["images"], names, info
+        if hit is not None:
+            warnings.warn(f"ignoring cache {cpath}: it holds {hit['images'].dtype} {hit['images'].shape}, not "
+                          f"uint8 {(len(names), N_DRAWINGS, size, size, 1)} with {part}'s characters; "
+                          "decoding again", stacklevel=3)
     decode = _decode_npz if source == "npz" else _decode_zip
     images, names = decode(src, part, size)
     if cache:

@@ -137,3 +137,15 @@ def test_wrong_split_file(mini_data, tmp_path):
 def test_bad_arguments(kwargs, match, tmp_path):
     with pytest.raises(ValueError, match=match):
         load_miniimagenet(data_dir=tmp_path, **kwargs)
+
+
+def test_a_cache_of_the_wrong_shape_is_decoded_again(mini_data, mini_val, session_cache, tmp_path):
+    """A readable cache holding fewer images per class than asked for is not trusted."""
+    (src,) = session_cache.glob(f"miniimagenet-val-zip-84px-{PER_CLASS}-*.npz")
+    with np.load(src) as z:
+        np.savez(tmp_path / src.name, images=z["images"][:, :5], class_names=z["class_names"],
+                 available=z["available"])
+    with pytest.warns(UserWarning, match="ignoring cache"):
+        store = load_miniimagenet("val", data_dir=mini_data, cache_dir=tmp_path, max_per_class=PER_CLASS)
+    assert store.info["cache_hit"] is False
+    np.testing.assert_array_equal(store.images, mini_val.images)

@@ -197,3 +197,16 @@ def test_download_omniglot_rejects_wrong_official_checksum(http_server, rebuilt_
         download_omniglot(tmp_path, base_url=f"{http_server.url}/omniglot",
                           parts=("images_background",))
     assert not (tmp_path / "omniglot" / "images_background.zip").exists()
+
+
+def test_a_cache_of_the_wrong_shape_is_decoded_again(omniglot_all, omniglot_data, session_cache, tmp_path):
+    """A readable cache that does not hold the part's characters (here: 10 of 659) is not trusted."""
+    (src,) = session_cache.glob("omniglot-images_evaluation-npz-28px-*.npz")
+    with np.load(src) as z:
+        np.savez(tmp_path / src.name, images=z["images"][:10], class_names=z["class_names"][:10])
+    with pytest.warns(UserWarning, match="ignoring cache"):
+        store = load_omniglot("evaluation", data_dir=omniglot_data, cache_dir=tmp_path)
+    assert store.info["cache_hit"] is False
+    np.testing.assert_array_equal(store.images, omniglot_all.images[964:])
+    assert store.class_names == omniglot_all.class_names[964:]
+    assert load_omniglot("evaluation", data_dir=omniglot_data, cache_dir=tmp_path).info["cache_hit"]  # rewritten
