@@ -163,7 +163,9 @@ def download_omniglot(data_dir: PathLike | None = None, *, base_url: str = OMNIG
     Args:
       data_dir: data root (default: ``JMETA_DATA_DIR`` or ``~/.cache/jmeta/data``).
       base_url: URL prefix; ``<base_url><part>.zip`` is fetched.
-      sha256: expected checksum per part (default :data:`OMNIGLOT_SHA256`).
+      sha256: expected checksum per part; a part it leaves out is checked
+        against :data:`OMNIGLOT_SHA256`, a part mapped to ``None`` is not
+        checked (for mirrors that repackage the zips).
       parts: which of ``"images_background"``, ``"images_evaluation"`` to fetch.
       timeout: socket timeout in seconds.
 
@@ -171,7 +173,7 @@ def download_omniglot(data_dir: PathLike | None = None, *, base_url: str = OMNIG
       The paths of the zip files.
     """
     root = resolve_data_dir(data_dir)
-    sums = dict(OMNIGLOT_SHA256 if sha256 is None else sha256)
+    sums = {**OMNIGLOT_SHA256, **(sha256 or {})}
     out = []
     for part in parts:
         if part not in _PARTS:

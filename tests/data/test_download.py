@@ -128,3 +128,19 @@ def test_safe_extract_corrupt_and_missing(tmp_path):
         safe_extract(trunc, tmp_path / "out")
     with pytest.raises(DataNotFoundError, match="nope.zip"):
         safe_extract(tmp_path / "nope.zip", tmp_path / "out")
+
+
+def test_download_omniglot_checks_every_part_it_is_not_told_to_skip(http_server, tmp_path):
+    """A checksum mapping that names only some parts keeps the official checksums for the others."""
+    from jmeta.data import download_omniglot
+
+    (http_server.root / "mirror").mkdir(exist_ok=True)
+    (http_server.root / "mirror" / "images_evaluation.zip").write_bytes(b"not the Omniglot zip")
+    url = f"{http_server.url}/mirror/"
+    with pytest.raises(ChecksumError, match="images_evaluation"):
+        download_omniglot(tmp_path, base_url=url, sha256={"images_background": "0" * 64},
+                          parts=("images_evaluation",))
+    assert not (tmp_path / "omniglot" / "images_evaluation.zip").exists()
+    (path,) = download_omniglot(tmp_path, base_url=url, sha256={"images_evaluation": None},
+                                parts=("images_evaluation",))  # None: explicitly unchecked
+    assert path.read_bytes() == b"not the Omniglot zip"
