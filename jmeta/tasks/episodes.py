@@ -88,6 +88,11 @@ def _as_tuple(v: Any) -> tuple[float, ...] | None:
     return tuple(float(x) for x in v)
 
 
+def _check_num_tasks(num_tasks) -> None:
+    if isinstance(num_tasks, bool) or not isinstance(num_tasks, (int, np.integer)) or num_tasks < 1:
+        raise ValueError(f"num_tasks must be an integer >= 1, got {num_tasks!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class EpisodeSampler:
     """Samples batches of N-way K-shot classification episodes on the device.
@@ -142,16 +147,19 @@ class EpisodeSampler:
         """``N * Q``."""
         return self.n_way * self.q_query
 
+    def _check_counts(self, c: int, m: int, what: str) -> None:
+        if self.n_way > c:
+            raise ValueError(f"EpisodeSampler: n_way={self.n_way} exceeds the {c} classes of {what}")
+        if self.k_shot + self.q_query > m:
+            raise ValueError(f"EpisodeSampler: k_shot + q_query = {self.k_shot + self.q_query} exceeds "
+                             f"the {m} examples per class of {what}")
+
     def _check_images(self, images: Array) -> None:
         shape = getattr(images, "shape", None)
         if shape is None or len(shape) != 5:
             raise ValueError(f"EpisodeSampler: images must be an array [C, M, H, W, ch], got shape {shape}")
         c, m, h, w, ch = shape
-        if self.n_way > c:
-            raise ValueError(f"EpisodeSampler: n_way={self.n_way} exceeds the {c} classes of images")
-        if self.k_shot + self.q_query > m:
-            raise ValueError(f"EpisodeSampler: k_shot + q_query = {self.k_shot + self.q_query} exceeds "
-                             f"the {m} examples per class of images")
+        self._check_counts(c, m, "images")
         if self.rotate and h != w:
             raise ValueError(f"EpisodeSampler: rotate=True needs square images, got H={h}, W={w}")
         for name in ("mean", "std"):
@@ -233,6 +241,8 @@ class EpisodeSampler:
           first ``K`` columns are the support set); for the same key they are
           the indices that :meth:`sample` gathers.
         """
+        _check_num_tasks(num_tasks)
+        self._check_counts(int(num_classes), int(num_per_class), "the dataset (num_classes, num_per_class)")
         return self._indices(self._draw(key, int(num_tasks)), int(num_classes), int(num_per_class))
 
     def sample(self, images: Array, key: Array, num_tasks: int) -> TaskBatch:
@@ -253,8 +263,7 @@ class EpisodeSampler:
           ``support_y [B, N*K]`` int32, ``query_x [B, N*Q, H, W, ch]``,
           ``query_y [B, N*Q]`` int32.
         """
-        if isinstance(num_tasks, bool) or not isinstance(num_tasks, (int, np.integer)) or num_tasks < 1:
-            raise ValueError(f"num_tasks must be an integer >= 1, got {num_tasks!r}")
+        _check_num_tasks(num_tasks)
         self._check_images(images)
         b = int(num_tasks)
         c, m, h, w, ch = images.shape

@@ -213,6 +213,16 @@ def test_bad_images(device_images, sampler, match):
         sampler.sample(device_images, jax.random.key(0), 2)
 
 
+@pytest.mark.parametrize("sampler, args, match", [
+    (EpisodeSampler(5, 1, 1), (2, 3, 20), "n_way=5 exceeds the 3 classes"),
+    (EpisodeSampler(5, 6, 10), (2, 30, 10), "k_shot \\+ q_query = 16 exceeds the 10"),
+    (EpisodeSampler(5, 1, 1), (0, 30, 10), "num_tasks"),
+])
+def test_sample_indices_refuses_impossible_episodes(sampler, args, match):
+    with pytest.raises(ValueError, match=match):
+        sampler.sample_indices(jax.random.key(0), *args)
+
+
 def test_bad_images_shape_and_dtype():
     with pytest.raises(ValueError, match=r"\[C, M, H, W, ch\]"):
         sample(EpisodeSampler(2, 1, 1), jnp.zeros((4, 4, 8, 8), jnp.uint8), jax.random.key(0), 1)
