@@ -4,7 +4,7 @@ The exported function is *adapt, then predict* on one task::
 
     predict(support_x, support_y, query_x) -> outputs
         adapted = algorithm.adapt(meta_params, model_state, support_x, support_y, num_steps=N)
-        outputs = algorithm.predict(meta_params, adapted, model_state, query_x)
+        outputs = algorithm.predict(meta_params, adapted, model_state, query_x, num_steps=N)
 
 with ``N`` the algorithm's evaluation steps (``algorithm.eval_steps``), the
 parameters of a run's checkpoint as inputs, serialized with
@@ -110,7 +110,7 @@ def predict_fn(algorithm, num_steps: int):
     """``f(meta_params, model_state, support_x, support_y, query_x)``: adapt ``num_steps`` steps, then predict."""
     def f(meta_params, model_state, support_x, support_y, query_x):
         adapted = algorithm.adapt(meta_params, model_state, support_x, support_y, num_steps=num_steps)
-        return algorithm.predict(meta_params, adapted, model_state, query_x)
+        return algorithm.predict(meta_params, adapted, model_state, query_x, num_steps=num_steps)
 
     return f
 

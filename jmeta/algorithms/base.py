@@ -16,7 +16,10 @@ model ``apply`` it adapts) with pure methods:
 * ``adapt(meta_params, model_state, support_x, support_y, *, key=None,
   num_steps=None) -> adapted``: the per-task learner (adapted parameters,
   prototypes, ridge weights, ...).
-* ``predict(meta_params, adapted, model_state, x) -> outputs``.
+* ``predict(meta_params, adapted, model_state, x, *, num_steps=None) ->
+  outputs``: ``num_steps`` is the number of steps ``adapt`` took (``None``:
+  its default); algorithms whose forward pass depends on the step (MAML++'s
+  per-step BatchNorm) use it, the others ignore it.
 * ``evaluate(meta_params, model_state, task, *, key=None, num_steps=None)
   -> {"loss": [N+1], ...}``: query metrics after ``0..N`` adaptation
   steps (a curve of length 1 for algorithms without steps).
@@ -45,7 +48,7 @@ class MetaLearner(Protocol):
     def adapt(self, meta_params: dict, model_state: PyTree, support_x, support_y, *, key=None,
               num_steps=None): ...
 
-    def predict(self, meta_params: dict, adapted, model_state: PyTree, x): ...
+    def predict(self, meta_params: dict, adapted, model_state: PyTree, x, *, num_steps=None): ...
 
     def evaluate(self, meta_params: dict, model_state: PyTree, task, *, key=None, num_steps=None) -> dict: ...
 

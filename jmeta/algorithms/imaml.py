@@ -189,8 +189,8 @@ class IMAML:
         phi, slow, _ = self._solve(meta_params, model_state, support_x, support_y, k)
         return combine(phi, slow)
 
-    def predict(self, meta_params, adapted, model_state, x):
-        del meta_params
+    def predict(self, meta_params, adapted, model_state, x, *, num_steps=None):
+        del meta_params, num_steps
         return self.apply(adapted, model_state, x, train=self._train_mode)[0]
 
     def task_loss(self, meta_params, model_state, task, *, key=None, step=0):

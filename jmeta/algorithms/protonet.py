@@ -126,8 +126,9 @@ class ProtoNet:
         z, _ = self.embed(meta_params["params"], model_state, support_x, train=self._eval_train_flag())
         return prototypes(z, support_y, self.n_way)
 
-    def predict(self, meta_params, adapted, model_state, x):
+    def predict(self, meta_params, adapted, model_state, x, *, num_steps=None):
         """Logits ``[n, n_way]`` of ``x`` against the prototypes ``adapted``."""
+        del num_steps
         z, _ = self.embed(meta_params["params"], model_state, x, train=self._eval_train_flag())
         return self.logits(adapted, z)
 

@@ -177,7 +177,8 @@ class ClosedFormHead:
         emb, _ = self.embed(meta_params["params"], model_state, support_x, train=self._eval_flag)
         return self._fit(meta_params, emb, self._onehot(support_y, emb.dtype))[0]
 
-    def predict(self, meta_params, adapted, model_state, x):
+    def predict(self, meta_params, adapted, model_state, x, *, num_steps=None):
+        del num_steps
         emb, _ = self.embed(meta_params["params"], model_state, x, train=self._eval_flag)
         return self._logits(meta_params, adapted, emb)
 

@@ -30,8 +30,10 @@ from jmeta.losses import metrics_for
 @dataclasses.dataclass(frozen=True, eq=False)
 class Reptile(GradientLearner):
     """Reptile. Shares :class:`GradientLearner`'s options (inner transform,
-    learning rate, steps, ``adapt_params`` filter, BatchNorm mode), except learned
-    learning rates (Reptile has no gradient for them) and second-order terms.
+    learning rate, steps, BatchNorm mode including MAML++'s per-step rows),
+    except learned learning rates and ``adapt_params`` (Reptile's update
+    carries no gradient for them: parameters the inner loop does not move would
+    never be trained) and second-order terms.
 
     Attributes:
       train_on_query: adapt on support and query together (the task's whole
@@ -48,6 +50,10 @@ class Reptile(GradientLearner):
                              "for them); use learn_lr=None")
         if self.multi_step_loss:
             raise ValueError("Reptile has no query loss to weight per step; use multi_step_loss=False")
+        if self.adapt_params is not None:
+            raise ValueError("Reptile adapts every parameter (adapt_params=None): its update theta - phi is zero "
+                             "for parameters the inner loop does not move, so they would never be trained; for "
+                             "head-only adaptation use ANIL")
 
     def task_loss(self, meta_params, model_state, task, *, key=None, step=0):
         del key, step
@@ -59,7 +65,8 @@ class Reptile(GradientLearner):
         else:
             x, y = task.support_x, task.support_y
         res = inner_loop(self._support_loss(jax.lax.stop_gradient(slow), model_state, x, y),
-                         jax.lax.stop_gradient(fast), self.inner_optimizer(meta_params), self.num_steps)
+                         jax.lax.stop_gradient(fast), self.inner_optimizer(meta_params), self.num_steps,
+                         step_index=self._per_step)
         phi = jax.lax.stop_gradient(res.params)
         sq = jax.tree.map(lambda t, p: jnp.sum(jnp.square(t - p)), fast, phi)
         objective = 0.5 * sum(jax.tree.leaves(sq))
@@ -67,7 +74,7 @@ class Reptile(GradientLearner):
         # ``train_on_query`` the query set was part of the inner data, so this
         # is a fit loss; ``evaluate`` adapts on the support set only.
         out, new_state = self._forward(combine(phi, jax.lax.stop_gradient(slow)), model_state,
-                                       task.query_x, self._train_mode)
+                                       task.query_x, self._train_mode, self._last_row(self.num_steps))
         metrics = metrics_for(self.loss, out, task.query_y)
         metrics["support_loss"] = res.losses[0]
         if self.bn_mode == "frozen":

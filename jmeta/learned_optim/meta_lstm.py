@@ -325,8 +325,9 @@ class MetaLSTM:
         c, _, _ = self._unroll(meta_params, model_state, support_x, support_y, k)
         return c
 
-    def predict(self, meta_params, adapted, model_state, x):
+    def predict(self, meta_params, adapted, model_state, x, *, num_steps=None):
         """The learner's outputs on ``x`` with ``adapted`` (a flat vector from :meth:`adapt`, or a pytree)."""
+        del num_steps
         if hasattr(adapted, "ndim") and adapted.ndim == 1:
             adapted = self.unravel(meta_params, adapted)
         return self._forward(adapted, model_state, x)[0]

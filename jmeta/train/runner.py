@@ -304,9 +304,9 @@ def _sinusoid_predictions(cfg, exp, state, key, out) -> None:
     @jax.jit  # one program instead of op-by-op dispatch of the inner loop
     def fits(mp, ms, xs, sy):
         def one(x, y):
-            return algo.predict(mp, algo.adapt(mp, ms, x, y, num_steps=steps), ms, grid)
+            return algo.predict(mp, algo.adapt(mp, ms, x, y, num_steps=steps), ms, grid, num_steps=steps)
 
-        return algo.predict(mp, mp["params"], ms, grid), jax.vmap(one)(xs, sy)
+        return algo.predict(mp, mp["params"], ms, grid, num_steps=0), jax.vmap(one)(xs, sy)
 
     pre, post = jax.device_get(fits(state.meta_params, state.model_state, xs, sy))
     curves = []

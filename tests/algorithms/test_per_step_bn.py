@@ -92,3 +92,49 @@ def test_identical_rows_equal_shared_batchnorm():
 def test_per_step_needs_a_step_argument():
     with pytest.raises(ValueError, match="bn_mode"):
         GradientLearner(_model(None).apply, bn_mode="per-step")
+
+
+def test_adapt_then_predict_uses_the_row_of_the_steps_taken():
+    """predict(num_steps=k) after adapt(num_steps=k) equals evaluate's curve at k, for k below the training K
+    too; the exported program does the same."""
+    from jmeta.export import predict_fn
+
+    model = _model(K)
+    params = _perturb_rows(model.params, jax.random.key(2))
+    algo = MAML(model.apply, loss="cross_entropy", inner_lr=LR, num_steps=K, bn_mode="per_step")
+    mp, task = algo.init(params), _task()
+    curve = algo.evaluate(mp, model.state, task, num_steps=K + 1)["loss"]
+    for k in range(K + 2):
+        adapted = algo.adapt(mp, model.state, task.support_x, task.support_y, num_steps=k)
+        out = algo.predict(mp, adapted, model.state, task.query_x, num_steps=k)
+        np.testing.assert_allclose(cross_entropy(out, task.query_y), curve[k], rtol=1e-5, atol=1e-6)
+        exported = predict_fn(algo, k)(mp, model.state, task.support_x, task.support_y, task.query_x)
+        np.testing.assert_allclose(exported, out, rtol=1e-5, atol=1e-6)
+
+
+def test_reptile_per_step_adapts_with_every_row():
+    """Reptile's update uses the same per-step rows as its evaluation: theta - phi with phi = adapt(theta),
+    and (adapting on the support set only) its logged query loss is evaluate's loss after K steps."""
+    from jmeta.algorithms import Reptile
+
+    model = _model(K)
+    params = _perturb_rows(model.params, jax.random.key(2))
+    algo = Reptile(model.apply, loss="cross_entropy", inner_lr=LR, num_steps=K, bn_mode="per_step",
+                   train_on_query=False)
+    mp, task = algo.init(params), _task()
+    g, aux = jax.grad(lambda p: algo.task_loss({**mp, "params": p}, model.state, task), has_aux=True)(params)
+    phi = algo.adapt(mp, model.state, task.support_x, task.support_y)
+    for a, p, f in zip(jax.tree.leaves(g), jax.tree.leaves(params), jax.tree.leaves(phi)):
+        np.testing.assert_allclose(a, p - f, rtol=1e-5, atol=1e-6)
+    curve = algo.evaluate(mp, model.state, task, num_steps=K)["loss"]
+    np.testing.assert_allclose(aux["metrics"]["loss"], curve[K], rtol=1e-5, atol=1e-6)
+    # every row of a per-step BatchNorm table moves (each inner step used its own row)
+    rows = [np.abs(np.asarray(a)).sum(1) for a in jax.tree.leaves(g) if a.ndim == 2 and a.shape[0] == K]
+    assert rows and all((r > 0).all() for r in rows)
+
+
+def test_reptile_refuses_partial_adaptation():
+    from jmeta.algorithms import Reptile
+
+    with pytest.raises(ValueError, match="ANIL"):
+        Reptile(_model(None).apply, adapt_params="head")
