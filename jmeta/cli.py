@@ -121,6 +121,8 @@ def _resolve_config(args):
         cfg = C.load(str(run))
         if args.config or args.algorithm or args.set or args.seed is not None:
             raise CLIError("--resume continues a run as configured; only --steps may be given with it")
+        if args.out and pathlib.Path(args.out).resolve() != run.resolve():
+            raise CLIError(f"--resume continues the run in its own folder {run}; drop --out {args.out}")
         if args.steps is not None:
             cfg = C.apply_override(cfg, f"train.steps={args.steps}")
         return cfg, run
@@ -308,7 +310,8 @@ def main(argv=None) -> int:
         from jmeta.train.checkpoint import CheckpointError
         from jmeta.train.runner import NonFiniteError
 
-        known = (ConfigError, CheckpointError, DataError, NonFiniteError, FileNotFoundError, MemoryError)
+        known = (ConfigError, CheckpointError, DataError, NonFiniteError, FileNotFoundError, FileExistsError,
+                 NotADirectoryError, MemoryError)
         if isinstance(e, known):
             print(f"error: {_one_line(e)}", file=sys.stderr)
             return 1 if isinstance(e, (NonFiniteError, MemoryError)) else 2

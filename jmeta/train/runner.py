@@ -49,6 +49,21 @@ class NonFiniteError(RuntimeError):
     """The loss or meta-gradient became NaN or Inf (``train.on_nan='stop'``)."""
 
 
+class RunExistsError(FileExistsError):
+    """A fresh run was asked for in a folder that already holds one (resume it, or use another folder)."""
+
+
+def existing_run(out_dir) -> list[str]:
+    """What of a run ``out_dir`` already holds (checkpoints, metrics, evaluation); empty if none."""
+    out = pathlib.Path(out_dir)
+    found = []
+    ckpts = out / "checkpoints"
+    if ckpts.is_dir() and any(ckpts.iterdir()):
+        found.append("checkpoints/")
+    found += [name for name in ("metrics.jsonl", "eval.json") if (out / name).exists()]
+    return found
+
+
 OOM_HINT = ("the device ran out of memory. Options that reduce memory: a smaller meta-batch "
             "(--set train.meta_batch_size=N), chunked task batches (--set train.task_parallel=CHUNK, e.g. 8), "
             "rematerialised inner steps (--set algorithm.remat=full), fewer inner steps, or first-order "
@@ -117,6 +132,9 @@ def train(cfg: Config, out_dir, *, resume: bool = False, progress: bool = True, 
       plots: draw the PNGs at the end (needs matplotlib).
 
     Raises:
+      RunExistsError: ``resume=False`` but ``out_dir`` already holds a run
+        (nothing of it is overwritten).
+      NotADirectoryError: ``out_dir`` is a file.
       NonFiniteError: ``train.on_nan='stop'`` and a loss or meta-gradient was
         not finite; the message names the meta-step and the last good checkpoint.
       MemoryError: the device ran out of memory (the message lists the options
@@ -125,7 +143,7 @@ def train(cfg: Config, out_dir, *, resume: bool = False, progress: bool = True, 
     Returns:
       A summary dict (``steps``, ``wall_time``, ``eval``).
     """
-    from jmeta.config import validate
+    from jmeta.config import ConfigError, validate
     from jmeta.experiment import build
     from jmeta.train.checkpoint import Checkpointer
     from jmeta.train.step import init_train_state, make_meta_step
@@ -135,22 +153,30 @@ def train(cfg: Config, out_dir, *, resume: bool = False, progress: bool = True, 
     if warning:
         warnings.warn(warning, stacklevel=2)
     out = pathlib.Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"the run folder {out} is a file; give a folder (new or a run to resume)")
+    found = [] if resume else existing_run(out)
+    if found:
+        raise RunExistsError(f"{out} already holds a run ({', '.join(found)}); continue it with "
+                             f"`jmeta train --resume {out}` (resume=True), or give another --out")
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "config.json", cfg.to_dict())
     t = cfg.train
     ckpt = Checkpointer(out / "checkpoints", keep=t.keep_checkpoints)  # first: refuses an unusable orbax at once
+    latest = ckpt.latest_step() if resume else None
+    if latest is not None and latest > t.steps:
+        ckpt.close()
+        raise ConfigError(f"train.steps={t.steps} is below the {latest} meta-steps this run has done; a resumed run "
+                          f"can only train for longer (steps >= {latest})")
+    atomic_write_json(out / "config.json", cfg.to_dict())
     exp = build(cfg, data_dir=data_dir)
     k_train, k_eval, k_init = run_keys(t.seed)
     state = init_train_state(exp.algorithm, exp.model.params, exp.model.state, exp.meta_optimizer, key=k_init)
     start = 0
     if resume:
-        latest = ckpt.latest_step()
         if latest is not None:
             state = ckpt.restore(latest, state)
             start = int(state.step)
         MetricsLog.truncate_after(out / "metrics.jsonl", start)
-    elif (out / "metrics.jsonl").exists():
-        (out / "metrics.jsonl").unlink()
     sinks = list(sinks)
     if tensorboard:
         from jmeta.train.tensorboard import TensorBoardSink

@@ -95,3 +95,18 @@ def _copy_config_only(run_dir: pathlib.Path) -> pathlib.Path:
     d.mkdir(exist_ok=True)
     (d / "config.json").write_text((run_dir / "config.json").read_text())
     return d
+
+
+def test_a_run_folder_is_never_overwritten_or_contradicted(run_dir, tmp_path, capsys):
+    """A fresh run into a run folder, --out that is a file, --resume with another --out or fewer steps than
+    done: one-line errors, and the run folder stays as it was."""
+    before = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    assert "already holds a run" in _one_line_error(capsys, ["train", "--out", str(run_dir), "--no-progress", *TINY])
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    assert "is a file" in _one_line_error(capsys, ["train", "--out", str(afile), "--no-progress", *TINY])
+    assert "drop --out" in _one_line_error(capsys, ["train", "--resume", str(run_dir), "--out", str(tmp_path / "x")])
+    assert "below the 20 meta-steps" in _one_line_error(
+        capsys, ["train", "--resume", str(run_dir), "--steps", "10", "--no-progress"])
+    after = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    assert after == before
