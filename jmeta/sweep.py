@@ -10,8 +10,9 @@
 Trials: with ``--grid`` only, the Cartesian product of the value lists; with
 ``--random N``, ``N`` draws where every ``--range key=lo:hi[:log]`` is
 sampled uniformly (log-uniformly with ``:log``; integers when ``lo`` and
-``hi`` are written as integers) and every ``--grid`` key picks one of its
-values uniformly (numpy ``default_rng(sweep_seed)``).
+``hi`` are written as integers, a log-uniform draw then rounded) and every
+``--grid`` key picks one of its values uniformly (numpy
+``default_rng(sweep_seed)``).
 
 Each trial is an ordinary run (:func:`jmeta.train.runner.train`) in
 ``OUT/trial_000``, ``OUT/trial_001``, ... , run one after another: every
@@ -138,10 +139,11 @@ def make_trials(grids: list[tuple[str, list]], ranges: list[tuple] = (), *, rand
         for k, values in grids:
             t[k] = values[int(rng.integers(len(values)))]
         for k, lo, hi, log, integer in ranges:
-            if integer:
+            if log:  # log-uniform; integers are rounded after the draw in log space
+                v = math.exp(rng.uniform(math.log(lo), math.log(hi)))
+                t[k] = min(int(hi), max(int(lo), round(v))) if integer else float(v)
+            elif integer:
                 t[k] = int(rng.integers(int(lo), int(hi) + 1))
-            elif log:
-                t[k] = float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
             else:
                 t[k] = float(rng.uniform(lo, hi))
         trials.append(t)

@@ -125,3 +125,13 @@ def test_vectorize_refuses_structural_keys(tmp_path, capsys):
                  "--steps", "2", "--out", str(tmp_path / "s")])
     err = capsys.readouterr().err
     assert code == 2 and "algorithm.inner_steps" in err and "--vectorize" in err and "Traceback" not in err
+
+
+def test_log_range_of_integers_is_log_uniform():
+    rng = S.parse_range("train.steps=1:1000:log")
+    assert rng == ("train.steps", 1.0, 1000.0, True, True)
+    draws = [t["train.steps"] for t in S.make_trials([], [rng], random=2001, seed=0)]
+    assert all(isinstance(v, int) and 1 <= v <= 1000 for v in draws)
+    median = sorted(draws)[len(draws) // 2]
+    assert 26 <= median <= 38, median  # log-uniform: sqrt(1 * 1000) ~ 32 (uniform would give ~500)
+    assert min(draws) == 1 and max(draws) > 500  # the whole range is drawn
