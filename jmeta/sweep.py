@@ -28,7 +28,8 @@ its 95% CI), and ``OUT/sweep.png`` (the chosen metric against each swept key,
 with CIs). The metric (``--metric``) defaults to the first shot count's query
 accuracy (classification) or loss (regression) after the most adaptation steps
 reported; ``best`` in ``results.json`` is the trial that maximises accuracy /
-minimises loss.
+minimises loss among the finite values (``null`` if none is finite: a
+diverged trial is never the best).
 
 With ``--vectorize`` (:func:`run_vectorized`) the trials are trained
 together, ``vmap``-ed over a configuration axis in one compiled program
@@ -364,6 +365,10 @@ def run_vectorized(base: Config, trials: list[dict], out_dir, *, progress: bool 
     return _finish(rows, keys, metric, out, log)
 
 
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def _finish(rows, keys, metric, out, log) -> dict:
     ok = [r for r in rows if r["status"] == "ok"]
     metrics = [k for k in (ok[0] if ok else {}) if " after " in k and not k.endswith(" ci95")]
@@ -372,9 +377,11 @@ def _finish(rows, keys, metric, out, log) -> dict:
     elif metric is not None and ok and metric not in metrics:
         raise ConfigError(f"--metric {metric!r} is not an evaluation metric of these runs; valid: {metrics}")
     best = None
-    if ok and metric:
+    # only finite values are ranked: a diverged trial (NaN or inf mean) is never the best
+    ranked = [r for r in ok if metric and _finite(r.get(metric))]
+    if ranked:
         better = max if "accuracy" in metric else min
-        best = better(ok, key=lambda r: r[metric])["trial"]
+        best = better(ranked, key=lambda r: r[metric])["trial"]
     result = {"metric": metric, "best": best, "keys": keys, "rows": rows}
     write_results(result, out)
     if ok and metric:

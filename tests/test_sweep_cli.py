@@ -135,3 +135,18 @@ def test_log_range_of_integers_is_log_uniform():
     median = sorted(draws)[len(draws) // 2]
     assert 26 <= median <= 38, median  # log-uniform: sqrt(1 * 1000) ~ 32 (uniform would give ~500)
     assert min(draws) == 1 and max(draws) > 500  # the whole range is drawn
+
+
+def test_best_ranks_only_finite_metrics(tmp_path):
+    m = "K=5 loss after 2 step(s)"
+    rows = [{"trial": 0, "status": "ok", m: math.nan}, {"trial": 1, "status": "ok", m: 6.3},
+            {"trial": 2, "status": "ok", m: math.inf}, {"trial": 3, "status": "ok", m: 7.0},
+            {"trial": 4, "status": "nonfinite"}]
+    assert S._finish(rows, ["a.x"], m, tmp_path / "a", print)["best"] == 1
+    acc = "K=1 accuracy after 0 step(s)"
+    rows = [{"trial": 0, "status": "ok", acc: math.nan}, {"trial": 1, "status": "ok", acc: 0.4},
+            {"trial": 2, "status": "ok", acc: 0.3}]
+    assert S._finish(rows, ["a.x"], acc, tmp_path / "b", print)["best"] == 1
+    rows = [{"trial": 0, "status": "ok", m: math.nan}, {"trial": 1, "status": "ok", m: -math.inf}]
+    res = S._finish(rows, ["a.x"], m, tmp_path / "c", print)
+    assert res["best"] is None and json.loads((tmp_path / "c" / "results.json").read_text())["best"] is None
