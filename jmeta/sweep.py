@@ -27,9 +27,10 @@ overrides, status, final training loss, every evaluation summary metric with
 its 95% CI), and ``OUT/sweep.png`` (the chosen metric against each swept key,
 with CIs). The metric (``--metric``) defaults to the first shot count's query
 accuracy (classification) or loss (regression) after the most adaptation steps
-reported; ``best`` in ``results.json`` is the trial that maximises accuracy /
-minimises loss among the finite values (``null`` if none is finite: a
-diverged trial is never the best).
+reported (:func:`eval_metric_names` lists them; an unknown ``--metric`` is an
+error before any trial trains); ``best`` in ``results.json`` is the trial that
+maximises accuracy / minimises loss among the finite values (``null`` if none
+is finite: a diverged trial is never the best).
 
 With ``--vectorize`` (:func:`run_vectorized`) the trials are trained
 together, ``vmap``-ed over a configuration axis in one compiled program
@@ -171,6 +172,32 @@ def default_metric(summary: dict) -> str:
     return next(iter(summary))
 
 
+def eval_metric_names(cfg: Config) -> list[str]:
+    """The summary metrics the final evaluation of ``cfg`` reports (the keys of ``eval.json``'s ``summary``).
+
+    ``K=<shots> <loss|accuracy> after <k> step(s)`` for every ``eval.shots`` and
+    ``eval.report_steps``; accuracy only for classification (image families);
+    algorithms without adaptation steps (a head fitted per task) report step 0 only.
+    """
+    from jmeta.experiment import HEAD_ALGORITHMS
+
+    kinds = ("loss",) if cfg.task.family == "sinusoid" else ("loss", "accuracy")
+    steps = 0 if cfg.algorithm.name in HEAD_ALGORITHMS else cfg.eval.steps
+    names = [f"K={shots} {kind} after {k} step(s)" for shots in cfg.eval.shots for kind in kinds
+             for k in cfg.eval.report_steps if k <= steps]
+    return list(dict.fromkeys(names))
+
+
+def _check_metric(metric: str | None, cfgs: list[Config]) -> None:
+    """``metric`` must be reported by every trial's evaluation (checked before any trial trains)."""
+    if metric is None or not cfgs:
+        return
+    common = [m for m in eval_metric_names(cfgs[0]) if all(m in eval_metric_names(c) for c in cfgs[1:])]
+    if metric not in common:
+        raise ConfigError(f"--metric {metric!r} is not an evaluation metric of these trials (their eval.shots, "
+                          f"eval.report_steps and task); give one of {common}")
+
+
 def _final_train_loss(run_dir: pathlib.Path):
     from jmeta.train.logging import MetricsLog
 
@@ -189,14 +216,16 @@ def run(base: Config, trials: list[dict], out_dir, *, progress: bool = True, ten
       ``{"metric", "best", "rows", "keys"}`` (as written to ``results.json``).
 
     Raises:
-      ConfigError: a trial's override is not a valid config key/value (checked
-        for every trial before the first one runs), or ``metric`` is unknown.
+      ConfigError: a trial's override is not a valid config key/value, or
+        ``metric`` is not one of :func:`eval_metric_names` (both checked for
+        every trial before the first one runs).
     """
     from jmeta.train.runner import NonFiniteError, train
 
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfgs = [trial_config(base, t, i) for i, t in enumerate(trials)]  # fail fast on a bad override
+    _check_metric(metric, cfgs)
     keys = list(dict.fromkeys(k for t in trials for k in t))
     rows = []
     for i, (t, cfg) in enumerate(zip(trials, cfgs)):
@@ -269,7 +298,8 @@ def run_vectorized(base: Config, trials: list[dict], out_dir, *, progress: bool 
 
     Raises:
       ConfigError: a trial varies a key that cannot be vectorised (see
-        :data:`VECTOR_KEYS`), or any override is invalid.
+        :data:`VECTOR_KEYS`), any override is invalid, or ``metric`` is not one
+        of :func:`eval_metric_names` (all checked before training).
     """
     import jax.numpy as jnp
     import numpy as np
@@ -285,6 +315,7 @@ def run_vectorized(base: Config, trials: list[dict], out_dir, *, progress: bool 
     out = pathlib.Path(out_dir)
     cfgs = [trial_config(base, t, i) for i, t in enumerate(trials)]
     _check_vectorizable(base, trials)
+    _check_metric(metric, cfgs)
     warning = nondeterminism_warning(base.train.deterministic)
     if warning:
         warnings.warn(warning, stacklevel=2)
@@ -441,5 +472,5 @@ def plot(result: dict, path) -> pathlib.Path:
     return _save(fig, plt, path)
 
 
-__all__ = ["default_metric", "make_trials", "parse_grid", "parse_range", "plot", "run", "trial_config",
+__all__ = ["default_metric", "eval_metric_names", "make_trials", "parse_grid", "parse_range", "plot", "run", "trial_config",
            "write_results"]

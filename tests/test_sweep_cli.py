@@ -10,7 +10,7 @@ import pytest
 
 from jmeta import sweep as S
 from jmeta.cli import main
-from jmeta.config import ConfigError, load
+from jmeta.config import ConfigError, from_dict, load
 
 
 def test_parse_grid_and_range():
@@ -78,6 +78,7 @@ def test_grid_sweep_end_to_end(tmp_path, capsys):
         assert cfg["algorithm"]["inner_lr"] == r["algorithm.inner_lr"] and cfg["train"]["steps"] == 20
         ev = json.loads((out / f"trial_{i:03d}" / "eval.json").read_text())
         assert r[res["metric"]] == ev["summary"][res["metric"]]["mean"]
+        assert S.eval_metric_names(from_dict(cfg)) == list(ev["summary"])  # what --metric is checked against
         assert math.isfinite(r["final_train_loss"])
     assert res["best"] == min(rows, key=lambda r: r[res["metric"]])["trial"]
     with open(out / "results.csv") as f:
@@ -150,3 +151,28 @@ def test_best_ranks_only_finite_metrics(tmp_path):
     rows = [{"trial": 0, "status": "ok", m: math.nan}, {"trial": 1, "status": "ok", m: -math.inf}]
     res = S._finish(rows, ["a.x"], m, tmp_path / "c", print)
     assert res["best"] is None and json.loads((tmp_path / "c" / "results.json").read_text())["best"] is None
+
+
+TINY = ["--config", "sinusoid-maml", "--set", "train.log_every=10", "--set", "train.meta_batch_size=5",
+        "--set", "eval.num_tasks=8", "--set", "eval.shots=[5]", "--set", "eval.report_steps=[1,2]",
+        "--set", "eval.steps=2", "--no-progress", "--no-tensorboard"]
+
+
+def _trial_cfg(steps: int, overrides: dict, index: int, extra=()):
+    from jmeta.config import apply_overrides
+
+    sets = [TINY[i + 1] for i, a in enumerate(TINY) if a == "--set"] + list(extra)
+    return S.trial_config(apply_overrides(load("sinusoid-maml"), [f"train.steps={steps}", *sets]), overrides, index)
+
+
+def test_unknown_metric_fails_before_any_trial(tmp_path, capsys):
+    out = tmp_path / "s"
+    code = main(["sweep", *TINY, "--grid", "algorithm.inner_lr=0.01,0.02", "--steps", "2", "--metric", "nope",
+                 "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "--metric 'nope'" in err and "K=5 loss after 2 step(s)" in err and "Traceback" not in err
+    assert not (out / "trial_000").exists()
+    cfg = _trial_cfg(2, {"algorithm.inner_lr": 0.01}, 0)
+    assert S.eval_metric_names(cfg) == ["K=5 loss after 1 step(s)", "K=5 loss after 2 step(s)"]
+    img = load("omniglot-5w1s-protonet")
+    assert S.eval_metric_names(img) == [f"K=1 {m} after 0 step(s)" for m in ("loss", "accuracy")]
