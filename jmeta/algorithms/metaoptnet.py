@@ -65,7 +65,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jmeta.algorithms.r2d2 import ClosedFormHead, _check_int, _check_pos, ridge_regression
+from jmeta.algorithms.r2d2 import ClosedFormHead, _check_int, _check_pos, _solve_dtype, ridge_regression
 from jmeta.implicit.linear_solve import LINEAR_SOLVERS
 from jmeta.implicit.projections import projection_simplex
 from jmeta.implicit.root import custom_fixed_point
@@ -171,7 +171,10 @@ def crammer_singer_svm(gram, y, *, C: float = 0.1, ridge: float = 1.0, max_iter:
     r"""Dual solution :math:`\alpha^\star(G)` of the Crammer-Singer SVM, differentiable implicitly in ``gram``.
 
     Args:
-      gram: ``X X^T`` of the support embeddings, ``[n, n]`` (float32 or float64).
+      gram: ``X X^T`` of the support embeddings, ``[n, n]``. float32 and
+        float64 are solved in their own precision; bfloat16/float16 are solved
+        (forward FISTA and the implicit backward solve) in float32, and
+        ``alpha`` is cast back.
       y: one-hot support labels ``[n, K]`` (same float dtype).
       C: the SVM's ``C > 0`` (MetaOptNet: 0.1).
       ridge: :math:`\rho \ge 0` added to the dual's kernel (module docstring).
@@ -182,8 +185,15 @@ def crammer_singer_svm(gram, y, *, C: float = 0.1, ridge: float = 1.0, max_iter:
         ``"bicgstab"``).
 
     Returns:
-      ``(alpha [n, K], SVMInfo)``; the primal weights are ``X^T alpha``.
+      ``(alpha [n, K], SVMInfo)`` (``alpha`` in the dtype of ``gram``,
+      ``SVMInfo.kkt_residual`` in the dtype of the solve); the primal weights
+      are ``X^T alpha``.
     """
+    sd = _solve_dtype(gram.dtype)
+    if sd != gram.dtype:
+        alpha, info = crammer_singer_svm(gram.astype(sd), y.astype(sd), C=C, ridge=ridge, max_iter=max_iter,
+                                         tol=tol, implicit_solve=implicit_solve)
+        return alpha.astype(gram.dtype), info
     c, r = float(C), float(ridge)
     fp = functools.partial(_fixed_point, c=c, ridge=r)
     solver = custom_fixed_point(lambda beta, g, yy: fp(beta, g, yy), solve=implicit_solve, has_aux=True,
@@ -251,10 +261,13 @@ class MetaOptNet(ClosedFormHead):
     def _fit(self, meta_params, emb, onehot):
         if self.head == "ridge":
             return {"w": ridge_regression(emb, onehot, self.ridge_lambda, form="dual")}, {}
-        alpha, info = crammer_singer_svm(emb @ emb.T, onehot, C=self.C, ridge=self.gram_ridge,
+        # bfloat16/float16 embeddings: Gram matrix and dual solve in float32 (crammer_singer_svm), weights cast back
+        sd = _solve_dtype(emb.dtype)
+        e = emb.astype(sd)
+        alpha, info = crammer_singer_svm(e @ e.T, onehot.astype(sd), C=self.C, ridge=self.gram_ridge,
                                          max_iter=self.max_iter, tol=self.tol, implicit_solve=self.implicit_solve)
-        diag = {"svm_iterations": info.iterations.astype(emb.dtype), "svm_kkt_residual": info.kkt_residual}
-        return {"w": emb.T @ alpha}, diag
+        diag = {"svm_iterations": info.iterations.astype(sd), "svm_kkt_residual": info.kkt_residual}
+        return {"w": (e.T @ alpha).astype(emb.dtype)}, diag
 
     def _logits(self, meta_params, adapted, emb):
         return self._scale(meta_params) * (emb @ adapted["w"])

@@ -64,6 +64,19 @@ def _float_dtype(tree):
     return jnp.zeros(()).dtype
 
 
+def _solve_dtype(dtype):
+    """The dtype linear solves run in: float32 for lower-precision floats (bfloat16, float16), else ``dtype``.
+
+    ``jax.scipy.linalg.solve`` (LU/Cholesky) has no bfloat16/float16 kernels,
+    and an ill-conditioned solve with an 8-bit (bfloat16) or 11-bit (float16)
+    mantissa would lose most of its accuracy anyway.
+    """
+    dtype = jnp.dtype(dtype)
+    if jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32:
+        return jnp.dtype(jnp.float32)
+    return dtype
+
+
 def ridge_regression(x, y, lam, *, form: str = "dual"):
     r"""Ridge-regression weights :math:`W = \arg\min \lVert XW - Y\rVert^2 + \lambda \lVert W\rVert^2`.
 
@@ -76,10 +89,18 @@ def ridge_regression(x, y, lam, *, form: str = "dual"):
         I_d)^{-1} X^\top Y` (``d x d``); ``"auto"``: the smaller of the two.
 
     Returns:
-      ``W`` of shape ``[d, K]``.
+      ``W`` of shape ``[d, K]``, in the dtype of ``x``. Lower-precision inputs
+      (bfloat16, float16) are solved in float32 and the result cast back;
+      float32 and float64 are solved in their own precision.
     """
     if form not in RIDGE_FORMS:
         raise ValueError(f"form must be one of {RIDGE_FORMS}, got {form!r}")
+    out_dtype = x.dtype
+    sd = _solve_dtype(out_dtype)
+    if sd != out_dtype:
+        x, y = x.astype(sd), y.astype(sd)
+        lam = jnp.asarray(lam).astype(sd)
+        return ridge_regression(x, y, lam, form=form).astype(out_dtype)
     n, d = x.shape
     if form == "auto":
         form = "dual" if n <= d else "primal"

@@ -14,7 +14,7 @@ from jmeta.algorithms.r2d2 import R2D2
 from jmeta.models import mlp
 from jmeta.train.step import init_train_state, make_meta_step
 
-from test_r2d2 import fd_error, gaussian_tasks, small_embedding
+from test_r2d2 import assert_bf16_matches_f32, fd_error, gaussian_tasks, small_embedding
 
 
 def _svm_problem(n=10, d=16, k=4, seed=0, dtype=np.float64):
@@ -163,6 +163,32 @@ def test_meta_training_under_jit_and_vmap(dtype, request):
     for i in range(4):
         np.testing.assert_allclose(batched[i], fit(jax.tree.map(lambda a: a[i], tasks)),
                                    rtol=2e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("head", ["svm", "ridge"])
+def test_bfloat16_task_loss_and_meta_step_match_float32(head):
+    # the SVM dual (FISTA and its dense implicit backward solve) and the ridge solve run in float32
+    model = small_embedding(width=12, dtype=jnp.float32)
+    algo = MetaOptNet(model.apply, n_way=3, init_scale=2.0, head=head)
+    tasks = gaussian_tasks(4)
+    assert_bf16_matches_f32(algo, model.params, model.state, jax.tree.map(lambda a: a[0], tasks))
+    step = make_meta_step(algo, lambda key, n: tasks, optax.adam(1e-2), meta_batch_size=4, compute_dtype="bfloat16")
+    state = init_train_state(algo, model.params, model.state, optax.adam(1e-2))
+    state, metrics = step(state, jax.random.key(0))
+    assert np.isfinite(float(metrics["loss"]))
+    assert all(leaf.dtype == jnp.float32 and np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state.meta_params))
+
+
+def test_svm_low_precision_gram_is_solved_in_float32():
+    x, _, y = _svm_problem(dtype=np.float32)
+    gram = x @ x.T
+    a32, _ = crammer_singer_svm(gram, y)
+    a16, info = crammer_singer_svm(gram.astype(jnp.bfloat16), y.astype(jnp.bfloat16))
+    assert a16.dtype == jnp.bfloat16 and info.kkt_residual.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(a16, np.float32), a32, atol=0.1 * float(jnp.max(jnp.abs(a32))))
+    y16 = y.astype(jnp.bfloat16)
+    g = jax.grad(lambda g: jnp.sum(jnp.sin(crammer_singer_svm(g, y16)[0])))(gram.astype(jnp.bfloat16))
+    assert g.dtype == jnp.bfloat16 and np.all(np.isfinite(np.asarray(g, np.float32)))
 
 
 def test_clear_errors():

@@ -11,6 +11,7 @@ import pytest
 from jmeta.algorithms.r2d2 import R2D2, ridge_regression
 from jmeta.models import from_apply, mlp
 from jmeta.tasks import TaskBatch
+from jmeta.train.precision import mixed_precision_task_loss
 from jmeta.train.step import init_train_state, make_meta_step
 
 from finite_differences import fd_relative_error
@@ -119,6 +120,46 @@ def test_meta_training_under_jit_and_vmap(dtype, request):
             first = metrics if first is None else first
         assert all(leaf.dtype == jnp.dtype(dtype) for leaf in jax.tree.leaves(state.meta_params))
         assert float(metrics["loss"]) < float(first["loss"])
+
+
+def assert_bf16_matches_f32(algo, params, state, task):
+    """``task_loss`` and its meta-gradient in bfloat16 (mixed precision) are finite and close to float32."""
+    mp = algo.init(params)
+
+    def vg(compute_dtype):
+        f = mixed_precision_task_loss(algo, compute_dtype)
+        return jax.jit(jax.value_and_grad(lambda m: f(m, state, task)[0]))(mp)
+
+    (v16, g16), (v32, g32) = vg(jnp.bfloat16), vg(jnp.float32)
+    assert v16.dtype == jnp.float32 and np.isfinite(float(v16))
+    np.testing.assert_allclose(v16, v32, rtol=0.05)
+    for a, b in zip(jax.tree.leaves(g16), jax.tree.leaves(g32)):
+        assert a.dtype == jnp.float32 and np.all(np.isfinite(a))
+        # bfloat16 has an 8-bit mantissa: compare each leaf relative to its norm
+        assert float(jnp.linalg.norm(a - b)) <= 0.1 * float(jnp.linalg.norm(b)) + 1e-3, (a, b)
+
+
+@pytest.mark.parametrize("form", ["dual", "primal"])
+def test_bfloat16_task_loss_and_meta_step_match_float32(form):
+    # jax.scipy.linalg.solve has no bfloat16 kernel: the ridge solve runs in float32 and is cast back
+    model = small_embedding(dtype=jnp.float32)
+    algo = R2D2(model.apply, n_way=3, init_scale=3.0, fit_intercept=True, form=form)
+    tasks = gaussian_tasks(4)
+    assert_bf16_matches_f32(algo, model.params, model.state, jax.tree.map(lambda a: a[0], tasks))
+    x16, y16 = tasks.support_x[0].astype(jnp.bfloat16), jax.nn.one_hot(tasks.support_y[0], 3, dtype=jnp.bfloat16)
+    w = ridge_regression(x16, y16, 0.5, form=form)
+    assert w.dtype == jnp.bfloat16
+    step = make_meta_step(algo, lambda key, n: tasks, optax.adam(1e-2), meta_batch_size=4, compute_dtype="bfloat16")
+    state = init_train_state(algo, model.params, model.state, optax.adam(1e-2))
+    state, metrics = step(state, jax.random.key(0))
+    assert np.isfinite(float(metrics["loss"]))
+    assert all(leaf.dtype == jnp.float32 and np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state.meta_params))
+
+
+def test_ridge_regression_keeps_float64(x64):
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(6, 4)))
+    w = ridge_regression(x, jnp.eye(3)[np.arange(6) % 3], 0.3)
+    assert w.dtype == jnp.float64
 
 
 def test_clear_errors():
