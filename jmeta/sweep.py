@@ -17,9 +17,12 @@ sampled uniformly (log-uniformly with ``:log``; integers when ``lo`` and
 Each trial is an ordinary run (:func:`jmeta.train.runner.train`) in
 ``OUT/trial_000``, ``OUT/trial_001``, ... , run one after another: every
 config key can be swept, and every trial folder can be inspected, resumed,
-evaluated and exported like any run. A trial whose folder already holds an
-``eval.json`` for the same config is not re-run, so re-running an interrupted
-sweep continues it. A trial that stops on a non-finite loss (or runs out of
+evaluated and exported like any run. Re-running a sweep continues it: a trial
+whose folder holds a run of the same config with an ``eval.json`` of its final
+step is reused, one with an unfinished run of the same config (interrupted, or
+an evaluation of fewer steps) is resumed from its latest checkpoint, and a
+folder holding a run of another config is an error before any trial trains
+(give another ``--out``). A trial that stops on a non-finite loss (or runs out of
 memory) is recorded with its status and the sweep goes on.
 
 Results: ``OUT/results.csv`` and ``OUT/results.json`` (one row per trial: the
@@ -208,6 +211,83 @@ def _final_train_loss(run_dir: pathlib.Path):
     return recs[-1].get("loss") if recs else None
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _config_diff(there: dict, want: dict, limit: int = 3) -> str:
+    """``"train.steps: 5 there, 20 in this sweep; ..."`` (the first ``limit`` differing keys)."""
+    a, b = _flat(there) if isinstance(there, dict) else {}, _flat(want)
+    keys = [k for k in dict.fromkeys([*b, *a]) if a.get(k, "<missing>") != b.get(k, "<missing>")]
+    parts = [f"{k}: {json.dumps(a.get(k, '<missing>'))} there, {json.dumps(b.get(k, '<missing>'))} in this sweep"
+             for k in keys[:limit]]
+    return "; ".join(parts) + (f"; and {len(keys) - limit} more key(s)" if len(keys) > limit else "")
+
+
+def _read_eval(path: pathlib.Path):
+    """``eval.json`` as a dict with a ``summary``, or None if it is missing or unreadable."""
+    try:
+        ev = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return ev if isinstance(ev, dict) and isinstance(ev.get("summary"), dict) else None
+
+
+def trial_folder_state(run_dir, cfg: Config) -> tuple[str, str]:
+    """What the trial folder ``run_dir`` holds for the trial config ``cfg``: ``(state, why)``.
+
+    ``"new"``: no run yet (missing, empty, or only a ``config.json``; a trial
+    trains there from scratch). ``"done"``: a run of exactly ``cfg`` with an
+    ``eval.json`` of its final step ``cfg.train.steps`` (reused). ``"resume"``:
+    a run of exactly ``cfg`` without that evaluation (interrupted, or an
+    ``eval.json`` left from fewer steps); it is continued from its latest
+    checkpoint. ``"other"``: anything else (a run of another config, a run
+    without a readable ``config.json``, a file): never written to.
+    """
+    from jmeta.train.runner import existing_run
+
+    d = pathlib.Path(run_dir)
+    if d.exists() and not d.is_dir():
+        return "other", "is a file, not a trial folder"
+    found = existing_run(d) if d.exists() else []
+    if not found:
+        return "new", ""
+    try:
+        there = json.loads((d / "config.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "other", f"holds a run ({', '.join(found)}) without a config.json"
+    except (OSError, ValueError) as e:
+        return "other", f"holds a run whose config.json cannot be read ({type(e).__name__})"
+    want = json.loads(cfg.to_json())
+    if there != want:
+        return "other", f"holds a run of another config ({_config_diff(there, want)})"
+    ev = _read_eval(d / "eval.json")
+    if ev is not None and ev.get("step") == cfg.train.steps:
+        return "done", ""
+    if ev is not None:
+        return "resume", f"holds an evaluation of step {ev.get('step')}, not of the final step {cfg.train.steps}"
+    return "resume", f"holds an unfinished run ({', '.join(found)}; no eval.json)"
+
+
+def _refuse_others(states, run_dirs, trials) -> None:
+    """A :class:`ConfigError` naming the trial folders that hold something this sweep must not touch."""
+    bad = [(i, why) for i, (state, why) in enumerate(states) if state == "other"]
+    if not bad:
+        return
+    i, why = bad[0]
+    others = [run_dirs[j].name for j, _ in bad[1:]]
+    more = f" (and {', '.join(others[:5])}{', ...' if len(others) > 5 else ''} too)" if others else ""
+    desc = ", ".join(f"{k}={v}" for k, v in trials[i].items())
+    raise ConfigError(f"the trial folder {run_dirs[i]} {why}; this sweep would put trial {i} ({desc}) there"
+                      f"{more}. Give this sweep another --out (nothing was trained or overwritten)")
+
+
 def run(base: Config, trials: list[dict], out_dir, *, progress: bool = True, tensorboard: bool = True,
         metric: str | None = None, data_dir=None, log=print) -> dict:
     """Runs the trials one after another and writes the results table and plot.
@@ -215,10 +295,15 @@ def run(base: Config, trials: list[dict], out_dir, *, progress: bool = True, ten
     Returns:
       ``{"metric", "best", "rows", "keys"}`` (as written to ``results.json``).
 
+    A trial folder that already holds this trial's finished run is reused;
+    one that holds an interrupted run of the same config is resumed from its
+    latest checkpoint (:func:`trial_folder_state`).
+
     Raises:
-      ConfigError: a trial's override is not a valid config key/value, or
-        ``metric`` is not one of :func:`eval_metric_names` (both checked for
-        every trial before the first one runs).
+      ConfigError: a trial's override is not a valid config key/value,
+        ``metric`` is not one of :func:`eval_metric_names`, or a trial folder
+        holds a run of another config (all checked for every trial before the
+        first one runs).
     """
     from jmeta.train.runner import NonFiniteError, train
 
@@ -226,25 +311,28 @@ def run(base: Config, trials: list[dict], out_dir, *, progress: bool = True, ten
     out.mkdir(parents=True, exist_ok=True)
     cfgs = [trial_config(base, t, i) for i, t in enumerate(trials)]  # fail fast on a bad override
     _check_metric(metric, cfgs)
+    run_dirs = [out / f"trial_{i:03d}" for i in range(len(trials))]
+    states = [trial_folder_state(d, c) for d, c in zip(run_dirs, cfgs)]
+    _refuse_others(states, run_dirs, trials)
     keys = list(dict.fromkeys(k for t in trials for k in t))
     rows = []
-    for i, (t, cfg) in enumerate(zip(trials, cfgs)):
-        run_dir = out / f"trial_{i:03d}"
+    for i, (t, cfg, run_dir, (state, why)) in enumerate(zip(trials, cfgs, run_dirs, states)):
         row = {"trial": i, **t, "run_dir": str(run_dir)}
         desc = ", ".join(f"{k}={v}" for k, v in t.items())
-        done = run_dir / "eval.json"
-        if done.is_file() and (run_dir / "config.json").is_file() and \
-                json.loads((run_dir / "config.json").read_text()) == json.loads(cfg.to_json()):
+        if state == "done":
             log(f"jmeta sweep: trial {i + 1}/{len(trials)} ({desc}): done before, reusing {run_dir}")
-            ev = json.loads(done.read_text())
+            ev = _read_eval(run_dir / "eval.json")
             row.update(status="ok", wall_time_s=None)
         else:
-            log(f"jmeta sweep: trial {i + 1}/{len(trials)} ({desc}) -> {run_dir}")
+            if state == "resume":
+                log(f"jmeta sweep: trial {i + 1}/{len(trials)} ({desc}): {run_dir} {why}; resuming it")
+            else:
+                log(f"jmeta sweep: trial {i + 1}/{len(trials)} ({desc}) -> {run_dir}")
             t0 = time.perf_counter()
             ev = None
             try:
-                ev = train(cfg, run_dir, progress=progress, data_dir=data_dir, tensorboard=tensorboard,
-                           plots=False)["eval"]
+                ev = train(cfg, run_dir, resume=state == "resume", progress=progress, data_dir=data_dir,
+                           tensorboard=tensorboard, plots=False)["eval"]
                 row["status"] = "ok"
             except NonFiniteError as e:
                 row.update(status="nonfinite", error=str(e))
@@ -472,5 +560,5 @@ def plot(result: dict, path) -> pathlib.Path:
     return _save(fig, plt, path)
 
 
-__all__ = ["default_metric", "eval_metric_names", "make_trials", "parse_grid", "parse_range", "plot", "run", "trial_config",
-           "write_results"]
+__all__ = ["default_metric", "eval_metric_names", "make_trials", "parse_grid", "parse_range", "plot", "run",
+           "run_vectorized", "trial_config", "trial_folder_state", "write_results"]

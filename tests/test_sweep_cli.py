@@ -176,3 +176,48 @@ def test_unknown_metric_fails_before_any_trial(tmp_path, capsys):
     assert S.eval_metric_names(cfg) == ["K=5 loss after 1 step(s)", "K=5 loss after 2 step(s)"]
     img = load("omniglot-5w1s-protonet")
     assert S.eval_metric_names(img) == [f"K=1 {m} after 0 step(s)" for m in ("loss", "accuracy")]
+
+
+def test_rerun_resumes_interrupted_and_stale_trials(tmp_path, capsys):
+    """A trial killed mid-training is resumed; an eval.json of fewer steps than the config is not reused."""
+    from jmeta.train.runner import train
+
+    out = tmp_path / "s"
+    argv = ["sweep", *TINY, "--grid", "algorithm.inner_lr=0.01,0.02", "--steps", "20",
+            "--set", "train.checkpoint_every=10", "--out", str(out)]
+    cfg0 = _trial_cfg(20, {"algorithm.inner_lr": 0.01}, 0, ["train.checkpoint_every=10"])
+    train(cfg0, out / "trial_000", stop_after=10, progress=False, tensorboard=False, plots=False)  # "killed"
+    assert not (out / "trial_000" / "eval.json").exists()
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "resuming" in text and str(out / "trial_000") in text
+    res = json.loads((out / "results.json").read_text())
+    assert [r["status"] for r in res["rows"]] == ["ok", "ok"]
+    for i in range(2):
+        assert json.loads((out / f"trial_{i:03d}" / "eval.json").read_text())["step"] == 20
+    steps = [json.loads(x)["step"] for x in (out / "trial_000" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [10, 20]
+
+    # an eval.json from fewer steps than the config asks for (a longer re-run killed early) is not reused
+    ev_path = out / "trial_001" / "eval.json"
+    ev = json.loads(ev_path.read_text())
+    ev["step"] = 5
+    ev_path.write_text(json.dumps(ev))
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert text.count("done before, reusing") == 1 and "resuming" in text
+    assert json.loads(ev_path.read_text())["step"] == 20
+
+
+def test_trial_folder_of_another_config_is_refused_before_any_trial(tmp_path, capsys):
+    out = tmp_path / "s"
+    other = out / "trial_001"
+    other.mkdir(parents=True)
+    (other / "config.json").write_text(_trial_cfg(5, {"algorithm.inner_lr": 0.02}, 1).to_json())
+    (other / "metrics.jsonl").write_text('{"step": 5, "loss": 1.0}\n')
+    code = main(["sweep", *TINY, "--grid", "algorithm.inner_lr=0.01,0.02", "--steps", "2", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and str(other) in err and "train.steps" in err and "another --out" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (out / "trial_000").exists()  # nothing trained
+    assert (other / "metrics.jsonl").read_text() == '{"step": 5, "loss": 1.0}\n'  # nothing overwritten
