@@ -123,8 +123,11 @@ class ClosedFormHead:
       apply: the embedding model, ``apply(params, state, x, *, train) -> (emb,
         state)``; embeddings are flattened to ``[n, d]``.
       n_way: number of classes per task ``K`` (labels are integers ``0..K-1``).
-      label_smoothing: label smoothing of the query cross-entropy objective
-        (MetaOptNet trains with 0.1); the logged ``loss`` is the plain one.
+      label_smoothing: label smoothing :math:`\varepsilon` of the query
+        cross-entropy objective, with MetaOptNet's targets (:math:`1-\varepsilon`
+        on the true class, :math:`\varepsilon/(K-1)` on the others, see
+        :meth:`smoothed_targets`; MetaOptNet trains with 0.1); the logged
+        ``loss`` is the plain one.
       bn_mode: ``"batch"``: the embedding runs in training mode everywhere
         (batch statistics per set, transductive at test); ``"frozen"``:
         evaluation mode everywhere, ``model_state`` never updated;
@@ -179,12 +182,23 @@ class ClosedFormHead:
             raise ValueError(f"support labels must have shape [n_support], got {labels.shape}")
         return jax.nn.one_hot(labels, self.n_way, dtype=dtype)
 
+    def smoothed_targets(self, labels, dtype=jnp.float32):
+        r"""Label-smoothed targets of the query objective, MetaOptNet's formula.
+
+        :math:`1-\varepsilon` on the true class and :math:`\varepsilon/(K-1)` on each
+        of the other :math:`K-1` classes (``K = n_way``, :math:`\varepsilon` =
+        ``label_smoothing``), as in the MetaOptNet reference code; e.g.
+        ``[0.9, 0.025, 0.025, 0.025, 0.025]`` for 5-way with 0.1 (not optax's
+        ``(1-eps) y + eps/K``).
+        """
+        onehot = jax.nn.one_hot(labels, self.n_way, dtype=dtype)
+        eps = self.label_smoothing
+        return onehot * (1.0 - eps) + (1.0 - onehot) * (eps / (self.n_way - 1))
+
     def _objective(self, logits, labels, metrics):
         if not self.label_smoothing:
             return metrics["loss"]
-        targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype),
-                                      self.label_smoothing)
-        return jnp.mean(optax.softmax_cross_entropy(logits, targets))
+        return jnp.mean(optax.softmax_cross_entropy(logits, self.smoothed_targets(labels, logits.dtype)))
 
     # -- contract ------------------------------------------------------------
     def init(self, params: PyTree, *, key=None) -> dict:

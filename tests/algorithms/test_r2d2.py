@@ -162,6 +162,29 @@ def test_ridge_regression_keeps_float64(x64):
     assert w.dtype == jnp.float64
 
 
+def test_label_smoothing_targets_follow_metaoptnet():
+    # MetaOptNet (kjunelee/MetaOptNet train.py): 1 - eps on the true class, eps / (K - 1) on the others
+    model = small_embedding(dtype=jnp.float32)
+    algo = R2D2(model.apply, n_way=5, label_smoothing=0.1)
+    t = np.asarray(algo.smoothed_targets(jnp.array([0, 3])))
+    np.testing.assert_allclose(t[0], [0.9, 0.025, 0.025, 0.025, 0.025], rtol=1e-6)
+    np.testing.assert_allclose(t[1], [0.025, 0.025, 0.025, 0.9, 0.025], rtol=1e-6)
+    np.testing.assert_allclose(t.sum(-1), 1.0, rtol=1e-6)
+
+
+def test_label_smoothing_objective_is_cross_entropy_against_metaoptnet_targets():
+    # 3-way, eps = 0.2: targets 0.8 on the true class, 0.1 on each other (optax.smooth_labels: 0.8667 / 0.0667)
+    model = small_embedding(dtype=jnp.float32)
+    algo3 = R2D2(model.apply, n_way=3, init_scale=5.0, label_smoothing=0.2)
+    task = jax.tree.map(lambda a: a[0], gaussian_tasks(1))
+    mp = algo3.init(model.params)
+    obj, _ = algo3.task_loss(mp, model.state, task)
+    adapted = algo3.adapt(mp, model.state, task.support_x, task.support_y)
+    logp = jax.nn.log_softmax(algo3.predict(mp, adapted, model.state, task.query_x))
+    targets = np.where(np.eye(3)[np.asarray(task.query_y)] == 1, 0.8, 0.1)
+    np.testing.assert_allclose(obj, -np.mean(np.sum(targets * np.asarray(logp), -1)), rtol=1e-5)
+
+
 def test_clear_errors():
     model = small_embedding(dtype=jnp.float32)
     with pytest.raises(ValueError, match="n_way"):
