@@ -113,8 +113,9 @@ class GradientLearner:
         if not callable(self.apply):
             raise TypeError(f"apply must be a callable model, got {type(self.apply).__name__}")
         get_loss(self.loss)
-        if not (isinstance(self.inner_lr, (int, float)) and self.inner_lr > 0):
-            raise ValueError(f"inner_lr must be a positive number, got {self.inner_lr!r}")
+        lr = self.inner_lr  # a finite positive real (not bool): the message of IMAML's check
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
+            raise ValueError(f"inner_lr must be a positive number, got {lr!r}")
         _check_int("num_steps", self.num_steps, 1)
         if self.eval_steps is not None:
             _check_int("eval_steps", self.eval_steps, 0)

@@ -249,8 +249,10 @@ def test_bad_hyperparameters_are_clear_errors():
     model = mlp()
     with pytest.raises(ValueError, match="k_support must be an integer >= 1"):
         Sinusoid(k_support=0)
-    with pytest.raises(ValueError, match="inner_lr must be a positive number"):
-        MAML(model.apply, inner_lr=-0.1)
+    for bad in (-0.1, 0, float("inf"), float("nan"), True, "0.1"):
+        for cls in (MAML, MetaSGD, Reptile):
+            with pytest.raises(ValueError, match="inner_lr must be a positive number"):
+                cls(model.apply, inner_lr=bad)
     with pytest.raises(ValueError, match="num_steps must be an integer >= 1"):
         MAML(model.apply, num_steps=0)
     with pytest.raises(ValueError, match="learn_lr must be None or one of"):
