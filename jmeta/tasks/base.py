@@ -34,10 +34,29 @@ class TaskBatch(NamedTuple):
 
     @property
     def num_tasks(self) -> int:
-        """Size of the leading task axis (raises for a single task)."""
-        if self.support_x.ndim < 2:
-            raise ValueError("a single task has no task axis")
-        return int(self.support_x.shape[0])
+        """Size of the leading task axis (raises for a single task).
+
+        Shapes alone cannot always tell a single task from a batch (a single
+        task with inputs ``[5, 1]`` looks like 5 tasks of one scalar input),
+        so a batch is recognised by its full layout: the inputs have at least
+        one per-example axis (``x_shape`` non-empty, as in every jmeta task
+        family: give scalar inputs a trailing axis of size 1), i.e.
+        ``support_x`` is ``[tasks, examples, *x_shape]`` with at least 3 axes,
+        and the four arrays pass :func:`validate_task_batch` with
+        ``batched=True`` (a shared task axis, matching example axes).
+
+        Raises:
+          ValueError: for a single task (or arrays that do not form a batch).
+        """
+        sx = _shape(self.support_x)
+        if len(sx) < 3:
+            raise ValueError(f"a single task has no task axis: support_x has shape {sx}, a batch of tasks "
+                             "is [tasks, examples, *x_shape] with at least one input axis")
+        try:
+            validate_task_batch(self, batched=True)
+        except ValueError as e:
+            raise ValueError(f"TaskBatch has no task axis (a single task, or not a batch of tasks): {e}") from None
+        return int(sx[0])
 
     def validate(self, *, batched: bool = True) -> "TaskBatch":
         """Checks that shapes agree and returns ``self``.

@@ -245,6 +245,25 @@ def test_bad_task_shapes_are_clear_errors():
         validate_task_batch(TaskBatch(jnp.zeros((4, 0, 1)), jnp.zeros((4, 0, 1)), x, x))
 
 
+def test_num_tasks_is_the_task_axis_and_raises_for_a_single_task():
+    batch = Sinusoid(5, 5).sample(jax.random.key(0), 3)
+    assert batch.num_tasks == 3
+    images = TaskBatch(jnp.zeros((2, 5, 4, 4, 1)), jnp.zeros((2, 5), jnp.int32),
+                       jnp.zeros((2, 10, 4, 4, 1)), jnp.zeros((2, 10), jnp.int32))
+    assert images.num_tasks == 2
+    singles = [
+        jax.tree.map(lambda a: a[0], batch),                                  # support_x (5, 1), k == q
+        jax.tree.map(lambda a: a[0], Sinusoid(5, 10).sample(jax.random.key(0), 1)),
+        jax.tree.map(lambda a: a[0], images),                                 # support_x (5, 4, 4, 1), labels (5,)
+        TaskBatch(jnp.zeros((5, 4, 4, 1)), jnp.zeros((5,), jnp.int32),       # k == q images
+                  jnp.zeros((5, 4, 4, 1)), jnp.zeros((5,), jnp.int32)),
+        TaskBatch(jnp.zeros((5,)), jnp.zeros((5,)), jnp.zeros((5,)), jnp.zeros((5,))),
+    ]
+    for task in singles:
+        with pytest.raises(ValueError, match="no task axis"):
+            task.num_tasks
+
+
 def test_bad_hyperparameters_are_clear_errors():
     model = mlp()
     with pytest.raises(ValueError, match="k_support must be an integer >= 1"):
