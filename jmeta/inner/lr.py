@@ -16,6 +16,7 @@ the meta-optimizer can move them freely while the rate stays positive
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -27,11 +28,20 @@ PyTree = Any
 LR_KINDS = ("scalar", "per_layer", "per_param", "per_layer_per_step", "per_param_per_step")
 
 
+def _floating_dtypes(params: PyTree):
+    return [jnp.result_type(p) for p in jax.tree.leaves(params) if jnp.issubdtype(jnp.result_type(p), jnp.floating)]
+
+
 def init_log_lr(params: PyTree, lr: float, kind: str, num_steps: int = 1) -> PyTree:
-    """Initial unconstrained (log) learning rates of the given ``kind``.
+    """Initial unconstrained (log) learning rates of the given ``kind``, in the params' floating dtype.
+
+    The per-leaf kinds take each floating leaf's dtype; ``"scalar"`` (and any
+    non-floating leaf) takes the promoted dtype of the floating leaves. So
+    float32 parameters give float32 rates and float64 parameters float64 ones
+    (float32 when ``params`` has no floating leaf).
 
     Args:
-      params: the parameters that are adapted (for the shapes).
+      params: the parameters that are adapted (for the shapes and dtype).
       lr: initial learning rate, ``> 0``.
       kind: one of :data:`LR_KINDS`.
       num_steps: number of inner steps (for the ``*_per_step`` kinds).
@@ -40,16 +50,23 @@ def init_log_lr(params: PyTree, lr: float, kind: str, num_steps: int = 1) -> PyT
         raise ValueError(f"a learned inner learning rate must start positive, got lr={lr!r}")
     if kind not in LR_KINDS:
         raise ValueError(f"learned lr kind must be one of {LR_KINDS}, got {kind!r}")
-    v = float(jnp.log(lr))
+    v = math.log(float(lr))
+    floats = _floating_dtypes(params)
+    tree_dtype = jnp.result_type(*floats) if floats else jnp.dtype(jnp.float32)
+
+    def dt(p):
+        d = jnp.result_type(p)
+        return d if jnp.issubdtype(d, jnp.floating) else tree_dtype
+
     if kind == "scalar":
-        return jnp.asarray(v, jnp.float32)
+        return jnp.asarray(v, tree_dtype)
     if kind == "per_layer":
-        return jax.tree.map(lambda p: jnp.asarray(v, jnp.float32), params)
+        return jax.tree.map(lambda p: jnp.asarray(v, dt(p)), params)
     if kind == "per_param":
-        return jax.tree.map(lambda p: jnp.full(p.shape, v, jnp.float32), params)
+        return jax.tree.map(lambda p: jnp.full(jnp.shape(p), v, dt(p)), params)
     if kind == "per_layer_per_step":
-        return jax.tree.map(lambda p: jnp.full((max(num_steps, 1),), v, jnp.float32), params)
-    return jax.tree.map(lambda p: jnp.full((max(num_steps, 1), *p.shape), v, jnp.float32), params)
+        return jax.tree.map(lambda p: jnp.full((max(num_steps, 1),), v, dt(p)), params)
+    return jax.tree.map(lambda p: jnp.full((max(num_steps, 1), *jnp.shape(p)), v, dt(p)), params)
 
 
 class ScaleByLearnedLRState(NamedTuple):

@@ -141,6 +141,31 @@ def test_metasgd_gradient_flows_into_per_parameter_rates(x64):
     assert fd_relative_error(lambda m: algo.task_loss(m, {}, task)[0], meta)[0] < 1e-4
 
 
+@pytest.mark.parametrize("kind", ["scalar", "per_layer", "per_param", "per_layer_per_step", "per_param_per_step"])
+def test_learned_rates_take_the_params_float_dtype(x64, kind):
+    from jmeta.inner.lr import init_log_lr
+
+    for dtype in (jnp.float64, jnp.float32):
+        params = _manual_params(dtype=dtype)
+        log_lr = init_log_lr(params, 0.05, kind, num_steps=3)
+        assert {a.dtype for a in jax.tree.leaves(log_lr)} == {jnp.dtype(dtype)}, (kind, dtype)
+        np.testing.assert_allclose(np.exp(np.asarray(jax.tree.leaves(log_lr)[0])), 0.05,
+                                   rtol=1e-12 if dtype == jnp.float64 else 1e-6)
+    # float64 params need no manual cast: MetaSGD's meta-gradient matches finite differences as is
+    task = _task64(5)
+    model = from_apply(_manual_mlp, _manual_params(5), stateless=True)
+    algo = MAML(model.apply, inner_lr=0.05, num_steps=2, learn_lr=kind)
+    meta = algo.init(model.params)
+    assert all(a.dtype == jnp.float64 for a in jax.tree.leaves(meta))
+    assert fd_relative_error(lambda m: algo.task_loss(m, {}, task)[0], meta)[0] < 1e-4
+
+
+def test_learned_rates_stay_float32_for_float32_params():
+    model = mlp()
+    meta = MetaSGD(model.apply).init(model.params)
+    assert {a.dtype for a in jax.tree.leaves(meta["log_lr"])} == {jnp.dtype(jnp.float32)}
+
+
 def test_anil_adapts_only_the_head_and_body_gets_second_order_gradient(x64):
     task = _task64(6)
     model = from_apply(_manual_mlp, _manual_params(6), stateless=True)
