@@ -134,6 +134,64 @@ def _validate_config(hidden_size, num_layers, preprocess_p, output_scale, groups
         raise ValueError("group_names is only valid together with groups; got groups=None")
 
 
+def _theta_shapes(hidden_size: int, num_layers: int) -> dict:
+    """The shape of every array of one LSTM's meta-parameters (see :func:`_init_single`)."""
+    lstm, in_size = {}, 2
+    for layer in range(num_layers):
+        lstm[f"layer_{layer}"] = {
+            "w_x": (in_size, 4 * hidden_size),
+            "w_h": (hidden_size, 4 * hidden_size),
+            "b": (4 * hidden_size,),
+        }
+        in_size = hidden_size
+    return {"lstm": lstm, "out": {"w": (hidden_size, 1), "b": (1,)}}
+
+
+def _check_theta_single(theta_g: Any, hidden_size: int, num_layers: int, where: str = "theta") -> None:
+    """Checks one LSTM's meta-parameters against ``hidden_size``/``num_layers`` (static shapes only).
+
+    Raises a ValueError naming the first entry that does not fit, the expected
+    keys or shape, and what ``theta`` was made for, instead of a shape error
+    deep inside the LSTM (or a silently ignored extra layer).
+    """
+    config = f"hidden_size={hidden_size}, num_layers={num_layers}"
+
+    def made_for() -> str:
+        # Best-effort description of the configuration theta_g came from.
+        try:
+            layers = [k for k in theta_g["lstm"] if isinstance(k, str) and k.startswith("layer_")]
+            hs = jnp.shape(theta_g["out"]["w"])[0]
+            return f"; {where} was made for hidden_size={hs}, num_layers={len(layers)}"
+        except Exception:  # noqa: BLE001 - only a hint in the message
+            return ""
+
+    def check(node: Any, expected: dict, path: str) -> None:
+        if not isinstance(node, dict) or set(node) != set(expected):
+            got = sorted(map(str, node)) if isinstance(node, dict) else type(node).__name__
+            raise ValueError(
+                f"{path} must be a dict with keys {sorted(expected)} for {config} "
+                f"(as LSTMOptimizer.init makes), got {got}{made_for()}"
+            )
+        for k, want in expected.items():
+            sub = f"{path}[{k!r}]"
+            if isinstance(want, dict):
+                check(node[k], want, sub)
+                continue
+            got = getattr(node[k], "shape", None)
+            if got is None or tuple(got) != want:
+                got_s = f"shape {tuple(got)}" if got is not None else type(node[k]).__name__
+                raise ValueError(
+                    f"{sub} must be an array of shape {want} for {config}, got {got_s}{made_for()}"
+                )
+
+    if not (isinstance(theta_g, dict) and "lstm" in theta_g and "out" in theta_g):
+        raise ValueError(
+            f"{where} must be a dict with 'lstm' and 'out' (from LSTMOptimizer.init); "
+            f"got keys {list(theta_g) if isinstance(theta_g, dict) else type(theta_g)}"
+        )
+    check(theta_g, _theta_shapes(hidden_size, num_layers), where)
+
+
 def _init_single(key: Array, hidden_size: int, num_layers: int) -> dict:
     """Meta-parameters of one LSTM (uniform Glorot-style init, forget bias 1).
 
@@ -302,6 +360,11 @@ def lstm_optimizer(
       :class:`LSTMOptimizerState`. ``update(grads, state, params=None)``
       ignores ``params``.
 
+    Raises:
+      ValueError: on a bad configuration, or when ``theta``'s layers
+        (``layer_0 ... layer_{num_layers-1}``, no more, no fewer) or array
+        shapes do not match ``hidden_size``/``num_layers``.
+
     Reference:
       Andrychowicz et al., "Learning to learn by gradient descent by gradient
       descent", NeurIPS 2016.
@@ -315,11 +378,10 @@ def lstm_optimizer(
             raise ValueError(
                 f"theta must have one entry per group name {group_names}; missing {missing}"
             )
-    elif not (isinstance(theta, dict) and "lstm" in theta and "out" in theta):
-        raise ValueError(
-            "theta must be a dict with 'lstm' and 'out' (from LSTMOptimizer.init); "
-            f"got keys {list(theta) if isinstance(theta, dict) else type(theta)}"
-        )
+        for name in group_names:
+            _check_theta_single(theta[name], hidden_size, num_layers, f"theta[{name!r}]")
+    else:
+        _check_theta_single(theta, hidden_size, num_layers)
 
     def theta_for(path: KeyPath) -> dict:
         if groups is None:

@@ -175,3 +175,37 @@ def test_bad_inputs_raise():
     opt = lopt.opt_fn(lopt.init(jax.random.key(0)))
     with pytest.raises(ValueError, match="valid group names"):
         opt.update({"w": jnp.ones(2)}, opt.init({"w": jnp.ones(2)}))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(hidden_size=6), r"theta\['lstm'\]\['layer_0'\]\['w_x'\] must be an array of shape \(2, 24\) "
+                          r"for hidden_size=6, num_layers=2, got shape \(2, 80\); theta was made for hidden_size=20"),
+    (dict(num_layers=1), r"theta\['lstm'\] must be a dict with keys \['layer_0'\] .*got \['layer_0', 'layer_1'\]"),
+    (dict(num_layers=3), r"theta\['lstm'\] must be a dict with keys \['layer_0', 'layer_1', 'layer_2'\]"),
+])
+def test_theta_must_match_hidden_size_and_num_layers(theta, kwargs, match):
+    # A 2-layer, 20-unit theta: one layer must not silently ignore layer_1, and wrong sizes must not fail
+    # inside the LSTM with a dot_general TypeError or a KeyError.
+    with pytest.raises(ValueError, match=match):
+        LSTMOptimizer(**kwargs).opt_fn(theta)
+    with pytest.raises(ValueError, match=match):
+        lstm_optimizer(theta, **kwargs)
+
+
+def test_theta_entries_are_checked_per_group_and_per_array(theta):
+    bad = {**theta, "out": {**theta["out"], "w": theta["out"]["w"][:5]}}
+    with pytest.raises(ValueError, match=r"theta\['out'\]\['w'\] must be an array of shape \(20, 1\).*got shape \(5, 1\)"):
+        lstm_optimizer(bad)
+    no_bias = {**theta, "lstm": {**theta["lstm"], "layer_1": {k: v for k, v in theta["lstm"]["layer_1"].items()
+                                                               if k != "b"}}}
+    with pytest.raises(ValueError, match=r"theta\['lstm'\]\['layer_1'\] must be a dict with keys \['b', 'w_h', 'w_x'\]"):
+        lstm_optimizer(no_bias)
+    lopt = LSTMOptimizer(groups=lambda p: "a", group_names=("a", "b"))
+    grouped = {"a": theta, "b": LSTMOptimizer(hidden_size=4).init(jax.random.key(1))}
+    with pytest.raises(ValueError, match=r"theta\['b'\]\['lstm'\]\['layer_0'\]\['w_x'\] must be an array of shape"):
+        lopt.opt_fn(grouped)
+    # vmapped thetas (batched leaves) are checked on their per-example shapes
+    thetas = jax.vmap(LOPT.init)(jax.random.split(jax.random.key(2), 2))
+    g = {"w": jnp.ones(3)}
+    u = jax.vmap(lambda th: LOPT.opt_fn(th).update(g, LOPT.opt_fn(th).init(g))[0])(thetas)
+    assert u["w"].shape == (2, 3)
