@@ -59,11 +59,22 @@ def _as_float(x):
     return x
 
 
-def _check_input(x, in_channels, name):
+def _check_input(x, in_channels, name, input_shape=None, flatten=""):
+    """Static shape checks of a batch of images (nothing is added to the traced computation).
+
+    With ``input_shape``, the images' height and width must equal
+    ``input_shape[:2]``: a model that flattens its feature map (``flatten``
+    says which option) has a head whose width was fixed by that size.
+    """
     if x.ndim != 4:
         raise ValueError(f"{name} expects a batch of images [N, H, W, C], got shape {x.shape}")
     if x.shape[-1] != in_channels:
         raise ValueError(f"{name} was built for {in_channels} input channels, got images of shape {x.shape}")
+    if input_shape is not None and tuple(x.shape[1:3]) != tuple(input_shape[:2]):
+        raise ValueError(
+            f"{name} image height and width must be {tuple(input_shape[:2])} (input_shape={tuple(input_shape)}; "
+            f"{flatten} flattens the feature map, so its width depends on the image size), "
+            f"got {tuple(x.shape[1:3])} (images of shape {tuple(x.shape)})")
 
 
 def max_pool_2x2(x):
@@ -158,6 +169,8 @@ def Conv4(n_way: int | None = 5, *, input_shape: Sequence[int] = (28, 28, 1), hi
     Args:
       n_way: outputs of the head; ``None`` for the embedding network alone.
       input_shape: ``(H, W, C)`` of one image (sets the head's input width).
+        With ``pool="max"`` (flattened features) ``apply`` requires images of
+        exactly this height and width; with ``pool="stride"`` any size works.
       hidden: filters per convolution (64 Omniglot, 32 MAML mini-ImageNet).
       num_blocks: number of conv blocks (4).
       pool: ``"max"`` (2x2 max-pool, flatten) or ``"stride"`` (stride-2 convs,
@@ -181,6 +194,7 @@ def Conv4(n_way: int | None = 5, *, input_shape: Sequence[int] = (28, 28, 1), hi
     if len(tuple(input_shape)) != 3:
         raise ValueError(f"input_shape must be (H, W, C), got {input_shape!r}")
     in_channels = int(input_shape[2])
+    image_hw = (int(input_shape[0]), int(input_shape[1]))
     feat = conv4_feature_dim(input_shape, hidden=hidden, num_blocks=num_blocks, pool=pool)
     rngs = nnx.Rngs(0) if rngs is None else rngs
     ConvLayer = _conv_module()
@@ -204,7 +218,10 @@ def Conv4(n_way: int | None = 5, *, input_shape: Sequence[int] = (28, 28, 1), hi
 
         def embed(self, x):
             x = _as_float(x)
-            _check_input(x, in_channels, "Conv4")
+            if pool == "max":   # flattened: the feature width depends on H and W
+                _check_input(x, in_channels, "Conv4", (*image_hw, in_channels), "pool='max'")
+            else:               # spatial mean: any image size works
+                _check_input(x, in_channels, "Conv4")
             for i in range(self.num_blocks):
                 x = getattr(self, f"block_{i}")(x)
             if pool == "max":

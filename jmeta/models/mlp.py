@@ -7,6 +7,8 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from jmeta.models.conv import _check_pos_int
+
 
 def _activation(name: str | Callable) -> Callable:
     if callable(name):
@@ -25,8 +27,8 @@ def MLP(in_features: int, hidden: Sequence[int], out_features: int, *,
     natural "head" for ANIL (``adapt="layers_{n}"``).
 
     Args:
-      in_features: input width.
-      hidden: hidden widths, e.g. ``(40, 40)`` for the sinusoid network of
+      in_features: input width (a positive int).
+      hidden: hidden widths (positive ints), e.g. ``(40, 40)`` for the sinusoid network of
         Finn et al. (2017).
       out_features: output width.
       activation: ``"relu"``, ``"tanh"``, ``"sigmoid"``, ``"gelu"`` or a callable.
@@ -34,12 +36,15 @@ def MLP(in_features: int, hidden: Sequence[int], out_features: int, *,
     """
     from flax import nnx
 
-    for name, v in (("in_features", in_features), ("out_features", out_features), *[("hidden", h) for h in hidden]):
-        if int(v) < 1:
-            raise ValueError(f"{name} must be >= 1, got {v}")
+    if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
+        raise ValueError(f"hidden must be a sequence of positive integers (hidden widths), got {hidden!r}")
+    hidden = tuple(hidden)
+    for name, v in (("in_features", in_features), ("out_features", out_features),
+                    *[(f"hidden[{i}]", h) for i, h in enumerate(hidden)]):
+        _check_pos_int(name, v)
     act = _activation(activation)
     rngs = nnx.Rngs(0) if rngs is None else rngs
-    widths = [int(in_features), *map(int, hidden), int(out_features)]
+    widths = [in_features, *hidden, out_features]
 
     class _MLP(nnx.Module):
         def __init__(self):

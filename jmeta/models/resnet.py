@@ -55,7 +55,9 @@ def ResNet12(n_way: int | None = None, *, input_shape: Sequence[int] = (84, 84, 
 
     Args:
       n_way: head outputs; ``None`` (default) for the embedding network alone.
-      input_shape: ``(H, W, C)`` of one image.
+      input_shape: ``(H, W, C)`` of one image. With ``output="flatten"``
+        ``apply`` requires images of exactly this height and width; with
+        ``"avg"`` any size works.
       widths: filters of the blocks.
       output: ``"avg"`` (global average pooling) or ``"flatten"``.
       negative_slope: LeakyReLU slope (0.1).
@@ -79,6 +81,7 @@ def ResNet12(n_way: int | None = None, *, input_shape: Sequence[int] = (84, 84, 
     if len(tuple(input_shape)) != 3:
         raise ValueError(f"input_shape must be (H, W, C), got {input_shape!r}")
     in_channels = int(input_shape[2])
+    image_hw = (int(input_shape[0]), int(input_shape[1]))
     feat = resnet12_feature_dim(input_shape, widths=widths, output=output)
     rngs = nnx.Rngs(0) if rngs is None else rngs
     ConvLayer = _conv_module()
@@ -118,7 +121,10 @@ def ResNet12(n_way: int | None = None, *, input_shape: Sequence[int] = (84, 84, 
 
         def embed(self, x):
             x = _as_float(x)
-            _check_input(x, in_channels, "ResNet12")
+            if output == "flatten":   # the feature width depends on H and W
+                _check_input(x, in_channels, "ResNet12", (*image_hw, in_channels), "output='flatten'")
+            else:                     # spatial mean: any image size works
+                _check_input(x, in_channels, "ResNet12")
             for i in range(self.num_blocks):
                 x = getattr(self, f"block_{i}")(x)
             if output == "avg":

@@ -58,6 +58,24 @@ def test_bad_arguments():
         m.apply(m.params, m.state, _images(2, (28, 28, 3)), train=True)
 
 
+def test_flattening_conv4_refuses_other_image_sizes():
+    """pool='max' flattens the feature map, so the head's width is fixed by input_shape: other image sizes
+    get a ValueError naming both sizes (not a dot_general TypeError inside the head)."""
+    m = conv4(5, hidden=4, input_shape=(28, 28, 1))
+    msg = r"Conv4 image height and width must be \(28, 28\) \(input_shape=\(28, 28, 1\).*got \(32, 32\)"
+    with pytest.raises(ValueError, match=msg):
+        m.apply(m.params, m.state, _images(2, (32, 32, 1)), train=True)
+    with pytest.raises(ValueError, match=r"must be \(28, 28\).*got \(29, 28\)"):  # same feature width: still refused
+        jax.jit(lambda x: m.apply(m.params, m.state, x, train=False))(_images(2, (29, 28, 1)))
+    e = conv4(None, hidden=4, input_shape=(28, 28, 1))    # embedding only: the width would silently change
+    with pytest.raises(ValueError, match=r"must be \(28, 28\).*got \(32, 32\)"):
+        e.apply(e.params, e.state, _images(2, (32, 32, 1)), train=True)
+    # pool='stride' takes a spatial mean: any size works
+    s = conv4(5, hidden=4, input_shape=(28, 28, 1), pool="stride")
+    out, _ = s.apply(s.params, s.state, _images(2, (32, 32, 1)), train=True)
+    assert out.shape == (2, 5)
+
+
 def test_max_pool_matches_reduce_window():
     x = jax.random.normal(jax.random.key(3), (2, 7, 6, 3))  # odd height: last row dropped
     ref = lambda x: jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")  # noqa

@@ -50,6 +50,20 @@ def test_head_and_errors():
         resnet12(conv_impl="cudnn")
 
 
+def test_flatten_output_refuses_other_image_sizes():
+    """output='flatten': the embedding width depends on H and W, so images must match input_shape
+    (a ValueError naming both, not a dot_general TypeError in the head); output='avg' takes any size."""
+    m = resnet12(5, input_shape=(16, 16, 3), widths=(4, 4), output="flatten")
+    msg = r"ResNet12 image height and width must be \(16, 16\) \(input_shape=\(16, 16, 3\).*got \(20, 20\)"
+    with pytest.raises(ValueError, match=msg):
+        m.apply(m.params, m.state, _images(2, (20, 20, 3)), train=True)
+    out, _ = m.apply(m.params, m.state, _images(2), train=True)
+    assert out.shape == (2, 5)
+    a = resnet12(5, input_shape=(16, 16, 3), widths=(4, 4), output="avg")
+    out, _ = a.apply(a.params, a.state, _images(2, (20, 20, 3)), train=True)
+    assert out.shape == (2, 5)
+
+
 def test_conv_impls_agree_on_values_and_gradients():
     x = _images(4)
     res = {}
