@@ -241,7 +241,7 @@ def conv2d(x, w, *, stride=1, padding="SAME", impl: str = "auto"):
 
     Args:
       x: input ``[N, H, W, C_in]``.
-      w: kernel ``[kh, kw, C_in, C_out]``.
+      w: kernel ``[kh, kw, C_in, C_out]``, of the same dtype as ``x``.
       stride: an int or a pair ``(sh, sw)``.
       padding: ``"SAME"``, ``"VALID"`` or ``((top, bottom), (left, right))``.
       impl: ``"auto"``, ``"lax"``, ``"patches_vjp"`` or ``"patches"`` (see the
@@ -251,7 +251,8 @@ def conv2d(x, w, *, stride=1, padding="SAME", impl: str = "auto"):
       ``[N, Ho, Wo, C_out]``.
 
     Raises:
-      ValueError: on bad shapes, stride, padding or ``impl``.
+      ValueError: on bad shapes, stride, padding or ``impl``, or when ``x`` and
+        ``w`` have different dtypes (every ``impl`` refuses them alike).
 
     Example:
       >>> y = conv2d(x, w, impl="patches_vjp")       # fast meta-gradients on CPU
@@ -265,6 +266,11 @@ def conv2d(x, w, *, stride=1, padding="SAME", impl: str = "auto"):
     if x.shape[-1] != w.shape[2]:
         raise ValueError(f"conv2d: x has {x.shape[-1]} input channels but w expects {w.shape[2]} "
                          f"(x {x.shape}, w {w.shape})")
+    if x.dtype != w.dtype:
+        # lax.conv_general_dilated refuses mixed dtypes while the patches einsum would promote; refuse
+        # them in every form so that all impls agree (and nothing is silently up- or down-cast).
+        raise ValueError(f"conv2d: x and w must have the same dtype (cast one of them), "
+                         f"got x {x.dtype} and w {w.dtype}")
     stride = _pair(stride, "stride")
     in_hw = (int(x.shape[1]), int(x.shape[2]))
     kernel_hw = (int(w.shape[0]), int(w.shape[1]))

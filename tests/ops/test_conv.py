@@ -174,3 +174,15 @@ def test_errors_name_the_argument():
         conv2d(x, wt, stride=0)
     with pytest.raises(ValueError, match="does not fit"):
         conv2d(x[:, :2, :2], wt, padding="VALID")
+
+
+@pytest.mark.parametrize("impl", ["lax", "patches", "patches_vjp", "auto"])
+def test_mixed_dtypes_are_refused_by_every_impl(x64, impl):
+    """lax.conv refuses mixed dtypes while the patches einsum would promote: every impl must agree."""
+    x, wt = _inputs(6, 6, jnp.float32)
+    msg = r"x and w must have the same dtype.*got x float32 and w float64"
+    with pytest.raises(ValueError, match=msg):
+        conv2d(x, wt.astype(jnp.float64), impl=impl)
+    with pytest.raises(ValueError, match=r"got x float64 and w float32"):
+        jax.jit(lambda x, w: conv2d(x, w, impl=impl))(x.astype(jnp.float64), wt)
+    assert conv2d(x, wt, impl=impl).dtype == jnp.float32
