@@ -116,3 +116,37 @@ def test_bad_config_is_a_one_line_error_naming_key_and_choices(argv, fragments, 
     for f in fragments:
         assert f in line, line
     assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def _records(run):
+    return [{k: v for k, v in r.items() if k != "time"} for r in MetricsLog.read(run / "metrics.jsonl")]
+
+
+def test_skipped_updates_count_on_across_a_resume(tmp_path):
+    from jmeta.train.runner import train
+
+    cfg = _cfg("train.steps=30", "train.on_nan=\"skip\"", "algorithm.inner_lr=1e6")
+    train(cfg, tmp_path / "whole", progress=False, evaluate_at_end=False, plots=False, tensorboard=False)
+    train(cfg, tmp_path / "split", progress=False, evaluate_at_end=False, plots=False, tensorboard=False,
+          stop_after=10)
+    train(cfg, tmp_path / "split", resume=True, progress=False, evaluate_at_end=False, plots=False,
+          tensorboard=False)
+    for run in ("whole", "split"):
+        assert [(r["step"], r["skipped_updates"]) for r in _records(tmp_path / run)] == [(10, 10), (20, 20), (30, 30)]
+
+
+def test_records_average_the_whole_window_whatever_the_checkpoints(tmp_path):
+    """A record averages every meta-step since the previous one: the same with checkpoints inside the window,
+    and after a resume from a checkpoint inside a window (the partial window is saved with the checkpoint)."""
+    from jmeta.train.runner import train
+
+    kw = dict(progress=False, evaluate_at_end=False, plots=False, tensorboard=False)
+    base = ["train.steps=20", "train.checkpoint_every=0"]
+    train(_cfg(*base), tmp_path / "plain", **kw)
+    train(_cfg("train.steps=20", "train.checkpoint_every=3"), tmp_path / "ckpt3", **kw)
+    train(_cfg(*base), tmp_path / "split", stop_after=7, **kw)  # killed at step 7, inside the first window
+    train(_cfg(*base), tmp_path / "split", resume=True, **kw)
+    plain = _records(tmp_path / "plain")
+    assert [r["step"] for r in plain] == [10, 20]
+    for run in ("ckpt3", "split"):  # equal up to float32 rounding of the partial means
+        assert _records(tmp_path / run) == [pytest.approx(r, rel=1e-6) for r in plain], run

@@ -4,12 +4,14 @@ The run folder (the contract other tools build on)::
 
     RUN_DIR/
       config.json            resolved config (``jmeta train --config RUN_DIR`` re-runs it)
-      metrics.jsonl          one record per logging step
+      metrics.jsonl          one record per logging step: the mean of every meta-step since the previous one
       eval.json              final evaluation, mean and 95% CI per shot count and step
       learning_curves.png    training metrics
       adaptation_curves.png  query loss after 0..N steps, with CIs
       predictions.png        (sinusoid) adapted fits on held-out tasks
       checkpoints/<step>/    orbax checkpoints (the last few; complete ones hold commit_success.txt)
+      runner_state.json      per checkpoint: the partial logging window and skipped-update count, so that
+                             a resumed run logs what an uninterrupted one would
       events.out.tfevents.*  the metrics for TensorBoard (``tensorboard --logdir RUN_DIR/..``)
       wandb/, wandb_id.txt   (with ``--wandb``) the Weights & Biases run
 
@@ -29,6 +31,7 @@ true; :mod:`jmeta.train.determinism`): without them two runs of one seed differ.
 
 from __future__ import annotations
 
+import json
 import pathlib
 import time
 import warnings
@@ -75,6 +78,59 @@ def run_keys(seed: int):
     evaluation and the initialisation. Every tool that re-creates part of a run (``jmeta eval``,
     :func:`jmeta.experiment.load_run`, sweeps, diagnostics) derives its keys here."""
     return tuple(jax.random.split(jax.random.key(seed), 3))
+
+
+RUNNER_STATE = "runner_state.json"
+
+
+class _Carry:
+    """What the host carries between compiled calls besides the TrainState: the metric sums of the
+    current logging window (so that a record averages every meta-step since the previous record, however
+    checkpoints split the window) and the count of skipped updates. Saved beside each checkpoint."""
+
+    def __init__(self, sums: dict | None = None, steps: int = 0, skipped: int = 0):
+        self.sums, self.steps, self.skipped = dict(sums or {}), int(steps), int(skipped)
+
+    def add(self, means: dict, n: int) -> None:
+        for k, v in means.items():  # float64 on the host: a one-call window gives back its mean exactly
+            self.sums[k] = self.sums.get(k, 0.0) + float(v) * n
+        self.steps += n
+
+    def pop_mean(self) -> dict:
+        rec = {k: v / self.steps for k, v in self.sums.items()}
+        self.sums, self.steps = {}, 0
+        return rec
+
+    def to_dict(self) -> dict:
+        return {"window_sums": self.sums, "window_steps": self.steps, "skipped_updates": self.skipped}
+
+
+def _save(ckpt, out: pathlib.Path, step: int, state, carry: _Carry) -> None:
+    """Checkpoint ``step`` and, first, the host carry at that step (so a complete checkpoint always has it)."""
+    path = out / RUNNER_STATE
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        saved = {}
+    keep = {str(s) for s in ckpt.all_steps()}
+    saved = {k: v for k, v in saved.items() if k in keep}
+    saved[str(step)] = carry.to_dict()
+    atomic_write_json(path, saved)
+    ckpt.save(step, state)
+
+
+def _restore_carry(out: pathlib.Path, step: int) -> _Carry:
+    """The host carry saved with checkpoint ``step``; for runs from before it was saved, the skipped-update
+    count of the last metrics record (and an empty window)."""
+    try:
+        entry = json.loads((out / RUNNER_STATE).read_text(encoding="utf-8")).get(str(step))
+    except (OSError, ValueError, AttributeError):
+        entry = None
+    if isinstance(entry, dict):
+        return _Carry(entry.get("window_sums"), entry.get("window_steps", 0), entry.get("skipped_updates", 0))
+    recs = [r for r in MetricsLog.read(out / "metrics.jsonl") if r.get("step", 0) <= step] \
+        if (out / "metrics.jsonl").exists() else []
+    return _Carry(skipped=recs[-1].get("skipped_updates", 0) if recs else 0)
 
 
 def _guarded_steps(step_fn, on_nan: str):
@@ -188,7 +244,8 @@ def train(cfg: Config, out_dir, *, resume: bool = False, progress: bool = True, 
                              meta_batch_size=t.meta_batch_size, task_parallel=task_parallel, jit=False)
     guarded = _guarded_steps(step_fn, t.on_nan)
     bad = jnp.asarray(-1, jnp.int32)
-    skipped = jnp.asarray(0, jnp.int32)
+    carry = _restore_carry(out, start) if resume else _Carry()
+    skipped = jnp.asarray(carry.skipped, jnp.int32)
     total = t.steps if stop_after is None else min(t.steps, start + stop_after)
     bar = Progress(t.steps, start=start, desc=cfg.name, enabled=progress)
     t0 = time.perf_counter()
@@ -202,6 +259,7 @@ def train(cfg: Config, out_dir, *, resume: bool = False, progress: bool = True, 
             if t.checkpoint_every:
                 nxt = min(nxt, (s // t.checkpoint_every + 1) * t.checkpoint_every)
             state, bad, skipped, metrics = guarded(state, bad, skipped, k_train, exp.train_data, nxt - s)
+            carry.add(jax.device_get(metrics), nxt - s)
             s = nxt
             b = int(bad)  # checked after every call, so no checkpoint is written past a bad step
             if b >= 0:
@@ -213,19 +271,19 @@ def train(cfg: Config, out_dir, *, resume: bool = False, progress: bool = True, 
                     f"Resume with `jmeta train --resume {out}` after lowering train.meta_lr or "
                     f"algorithm.inner_lr (edit {out / 'config.json'}), or use --set train.on_nan=skip "
                     f"to drop such updates.")
-            if s % t.log_every == 0 or s == total:
-                host = jax.device_get(metrics)
-                rec = {k: float(v) for k, v in host.items()}
+            carry.skipped = int(skipped)
+            if s % t.log_every == 0 or s == t.steps:
+                rec = carry.pop_mean()
                 if t.on_nan == "skip":
-                    rec["skipped_updates"] = int(skipped)
+                    rec["skipped_updates"] = carry.skipped
                 rec["time"] = round(time.perf_counter() - t0, 3)
                 log.write(s, rec)
                 bar.update(s, postfix=f"loss {rec.get('loss', float('nan')):.4f}")
             if t.checkpoint_every and s % t.checkpoint_every == 0 and s < total:
-                ckpt.save(s, state)
+                _save(ckpt, out, s, state, carry)
                 last_ckpt = s
         if s != last_ckpt or s == 0:
-            ckpt.save(s, state)
+            _save(ckpt, out, s, state, carry)
     except Exception as e:
         if _is_oom(e):
             raise MemoryError(OOM_HINT + f" (original error: {str(e).splitlines()[0][:300]})") from e
