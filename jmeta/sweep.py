@@ -45,6 +45,8 @@ schedule) and ``train.seed`` (sinusoid: the model's initialisation does not
 depend on it); anything else is a :class:`ConfigError` naming the key. A
 trial whose loss turns non-finite is recorded as ``nonfinite`` (its updates
 keep running inside the shared program; there is no per-step guard).
+Re-running a finished vectorised sweep reuses its trial folders; any other
+trial folder holding a run is refused (:func:`run_vectorized`).
 """
 
 from __future__ import annotations
@@ -384,10 +386,19 @@ def run_vectorized(base: Config, trials: list[dict], out_dir, *, progress: bool 
     ``eval.json``, a checkpoint) equal, up to float32 rounding, to what
     :func:`run` would produce. Returns what :func:`run` returns.
 
+    Re-running a finished sweep reuses its trial folders (each holds this
+    trial's final evaluation, or a run that diverged in the shared program);
+    the trials are trained together only if no trial folder holds a run yet.
+    Anything else (an unfinished trial, a run of another config, a mix of
+    finished and new trials) is refused before anything is written: the trials
+    cannot be trained partly, and :func:`run` can resume the unfinished ones.
+
     Raises:
       ConfigError: a trial varies a key that cannot be vectorised (see
-        :data:`VECTOR_KEYS`), any override is invalid, or ``metric`` is not one
-        of :func:`eval_metric_names` (all checked before training).
+        :data:`VECTOR_KEYS`), any override is invalid, ``metric`` is not one
+        of :func:`eval_metric_names`, or a trial folder holds anything but
+        this sweep's finished trial while not all do (all checked before
+        training).
     """
     import jax.numpy as jnp
     import numpy as np
@@ -404,12 +415,31 @@ def run_vectorized(base: Config, trials: list[dict], out_dir, *, progress: bool 
     cfgs = [trial_config(base, t, i) for i, t in enumerate(trials)]
     _check_vectorizable(base, trials)
     _check_metric(metric, cfgs)
+    keys = list(dict.fromkeys(k for t in trials for k in t))
+    n = len(cfgs)
+    run_dirs = [out / f"trial_{i:03d}" for i in range(n)]
+    states = [trial_folder_state(d, c) for d, c in zip(run_dirs, cfgs)]
+    _refuse_others(states, run_dirs, trials)
+    for i, (state, why) in enumerate(states):
+        if state == "resume" and _diverged_vectorized(run_dirs[i], cfgs[i]):
+            states[i] = ("diverged", "")
+    if all(state in ("done", "diverged") for state, _ in states):
+        return _reuse_vectorized(trials, run_dirs, states, keys, metric, out, log)
+    pending = [i for i, (state, _) in enumerate(states) if state != "new"]
+    if pending:
+        unfinished = [i for i in pending if states[i][0] == "resume"]
+        if unfinished:
+            i, why = unfinished[0], states[unfinished[0]][1]
+        else:
+            i, new = pending[0], next(j for j, (state, _) in enumerate(states) if state == "new")
+            why = f"holds this sweep's finished trial {i} while {run_dirs[new]} holds none"
+        raise ConfigError(f"--vectorize trains all trials together, but the trial folder {run_dirs[i]} {why}; "
+                          f"run this sweep without --vectorize to resume or train the missing trials one by one, "
+                          f"or give another --out (nothing was trained or overwritten)")
     warning = nondeterminism_warning(base.train.deterministic)
     if warning:
         warnings.warn(warning, stacklevel=2)
     out.mkdir(parents=True, exist_ok=True)
-    keys = list(dict.fromkeys(k for t in trials for k in t))
-    n = len(cfgs)
     exp = build(cfgs[0], data_dir=data_dir)
     tcfg = cfgs[0].train
     hp = {}
@@ -425,13 +455,10 @@ def run_vectorized(base: Config, trials: list[dict], out_dir, *, progress: bool 
     state = state._replace(key=jnp.stack([s[0] for s in splits]))
     step = VS.make_sweep_step(exp.algorithm, exp.train_sample, opt, meta_batch_size=tcfg.meta_batch_size,
                               task_parallel=exp.task_parallel)
-    run_dirs = [out / f"trial_{i:03d}" for i in range(n)]
     logs = []
-    for cfg, d in zip(cfgs, run_dirs):
+    for cfg, d in zip(cfgs, run_dirs):  # every folder is "new": nothing of a run is overwritten
         d.mkdir(parents=True, exist_ok=True)
         atomic_write_json(d / "config.json", cfg.to_dict())
-        if (d / "metrics.jsonl").exists():
-            (d / "metrics.jsonl").unlink()
         sinks = []
         if tensorboard:
             from jmeta.train.tensorboard import TensorBoardSink
@@ -478,6 +505,37 @@ def run_vectorized(base: Config, trials: list[dict], out_dir, *, progress: bool 
             ev = evaluate_run(cfg, exp_i, ts, splits[i][1], d, progress=False, warn_nondeterminism=False)
             row["status"] = "ok"
             for name, v in ev["summary"].items():
+                row[name] = v["mean"]
+                row[f"{name} ci95"] = v["ci95"]
+        rows.append(row)
+    return _finish(rows, keys, metric, out, log)
+
+
+def _diverged_vectorized(run_dir: pathlib.Path, cfg: Config) -> bool:
+    """A trial of a finished vectorised sweep whose loss turned non-finite: no ``eval.json``, and the
+    ``metrics.jsonl`` record of the final step holds a non-finite loss."""
+    from jmeta.train.logging import MetricsLog
+
+    try:
+        recs = MetricsLog.read(run_dir / "metrics.jsonl")
+    except (OSError, ValueError):
+        return False
+    last = recs[-1] if recs and isinstance(recs[-1], dict) else {}
+    loss = last.get("loss")
+    return last.get("step") == cfg.train.steps and isinstance(loss, (int, float)) and not math.isfinite(loss)
+
+
+def _reuse_vectorized(trials, run_dirs, states, keys, metric, out, log) -> dict:
+    rows = []
+    for i, (t, d, (state, _)) in enumerate(zip(trials, run_dirs, states)):
+        desc = ", ".join(f"{k}={v}" for k, v in t.items())
+        log(f"jmeta sweep: trial {i + 1}/{len(trials)} ({desc}): done before, reusing {d}")
+        row = {"trial": i, **t, "run_dir": str(d), "wall_time_s": None, "final_train_loss": _final_train_loss(d)}
+        if state == "diverged":
+            row.update(status="nonfinite", error="non-finite loss during the vectorised sweep")
+        else:
+            row["status"] = "ok"
+            for name, v in _read_eval(d / "eval.json")["summary"].items():
                 row[name] = v["mean"]
                 row[f"{name} ci95"] = v["ci95"]
         rows.append(row)

@@ -221,3 +221,39 @@ def test_trial_folder_of_another_config_is_refused_before_any_trial(tmp_path, ca
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (out / "trial_000").exists()  # nothing trained
     assert (other / "metrics.jsonl").read_text() == '{"step": 5, "loss": 1.0}\n'  # nothing overwritten
+
+
+def test_rerun_of_vectorized_sweep_reuses_or_refuses(tmp_path, capsys):
+    out = tmp_path / "v"
+    argv = ["sweep", *TINY, "--grid", "algorithm.inner_lr=0.01,0.02", "--steps", "4", "--vectorize",
+            "--out", str(out)]
+    assert main(argv) == 0
+    first = json.loads((out / "results.json").read_text())
+    capsys.readouterr()
+    assert main(argv) == 0  # finished: reused, not trained again
+    assert capsys.readouterr().out.count("done before, reusing") == 2
+    again = json.loads((out / "results.json").read_text())
+    assert [r[first["metric"]] for r in again["rows"]] == [r[first["metric"]] for r in first["rows"]]
+    assert again["best"] == first["best"]
+
+    # a trial that diverged in the vectorised program (no eval.json, last logged loss NaN) is reused as such
+    ev = (out / "trial_001" / "eval.json").read_text()
+    (out / "trial_001" / "eval.json").unlink()
+    metrics = (out / "trial_001" / "metrics.jsonl").read_text()
+    recs = [json.loads(x) for x in metrics.splitlines()]
+    recs[-1]["loss"] = math.nan
+    (out / "trial_001" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert main(argv) == 0
+    assert [r["status"] for r in json.loads((out / "results.json").read_text())["rows"]] == ["ok", "nonfinite"]
+    capsys.readouterr()
+
+    # an unfinished trial folder is refused up front, and nothing is written into it
+    (out / "trial_001" / "metrics.jsonl").write_text(metrics)
+    before = sorted(p.name for p in (out / "trial_001").rglob("*"))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert str(out / "trial_001") in err and "without --vectorize" in err and "Traceback" not in err
+    assert sorted(p.name for p in (out / "trial_001").rglob("*")) == before
+    assert main(argv[:-3] + ["--out", str(out)]) == 0  # without --vectorize: finished by resuming it
+    assert "resuming" in capsys.readouterr().out
+    assert json.loads((out / "trial_001" / "eval.json").read_text())["summary"] == json.loads(ev)["summary"]
