@@ -38,6 +38,7 @@ used as given.
 
 from __future__ import annotations
 
+import numbers
 from typing import Callable, Sequence
 
 import jax
@@ -49,7 +50,7 @@ POOLS = ("max", "stride")
 
 
 def _check_pos_int(name, v):
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:  # Python or NumPy integers
         raise ValueError(f"{name} must be a positive integer, got {v!r}")
 
 

@@ -28,6 +28,13 @@ def test_widths_must_be_positive_ints(kwargs, match):
         mlp(**kwargs)
 
 
+def test_numpy_integer_widths_are_widths():
+    import numpy as np
+
+    m = mlp(np.int64(3), (np.int32(8),), np.int64(2))
+    assert m.params["layers_0"]["kernel"].shape == (3, 8) and m.params["layers_1"]["kernel"].shape == (8, 2)
+
+
 def test_activation_must_be_known():
     with pytest.raises(ValueError, match="activation must be one of"):
         mlp(activation="swish")
