@@ -297,10 +297,25 @@ def validate(cfg: Config) -> Config:
     if cfg.task.family != "sinusoid" and cfg.model.name == "mlp":
         raise ConfigError(f"task.family={cfg.task.family!r} needs model.name 'conv4' or 'resnet12', got 'mlp'")
     choice("train.on_nan", cfg.train.on_nan, ("stop", "skip"))
-    if not (cfg.train.task_parallel in ("vmap", "map", "auto") or
-            (isinstance(cfg.train.task_parallel, int) and cfg.train.task_parallel >= 1)):
-        raise ConfigError(f"train.task_parallel must be 'vmap', 'map', 'auto' or a positive chunk size, "
-                          f"got {cfg.train.task_parallel!r}")
+    tp = cfg.train.task_parallel
+    if isinstance(tp, bool) or not (tp in ("vmap", "map", "auto") or (isinstance(tp, int) and tp >= 1)):
+        raise ConfigError(f"train.task_parallel must be 'vmap', 'map', 'auto' or a positive chunk size, got {tp!r}")
+    if isinstance(tp, int) and cfg.train.meta_batch_size % tp:
+        raise ConfigError(f"train.task_parallel={tp} (a chunk size) must divide train.meta_batch_size="
+                          f"{cfg.train.meta_batch_size}")
+    seed = cfg.train.seed
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ConfigError(f"train.seed must be an integer in [0, 2**32), got {seed!r} (JAX keys hold 32 bits: larger "
+                          "seeds would repeat smaller ones)")
+    if cfg.model.name == "mlp":
+        choice("model.activation", cfg.model.activation, ("relu", "tanh", "sigmoid", "gelu"))
+        if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in cfg.model.hidden):
+            raise ConfigError(f"model.hidden must be a list of positive integers, got {list(cfg.model.hidden)!r}")
+    if cfg.algorithm.bn_mode == "per_step" and cfg.model.name != "conv4":
+        raise ConfigError(f"algorithm.bn_mode='per_step' is implemented for model.name='conv4' only, got "
+                          f"{cfg.model.name!r}")
+    if not cfg.eval.shots:
+        raise ConfigError("eval.shots must list at least one shot count, e.g. [5, 10]")
     if not cfg.algorithm.inner_lr > 0:
         raise ConfigError(f"algorithm.inner_lr must be > 0, got {cfg.algorithm.inner_lr!r}")
     if not cfg.train.meta_lr > 0:

@@ -7,6 +7,7 @@ shot count), and the device-resident data (``None`` for synthetic families).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any, Callable
 
@@ -52,6 +53,12 @@ class Experiment:
 
 
 def build_algorithm(cfg: Config, apply: Callable, *, loss: str, n_way: int | None = None):
+    """The algorithm object named by ``cfg.algorithm.name`` (a value it refuses: :class:`ConfigError`)."""
+    with _as_config_error("algorithm"):
+        return _build_algorithm(cfg, apply, loss=loss, n_way=n_way)
+
+
+def _build_algorithm(cfg: Config, apply: Callable, *, loss: str, n_way: int | None = None):
     """The algorithm object named by ``cfg.algorithm.name``."""
     from jmeta import algorithms as A
 
@@ -130,11 +137,33 @@ def build_meta_optimizer(cfg: Config) -> optax.GradientTransformation:
     return opt
 
 
+@contextlib.contextmanager
+def _as_config_error(section: str):
+    """Turns the ValueError/TypeError a model or algorithm constructor raises for a bad value into a
+    :class:`ConfigError` naming the config section (the constructors' messages name the argument)."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{section}: {e}") from e
+
+
 def build(cfg: Config, *, data_dir=None) -> Experiment:
-    """Builds the :class:`Experiment` described by ``cfg``."""
-    if cfg.task.family == "sinusoid":
-        return _build_sinusoid(cfg)
-    return _build_images(cfg, data_dir=data_dir)
+    """Builds the :class:`Experiment` described by ``cfg``.
+
+    Raises:
+      ConfigError: a value the model or the algorithm refuses, or an
+        ``algorithm.adapt_params`` that selects none of the model's parameters.
+    """
+    exp = _build_sinusoid(cfg) if cfg.task.family == "sinusoid" else _build_images(cfg, data_dir=data_dir)
+    adapt = cfg.algorithm.adapt_params
+    if adapt is not None:
+        from jmeta.algorithms.base import make_param_filter, partition
+
+        with _as_config_error(f"algorithm.adapt_params={adapt!r}"):
+            partition(exp.model.params, make_param_filter(tuple(adapt) if isinstance(adapt, list) else adapt))
+    return exp
 
 
 def load_run(run_dir, *, cfg: Config | None = None, step: int | None = None, data_dir=None):
@@ -180,7 +209,8 @@ def _build_sinusoid(cfg: Config) -> Experiment:
 
     if cfg.model.name != "mlp":
         raise ConfigError(f"task.family='sinusoid' needs model.name='mlp', got {cfg.model.name!r}")
-    model = mlp(1, tuple(cfg.model.hidden), 1, activation=cfg.model.activation)
+    with _as_config_error("model"):
+        model = mlp(1, tuple(cfg.model.hidden), 1, activation=cfg.model.activation)
     algo = build_algorithm(cfg, model.apply, loss="mse")
     train = Sinusoid(cfg.task.k_support, cfg.task.k_query)
     evals = {k: Sinusoid(k, max(cfg.task.k_query, 10)).sample for k in cfg.eval.shots}
@@ -248,14 +278,16 @@ def _build_images(cfg: Config, *, data_dir=None) -> Experiment:
     if cfg.model.name == "conv4":
         from jmeta.models.conv import conv4
 
-        model = conv4(out_way, input_shape=shape, hidden=cfg.model.filters, pool=cfg.model.pool,
-                      per_step_bn=a.inner_steps if a.bn_mode == "per_step" else None, key=key)
+        with _as_config_error("model"):
+            model = conv4(out_way, input_shape=shape, hidden=cfg.model.filters, pool=cfg.model.pool,
+                          per_step_bn=a.inner_steps if a.bn_mode == "per_step" else None, key=key)
     elif cfg.model.name == "resnet12":
         from jmeta.models.resnet import resnet12
 
         if a.bn_mode == "per_step":
             raise ConfigError("algorithm.bn_mode='per_step' is implemented for model.name='conv4' only")
-        model = resnet12(out_way, input_shape=shape, key=key)
+        with _as_config_error("model"):
+            model = resnet12(out_way, input_shape=shape, key=key)
     else:
         raise ConfigError(f"model.name={cfg.model.name!r} cannot classify images; valid: ['conv4', 'resnet12']")
     algo = build_algorithm(cfg, model.apply, loss="cross_entropy")

@@ -93,7 +93,11 @@ def _save(fig, plt, path) -> pathlib.Path:
 
 
 def plot_run(run_dir) -> list[pathlib.Path]:
-    """(Re)draws the PNGs of a run folder from ``metrics.jsonl`` and ``eval.json``."""
+    """(Re)draws the PNGs of a run folder from ``metrics.jsonl`` and ``eval.json``.
+
+    A run of 0 meta-steps (an evaluation of the initialisation) has no
+    learning curves: only the evaluation's plots are drawn.
+    """
     from jmeta.train.logging import MetricsLog
 
     run_dir = pathlib.Path(run_dir)
@@ -105,7 +109,9 @@ def plot_run(run_dir) -> list[pathlib.Path]:
     cfg = run_dir / "config.json"
     if cfg.exists():
         name = json.loads(cfg.read_text()).get("name", name)
-    out.append(learning_curves(MetricsLog.read(m), run_dir / "learning_curves.png", title=name))
+    records = MetricsLog.read(m)
+    if records:
+        out.append(learning_curves(records, run_dir / "learning_curves.png", title=name))
     e = run_dir / "eval.json"
     if e.exists():
         ev = json.loads(e.read_text())

@@ -110,12 +110,32 @@ def test_out_of_memory_is_one_line_with_options(monkeypatch, capsys, tmp_path):
     (["--set", "inner_lr"], ["must look like section.key=value"]),
     (["--config", "sinusoid-mamI"], ["no preset or config file named 'sinusoid-mamI'", "sinusoid-maml"]),
     (["--algorithm", "nope"], ["algorithm.name must be one of"]),
+    (["--set", "train.task_parallel=7"], ["train.task_parallel=7 (a chunk size) must divide", "=25"]),
+    (["--set", "train.task_parallel=true"], ["train.task_parallel must be", "got True"]),
+    (["--set", "model.activation=\"foo\""], ["model.activation must be one of", "'relu'", "'foo'"]),
+    (["--set", "model.hidden=[40, 0]"], ["model.hidden must be a list of positive integers", "[40, 0]"]),
+    (["--set", "algorithm.bn_mode=per_step"], ["bn_mode='per_step' is implemented for model.name='conv4' only"]),
+    (["--set", "algorithm.adapt_params=nope"], ["algorithm.adapt_params='nope'", "selects no parameter", "layers_2"]),
+    (["--algorithm", "reptile", "--set", "algorithm.adapt_params=layers_2"], ["algorithm: Reptile", "ANIL"]),
+    (["--seed", "4294967296"], ["train.seed must be an integer in [0, 2**32)"]),
+    (["--seed", "-1"], ["train.seed must be an integer in [0, 2**32)"]),
+    (["--set", "eval.shots=[]"], ["eval.shots must list at least one shot count"]),
 ])
 def test_bad_config_is_a_one_line_error_naming_key_and_choices(argv, fragments, capsys, tmp_path):
-    line = _one_line_error(capsys, ["train", "--out", str(tmp_path), *argv])
+    line = _one_line_error(capsys, ["train", "--out", str(tmp_path), "--no-progress", *argv])
     for f in fragments:
         assert f in line, line
     assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_zero_steps_evaluates_the_initialisation(tmp_path, capsys):
+    """--steps 0: no training, no learning curves; the evaluation and its plots are written."""
+    pytest.importorskip("matplotlib")
+    assert main(["train", "--out", str(tmp_path), "--steps", "0", "--no-progress", "--set", "eval.num_tasks=5",
+                 "--set", "eval.shots=[5]"]) == 0
+    capsys.readouterr()
+    assert json.loads((tmp_path / "eval.json").read_text())["step"] == 0
+    assert (tmp_path / "adaptation_curves.png").is_file() and not (tmp_path / "learning_curves.png").exists()
 
 
 def _records(run):
