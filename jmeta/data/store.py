@@ -98,7 +98,11 @@ class ClassStore:
           classes: class indices into this store.
           name: name of the result (default: this store's name).
         """
-        idx = np.asarray(classes, dtype=np.int64).reshape(-1)
+        arr = np.asarray(classes)
+        if arr.dtype == bool:
+            raise TypeError(f"ClassStore.select takes class indices, got a boolean mask of {arr.size} values; "
+                            "pass np.flatnonzero(mask)")
+        idx = arr.astype(np.int64).reshape(-1)
         if idx.size and (idx.min() < 0 or idx.max() >= self.num_classes):
             raise IndexError(f"ClassStore.select: class indices must lie in [0, {self.num_classes}), "
                              f"got range [{idx.min()}, {idx.max()}]")

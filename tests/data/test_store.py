@@ -58,6 +58,9 @@ def test_split_errors(sizes, match):
 def test_select_errors():
     with pytest.raises(IndexError, match=r"\[0, 6\)"):
         _store().select([0, 6])
+    with pytest.raises(TypeError, match="flatnonzero"):  # a mask read as indices 0/1 would pick the wrong classes
+        _store().select(np.array([True, False, True, False, False, True]))
+    assert _store().select(np.flatnonzero([True, False, True, False, False, True])).num_classes == 3
 
 
 def test_with_rotations():
