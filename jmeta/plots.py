@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import pathlib
 
+import numpy as np
+
 
 def _plt():
     try:
@@ -47,10 +49,12 @@ def adaptation_curves(eval_result: dict, path, *, metric: str = "loss", title: s
     for name, res in eval_result.items():
         if not isinstance(res, dict) or metric not in res:
             continue
-        m, c = res[metric]["mean"], res[metric]["ci95"]
-        xs = list(range(len(m)))
+        # null (a mean over diverged tasks, or a CI of one task) in eval.json is NaN here: a gap in the curve
+        m = np.asarray(res[metric]["mean"], dtype=float)
+        c = np.asarray(res[metric]["ci95"], dtype=float)
+        xs = np.arange(len(m))
         ax.plot(xs, m, marker="o", ms=3, label=name)
-        ax.fill_between(xs, [a - b for a, b in zip(m, c)], [a + b for a, b in zip(m, c)], alpha=0.25)
+        ax.fill_between(xs, m - c, m + c, alpha=0.25)
     ax.set_xlabel("adaptation steps")
     ax.set_ylabel(f"query {metric}")
     ax.grid(alpha=0.3)

@@ -84,8 +84,21 @@ class MetricsLog:
         return [json.loads(x) for x in pathlib.Path(path).read_text(encoding="utf-8").splitlines() if x.strip()]
 
 
+def _strict(obj):
+    """``obj`` with every NaN/inf float replaced by ``None``: standard JSON (jq, JavaScript) has no NaN."""
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
 def atomic_write_json(path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+    """Writes ``obj`` as standard JSON, atomically; NaN and inf become ``null`` (``eval.json`` counts the
+    diverged tasks behind such a mean in ``nonfinite``)."""
+    atomic_write_text(path, json.dumps(_strict(obj), indent=2, allow_nan=False) + "\n")
 
 
 class Progress:

@@ -110,3 +110,24 @@ def test_a_run_folder_is_never_overwritten_or_contradicted(run_dir, tmp_path, ca
         capsys, ["train", "--resume", str(run_dir), "--steps", "10", "--no-progress"])
     after = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     assert after == before
+
+
+def test_eval_json_is_standard_json_when_a_value_is_not_finite(run_dir, tmp_path, capsys):
+    """One evaluation task has no CI (NaN): eval.json says null (jq and JavaScript reject NaN), the plots
+    still draw."""
+    import shutil
+
+    pytest.importorskip("matplotlib")
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    assert main(["eval", str(run), "--num-tasks", "1", "--no-progress"]) == 0
+    capsys.readouterr()
+
+    def no_constants(name):
+        raise AssertionError(f"eval.json holds the non-standard constant {name}")
+
+    ev = json.loads((run / "eval.json").read_text(), parse_constant=no_constants)
+    assert ev["summary"]["K=5 loss after 3 step(s)"]["ci95"] is None
+    assert ev["summary"]["K=5 loss after 3 step(s)"]["mean"] > 0
+    assert main(["plot", str(run)]) == 0
+    assert (run / "adaptation_curves.png").is_file()
