@@ -148,7 +148,7 @@ def test_skipped_updates_count_on_across_a_resume(tmp_path):
     cfg = _cfg("train.steps=30", "train.on_nan=\"skip\"", "algorithm.inner_lr=1e6")
     train(cfg, tmp_path / "whole", progress=False, evaluate_at_end=False, plots=False, tensorboard=False)
     train(cfg, tmp_path / "split", progress=False, evaluate_at_end=False, plots=False, tensorboard=False,
-          stop_after=10)
+          stop_after=7)  # inside a window whose (NaN) loss sums are saved with the checkpoint as null
     train(cfg, tmp_path / "split", resume=True, progress=False, evaluate_at_end=False, plots=False,
           tensorboard=False)
     for run in ("whole", "split"):

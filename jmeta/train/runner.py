@@ -127,7 +127,8 @@ def _restore_carry(out: pathlib.Path, step: int) -> _Carry:
     except (OSError, ValueError, AttributeError):
         entry = None
     if isinstance(entry, dict):
-        return _Carry(entry.get("window_sums"), entry.get("window_steps", 0), entry.get("skipped_updates", 0))
+        sums = {k: float("nan") if v is None else float(v) for k, v in (entry.get("window_sums") or {}).items()}
+        return _Carry(sums, entry.get("window_steps", 0), entry.get("skipped_updates", 0))  # null: a NaN sum
     recs = [r for r in MetricsLog.read(out / "metrics.jsonl") if r.get("step", 0) <= step] \
         if (out / "metrics.jsonl").exists() else []
     return _Carry(skipped=recs[-1].get("skipped_updates", 0) if recs else 0)
