@@ -135,8 +135,23 @@ def _resolve_config(args):
     if args.seed is not None:
         overrides.append(f"train.seed={args.seed}")
     cfg = C.apply_overrides(cfg, [*overrides, *args.set])
-    out = pathlib.Path(args.out) if args.out else pathlib.Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = pathlib.Path(args.out) if args.out else _new_run_dir(pathlib.Path("runs"), cfg.name)
     return cfg, out
+
+
+def _new_run_dir(root: pathlib.Path, name: str) -> pathlib.Path:
+    """Creates and returns ``root/NAME-DATE-TIME`` (``-2``, ``-3``, ... when a run started in the same second
+    holds it: ``mkdir`` claims a folder atomically, so two processes never share one)."""
+    base = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 10_000):
+        out = root / (base if i == 1 else f"{base}-{i}")
+        try:
+            out.mkdir()
+            return out
+        except FileExistsError:
+            continue
+    raise CLIError(f"no free run folder {root / base}-N; give --out")
 
 
 def _determinism(cfg) -> None:

@@ -131,3 +131,13 @@ def test_eval_json_is_standard_json_when_a_value_is_not_finite(run_dir, tmp_path
     assert ev["summary"]["K=5 loss after 3 step(s)"]["mean"] > 0
     assert main(["plot", str(run)]) == 0
     assert (run / "adaptation_curves.png").is_file()
+
+
+def test_default_run_folders_of_one_second_are_distinct(tmp_path, monkeypatch):
+    """Two runs started in the same second get runs/NAME-DATE-TIME and runs/NAME-DATE-TIME-2, never one folder."""
+    from jmeta import cli
+
+    monkeypatch.setattr(cli.time, "strftime", lambda fmt: "20261126-001500")
+    a, b = cli._new_run_dir(tmp_path / "runs", "sinusoid-maml"), cli._new_run_dir(tmp_path / "runs", "sinusoid-maml")
+    assert (a.name, b.name) == ("sinusoid-maml-20261126-001500", "sinusoid-maml-20261126-001500-2")
+    assert a.is_dir() and b.is_dir()
