@@ -75,7 +75,8 @@ class IMAML:
       eval_steps: inner steps at evaluation (default ``num_steps``).
       inner_transform: optional optax update direction before the learning
         rate (e.g. ``optax.scale_by_adam()``); default plain gradient descent.
-      cg_steps: CG iterations of the meta-gradient (the paper uses 5).
+      cg_steps: iterations of the meta-gradient's linear solver (CG; the paper uses 5), also for
+        ``"gmres"`` (Krylov iterations, not restart cycles) and ``"bicgstab"``.
       cg_damping: :math:`\mu \ge 0`; solves :math:`((1+\mu)I + H/\lambda)g = \nabla L^q`.
       cg_tol: relative residual at which CG stops early.
       linear_solve: ``"cg"`` (default), or ``"dense"`` (exact, small models

@@ -103,8 +103,19 @@ def solve_cg(matvec, b, *, ridge: float = 0.0, tol: float = 1e-6, maxiter: int |
 
 def solve_gmres(matvec, b, *, ridge: float = 0.0, tol: float = 1e-6, maxiter: int | None = None, init=None,
                 restart: int = 20):
-    r"""Restarted GMRES for a general non-singular :math:`A + \rho I`."""
-    return jax.scipy.sparse.linalg.gmres(_add_ridge(matvec, ridge), b, x0=init, tol=tol, maxiter=maxiter,
+    r"""Restarted GMRES for a general non-singular :math:`A + \rho I`.
+
+    ``maxiter`` counts Krylov iterations (matrix-vector products), as for
+    :func:`solve_cg`: the restart length is ``min(restart, maxiter)`` and the
+    number of restart cycles (what ``jax.scipy.sparse.linalg.gmres`` calls
+    ``maxiter``) is ``ceil(maxiter / restart)``, so at most ``maxiter``
+    iterations rounded up to a whole cycle run.
+    """
+    cycles = None
+    if maxiter is not None:
+        restart = min(restart, maxiter)
+        cycles = -(-maxiter // restart)
+    return jax.scipy.sparse.linalg.gmres(_add_ridge(matvec, ridge), b, x0=init, tol=tol, maxiter=cycles,
                                          restart=restart, solve_method="batched")[0]
 
 

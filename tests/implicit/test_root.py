@@ -186,3 +186,22 @@ def test_clear_errors():
     bad = custom_root(lambda w, x: jnp.concatenate([w, w]))(lambda init, x: init * x)
     with pytest.raises(ValueError, match="square system"):
         jax.grad(lambda x: jnp.sum(bad(jnp.ones(2), x)))(jnp.ones(2))
+
+
+def test_gmres_maxiter_counts_iterations_as_cg_does(x64):
+    """maxiter (iMAML's cg_steps) is a number of Krylov iterations for GMRES too, not of restart cycles: one
+    iteration from 0 is the minimal-residual step along b, x = (b.Ab / |Ab|^2) b."""
+    from jmeta.implicit.linear_solve import solve_cg, solve_gmres
+
+    rng = np.random.default_rng(0)
+    m = rng.normal(size=(30, 30))
+    a = jnp.asarray(m @ m.T + 30 * np.eye(30))
+    b = jnp.asarray(rng.normal(size=30))
+    ab = a @ b
+    one = solve_gmres(lambda v: a @ v, b, tol=1e-14, maxiter=1)
+    np.testing.assert_allclose(one, (b @ ab) / (ab @ ab) * b, rtol=1e-10)
+    for k in (2, 5):  # on an SPD system k GMRES steps minimise the residual: never worse than k CG steps ...
+        res = [float(jnp.linalg.norm(a @ f(lambda v: a @ v, b, tol=1e-14, maxiter=k) - b)) for f in (solve_gmres, solve_cg)]
+        assert res[0] <= res[1] * (1 + 1e-9)
+    exact = jnp.linalg.solve(a, b)  # ... and far from converged, as 20-iteration restart cycles would be
+    assert float(jnp.linalg.norm(solve_gmres(lambda v: a @ v, b, tol=1e-14, maxiter=2) - exact)) > 1e-6
