@@ -232,6 +232,14 @@ def _config_diff(there: dict, want: dict, limit: int = 3) -> str:
     return "; ".join(parts) + (f"; and {len(keys) - limit} more key(s)" if len(keys) > limit else "")
 
 
+def _eval_columns(ev: dict) -> dict:
+    """A results row's evaluation columns: ``{metric: mean, "<metric> ci95": ci95}`` of ``ev["summary"]``."""
+    cols = {}
+    for name, v in ev["summary"].items():
+        cols[name], cols[f"{name} ci95"] = v["mean"], v["ci95"]
+    return cols
+
+
 def _read_eval(path: pathlib.Path):
     """``eval.json`` as a dict with a ``summary``, or None if it is missing or unreadable."""
     try:
@@ -345,9 +353,7 @@ def run(base: Config, trials: list[dict], out_dir, *, progress: bool = True, ten
             row["wall_time_s"] = round(time.perf_counter() - t0, 2)
         row["final_train_loss"] = _final_train_loss(run_dir)
         if ev is not None:
-            for name, v in ev["summary"].items():
-                row[name] = v["mean"]
-                row[f"{name} ci95"] = v["ci95"]
+            row.update(_eval_columns(ev))
         rows.append(row)
     return _finish(rows, keys, metric, out, log)
 
@@ -504,9 +510,7 @@ def run_vectorized(base: Config, trials: list[dict], out_dir, *, progress: bool 
             exp_i = build(cfg, data_dir=data_dir) if i else exp
             ev = evaluate_run(cfg, exp_i, ts, splits[i][1], d, progress=False, warn_nondeterminism=False)
             row["status"] = "ok"
-            for name, v in ev["summary"].items():
-                row[name] = v["mean"]
-                row[f"{name} ci95"] = v["ci95"]
+            row.update(_eval_columns(ev))
         rows.append(row)
     return _finish(rows, keys, metric, out, log)
 
@@ -521,8 +525,11 @@ def _diverged_vectorized(run_dir: pathlib.Path, cfg: Config) -> bool:
     except (OSError, ValueError):
         return False
     last = recs[-1] if recs and isinstance(recs[-1], dict) else {}
-    loss = last.get("loss")
-    return last.get("step") == cfg.train.steps and isinstance(loss, (int, float)) and not math.isfinite(loss)
+    try:  # MetricsLog writes a non-finite value as the string "nan"/"inf"
+        loss = float(last.get("loss"))
+    except (TypeError, ValueError):
+        return False
+    return last.get("step") == cfg.train.steps and not math.isfinite(loss)
 
 
 def _reuse_vectorized(trials, run_dirs, states, keys, metric, out, log) -> dict:
@@ -535,9 +542,7 @@ def _reuse_vectorized(trials, run_dirs, states, keys, metric, out, log) -> dict:
             row.update(status="nonfinite", error="non-finite loss during the vectorised sweep")
         else:
             row["status"] = "ok"
-            for name, v in _read_eval(d / "eval.json")["summary"].items():
-                row[name] = v["mean"]
-                row[f"{name} ci95"] = v["ci95"]
+            row.update(_eval_columns(_read_eval(d / "eval.json")))
         rows.append(row)
     return _finish(rows, keys, metric, out, log)
 

@@ -257,3 +257,20 @@ def test_rerun_of_vectorized_sweep_reuses_or_refuses(tmp_path, capsys):
     assert main(argv[:-3] + ["--out", str(out)]) == 0  # without --vectorize: finished by resuming it
     assert "resuming" in capsys.readouterr().out
     assert json.loads((out / "trial_001" / "eval.json").read_text())["summary"] == json.loads(ev)["summary"]
+
+
+def test_a_diverged_vectorised_trial_is_recognised_as_metrics_log_writes_it(tmp_path):
+    """The runner's MetricsLog writes a NaN loss as the string "nan": a trial whose last record holds it (and
+    no eval.json) diverged."""
+    from jmeta.train.logging import MetricsLog
+
+    cfg = load("sinusoid-maml")
+    cfg.train.steps = 20
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    log.write(10, {"loss": 1.5})
+    log.write(20, {"loss": float("nan")})
+    log.close()
+    assert MetricsLog.read(tmp_path / "metrics.jsonl")[-1]["loss"] == "nan"
+    assert S._diverged_vectorized(tmp_path, cfg)
+    cfg.train.steps = 30  # its last record is not the final step: unfinished, not diverged
+    assert not S._diverged_vectorized(tmp_path, cfg)
