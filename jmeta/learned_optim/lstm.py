@@ -135,16 +135,10 @@ def _validate_config(hidden_size, num_layers, preprocess_p, output_scale, groups
 
 
 def _theta_shapes(hidden_size: int, num_layers: int) -> dict:
-    """The shape of every array of one LSTM's meta-parameters (see :func:`_init_single`)."""
-    lstm, in_size = {}, 2
-    for layer in range(num_layers):
-        lstm[f"layer_{layer}"] = {
-            "w_x": (in_size, 4 * hidden_size),
-            "w_h": (hidden_size, 4 * hidden_size),
-            "b": (4 * hidden_size,),
-        }
-        in_size = hidden_size
-    return {"lstm": lstm, "out": {"w": (hidden_size, 1), "b": (1,)}}
+    """The shape of every array of one LSTM's meta-parameters, as :func:`_init_single` makes them
+    (derived from it with ``jax.eval_shape``: nothing is computed)."""
+    tree = jax.eval_shape(lambda: _init_single(jax.random.key(0), hidden_size, num_layers))
+    return jax.tree.map(lambda a: tuple(a.shape), tree)
 
 
 def _check_theta_single(theta_g: Any, hidden_size: int, num_layers: int, where: str = "theta") -> None:
@@ -172,7 +166,8 @@ def _check_theta_single(theta_g: Any, hidden_size: int, num_layers: int, where: 
                 f"{path} must be a dict with keys {sorted(expected)} for {config} "
                 f"(as LSTMOptimizer.init makes), got {got}{made_for()}"
             )
-        for k, want in expected.items():
+        for k in node:  # in theta's own order (the first entry that does not fit is named)
+            want = expected[k]
             sub = f"{path}[{k!r}]"
             if isinstance(want, dict):
                 check(node[k], want, sub)
