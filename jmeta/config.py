@@ -308,7 +308,9 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"train.seed must be an integer in [0, 2**32), got {seed!r} (JAX keys hold 32 bits: larger "
                           "seeds would repeat smaller ones)")
     if cfg.model.name == "mlp":
-        choice("model.activation", cfg.model.activation, ("relu", "tanh", "sigmoid", "gelu"))
+        from jmeta.models.mlp import ACTIVATIONS
+
+        choice("model.activation", cfg.model.activation, tuple(ACTIVATIONS))
         if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in cfg.model.hidden):
             raise ConfigError(f"model.hidden must be a list of positive integers, got {list(cfg.model.hidden)!r}")
     if cfg.algorithm.bn_mode == "per_step" and cfg.model.name != "conv4":

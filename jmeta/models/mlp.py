@@ -10,13 +10,16 @@ import jax.numpy as jnp
 from jmeta.models.conv import _check_pos_int
 
 
+#: The activations an MLP takes by name (the config's ``model.activation`` choices).
+ACTIVATIONS = {"relu": jax.nn.relu, "tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid, "gelu": jax.nn.gelu}
+
+
 def _activation(name: str | Callable) -> Callable:
     if callable(name):
         return name
-    table = {"relu": jax.nn.relu, "tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid, "gelu": jax.nn.gelu}
-    if name not in table:
-        raise ValueError(f"activation must be one of {sorted(table)} or a callable, got {name!r}")
-    return table[name]
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)} or a callable, got {name!r}")
+    return ACTIVATIONS[name]
 
 
 def MLP(in_features: int, hidden: Sequence[int], out_features: int, *,
