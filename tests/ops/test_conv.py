@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from jax import lax
 
-from jmeta.ops import CONV_IMPLS, conv2d, patches, recommended_task_parallel, resolve_conv_impl
+from jmeta.ops import (CONV_IMPLS, conv2d, patches, recommended_conv_impl, recommended_task_parallel,
+                       resolve_conv_impl)
 
 CONFIGS = [  # (stride, padding, H, W)
     (1, "SAME", 6, 5),
@@ -18,6 +19,14 @@ CONFIGS = [  # (stride, padding, H, W)
     ((2, 1), ((1, 0), (2, 1)), 7, 6),
 ]
 FAST = ("patches_vjp", "patches")
+
+
+@pytest.fixture(autouse=True)
+def _full_float32_precision():
+    """GPUs run float32 matmuls and convolutions in TF32 by default (relative error ~1e-3: on an H200 8 of these
+    tests failed their 1e-5/1e-4 tolerances that way); the forms are compared at full float32 precision."""
+    with jax.default_matmul_precision("highest"):
+        yield
 
 
 def _inputs(h, w, dtype, cin=3, cout=4, k=3, n=2):
@@ -158,6 +167,16 @@ def test_auto_resolution():
     assert recommended_task_parallel("cpu") == "map"
     assert recommended_task_parallel("gpu") == "vmap"
     assert set(CONV_IMPLS) == {"auto", "lax", "patches_vjp", "patches"}
+
+
+def test_recommended_form_depends_on_per_task_kernels_on_gpu_only():
+    # GPU: per-task kernels under vmap would be grouped convolutions; patches + batched matmul instead
+    assert recommended_conv_impl(True, "gpu") == "patches"
+    assert recommended_conv_impl(False, "gpu") == "lax"
+    for per_task in (True, False):
+        assert recommended_conv_impl(per_task, "cpu") == resolve_conv_impl("auto", "cpu") == "patches_vjp"
+        assert recommended_conv_impl(per_task, "tpu") == "lax"
+    assert recommended_conv_impl(True) == recommended_conv_impl(True, jax.default_backend())
 
 
 def test_errors_name_the_argument():
