@@ -41,10 +41,13 @@ per configuration), ``time_vs_steps.png``, ``memory_vs_steps.png``,
 
 Workloads: ``mlp`` is the sinusoid network of MAML (1-40-40-1 ReLU, K=10
 support and query points, MSE); ``conv4`` is Conv4-64 on Omniglot-shaped 5-way
-1-shot tasks with 15 queries per class (28x28x1); ``resnet12`` (when
+1-shot tasks with 15 queries per class (28x28x1); ``conv4_mini`` is MAML's mini-ImageNet network
+(Conv4-32, max-pool) on 84x84x3 5-way 1-shot tasks with 15 queries; ``resnet12`` (when
 ``jmeta/models/resnet.py`` exists) on mini-ImageNet-shaped 5-way 1-shot tasks
 (84x84x3). Image tasks are random on-device tensors: step cost does not depend
-on pixel values. Models and algorithms whose module is missing are skipped
+on pixel values. ``--conv-impl`` chooses the convolution form of the image
+models (:data:`jmeta.ops.CONV_IMPLS`; default ``auto``); each row records the
+form it resolved to, so runs with different forms compare side by side. Models and algorithms whose module is missing are skipped
 with a note. Absolute times on a shared CPU are noise; compare ratios from one run.
 """
 
@@ -68,7 +71,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import _common  # noqa: E402
 
 ALGORITHMS = ("maml", "fomaml", "reptile", "anil", "imaml")
-MODELS = ("mlp", "conv4", "resnet12")
+MODELS = ("mlp", "conv4", "conv4_mini", "resnet12")
+CONV_MODELS = ("conv4", "conv4_mini", "resnet12")
 REMAT = ("none", "full", "dots", "dots_no_batch")
 
 GRIDS = {
@@ -82,7 +86,7 @@ GRIDS = {
                   warmup=2, repeats=7, hvp=True, mlp_hidden=(40, 40)),
     # GPU: everything
     "full": dict(models=list(MODELS), algorithms=list(ALGORITHMS), inner_steps=[1, 2, 5, 10, 25, 50],
-                 meta_batch={"mlp": [25, 100, 1000], "conv4": [4, 16, 32], "resnet12": [4, 8]},
+                 meta_batch={"mlp": [25, 100, 1000], "conv4": [4, 16, 32], "conv4_mini": [4, 16], "resnet12": [4, 8]},
                  remat=list(REMAT), remat_algorithms=["maml"], warmup=3, repeats=20, hvp=True,
                  mlp_hidden=(40, 40)),
 }
@@ -131,8 +135,11 @@ def _call_with_known(fn, known: dict):
     return fn(**kwargs)
 
 
-def build_workload(name: str, *, mlp_hidden=(40, 40)) -> tuple[Workload | None, str]:
-    """The model and task family of a workload, or ``(None, why)`` when its module is missing."""
+def build_workload(name: str, *, mlp_hidden=(40, 40), conv_impl: str = "auto") -> tuple[Workload | None, str]:
+    """The model and task family of a workload, or ``(None, why)`` when its module is missing.
+
+    ``conv_impl`` is passed to the image models (ignored by the MLP).
+    """
     if name == "mlp":
         from jmeta.models import mlp
         from jmeta.tasks import Sinusoid
@@ -140,14 +147,17 @@ def build_workload(name: str, *, mlp_hidden=(40, 40)) -> tuple[Workload | None, 
         model = mlp(1, mlp_hidden, 1)
         return Workload("mlp", model, "mse", Sinusoid(10, 10).sample, f"layers_{len(mlp_hidden)}", 0.01,
                         f"MLP 1-{'-'.join(map(str, mlp_hidden))}-1 ReLU, sinusoid K=10, Q=10"), ""
-    if name == "conv4":
+    if name in ("conv4", "conv4_mini"):
         if importlib.util.find_spec("jmeta.models.conv") is None:
-            return None, "conv4 skipped: jmeta/models/conv.py does not exist"
+            return None, f"{name} skipped: jmeta/models/conv.py does not exist"
         mod = importlib.import_module("jmeta.models.conv")
-        model = _call_with_known(mod.conv4, {"n_way": 5, "input_shape": (28, 28, 1), "hidden": 64})
-        return Workload("conv4", model, "cross_entropy", _image_sampler(5, 1, 15, (28, 28, 1)),
+        shape, hidden = ((28, 28, 1), 64) if name == "conv4" else ((84, 84, 3), 32)
+        model = _call_with_known(mod.conv4, {"n_way": 5, "input_shape": shape, "hidden": hidden,
+                                             "conv_impl": conv_impl})
+        return Workload(name, model, "cross_entropy", _image_sampler(5, 1, 15, shape),
                         _head_of(model.params), 0.1,
-                        "Conv4-64 (max-pool), 5-way 1-shot 15 queries, 28x28x1 random images"), ""
+                        f"Conv4-{hidden} (max-pool), 5-way 1-shot 15 queries, {'x'.join(map(str, shape))} "
+                        f"random images, conv_impl={conv_impl}"), ""
     if name == "resnet12":
         if importlib.util.find_spec("jmeta.models.resnet") is None:
             return None, "resnet12 skipped: jmeta/models/resnet.py does not exist"
@@ -155,10 +165,11 @@ def build_workload(name: str, *, mlp_hidden=(40, 40)) -> tuple[Workload | None, 
         factory = getattr(mod, "resnet12", None)
         if factory is None:
             return None, "resnet12 skipped: jmeta.models.resnet has no resnet12()"
-        model = _call_with_known(factory, {"n_way": 5, "num_classes": 5, "input_shape": (84, 84, 3)})
+        model = _call_with_known(factory, {"n_way": 5, "num_classes": 5, "input_shape": (84, 84, 3),
+                                           "conv_impl": conv_impl})
         return Workload("resnet12", model, "cross_entropy", _image_sampler(5, 1, 15, (84, 84, 3)),
                         _head_of(model.params), 0.1,
-                        "ResNet-12, 5-way 1-shot 15 queries, 84x84x3 random images"), ""
+                        f"ResNet-12, 5-way 1-shot 15 queries, 84x84x3 random images, conv_impl={conv_impl}"), ""
     raise ValueError(f"model must be one of {MODELS}, got {name!r}")
 
 
@@ -191,15 +202,17 @@ def build_algorithm(name: str, wl: Workload, num_steps: int, remat: str):
 
 # -- one configuration -----------------------------------------------------------------------------------------
 def bench_config(wl: Workload, algorithm: str, num_steps: int, meta_batch: int, remat: str, *, warmup: int,
-                 repeats: int, dtype: str, task_parallel) -> dict:
+                 repeats: int, dtype: str, task_parallel, conv_impl: str = "auto") -> dict:
     import jax
     import jax.numpy as jnp
     import optax
 
+    from jmeta.ops import resolve_conv_impl
     from jmeta.train import init_train_state, make_meta_step
 
     row = {"model": wl.name, "algorithm": algorithm, "inner_steps": num_steps, "meta_batch": meta_batch,
-           "remat": remat, "dtype": dtype, "task_parallel": str(task_parallel)}
+           "remat": remat, "dtype": dtype, "task_parallel": str(task_parallel),
+           "conv_impl": resolve_conv_impl(conv_impl) if wl.name in CONV_MODELS else None}
     alg, why = build_algorithm(algorithm, wl, num_steps, remat)
     if alg is None:
         row.update(status="skipped", note=why)
@@ -381,6 +394,7 @@ def summary_text(result: dict) -> str:
              f"{sum(r.get('status') == 'skipped' for r in result['runs'])} skipped, "
              f"{sum(r.get('status') == 'error' for r in result['runs'])} failed",
              f"device: {dev['device_kind']} ({dev['platform']}, {dev['device_count']} device(s)), jax {dev['jax']}",
+             f"dtype {result['dtype']}, task_parallel {result['task_parallel']}, conv_impl {result.get('conv_impl', 'auto')}",
              f"command: {result['command']}", ""]
     lines.append("step time / memory / FLOPs per configuration:")
     lines.append(f"  {'model':8s} {'algorithm':8s} {'K':>3s} {'B':>5s} {'remat':6s} {'compile s':>9s} "
@@ -451,6 +465,9 @@ def parse_args(argv=None):
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                     help="compute dtype (bfloat16: mixed precision, float32 parameters)")
     ap.add_argument("--task-parallel", default="vmap", help="'vmap', 'map' or a chunk size")
+    ap.add_argument("--conv-impl", default="auto",
+                    help="convolution form of the image models: auto, lax, patches_vjp or patches "
+                         "(jmeta.ops.CONV_IMPLS)")
     ap.add_argument("--only", type=int, default=None, help="run configuration I of the grid alone")
     ap.add_argument("--no-hvp", action="store_true")
     ap.add_argument("--no-plots", action="store_true")
@@ -475,6 +492,10 @@ def parse_args(argv=None):
     for name in ("repeats", "warmup"):
         if getattr(args, name) is not None:
             grid[name] = getattr(args, name)
+    from jmeta.ops import CONV_IMPLS  # imports jax: after parsing, so that --help stays cheap
+
+    if args.conv_impl not in CONV_IMPLS:
+        ap.error(f"--conv-impl: unknown {args.conv_impl!r}; valid: {list(CONV_IMPLS)}")
     tp = args.task_parallel
     args.task_parallel = int(tp) if tp.isdigit() else tp
     if args.task_parallel not in ("vmap", "map") and not isinstance(args.task_parallel, int):
@@ -497,7 +518,7 @@ def main(argv=None) -> dict:
     t_start = time.perf_counter()
     for model, alg, k, b, remat in configs:
         if model not in workloads:
-            wl, why = build_workload(model, mlp_hidden=grid["mlp_hidden"])
+            wl, why = build_workload(model, mlp_hidden=grid["mlp_hidden"], conv_impl=args.conv_impl)
             workloads[model] = wl
             if wl is None:
                 notes.append(why)
@@ -508,7 +529,7 @@ def main(argv=None) -> dict:
             continue
         try:
             row = bench_config(wl, alg, k, b, remat, warmup=grid["warmup"], repeats=grid["repeats"],
-                               dtype=args.dtype, task_parallel=args.task_parallel)
+                               dtype=args.dtype, task_parallel=args.task_parallel, conv_impl=args.conv_impl)
         except Exception as e:  # noqa: BLE001 - one failing configuration must not lose the others
             row = dict(model=model, algorithm=alg, inner_steps=k, meta_batch=b, remat=remat, status="error",
                        note=f"{type(e).__name__}: {e}"[:500])
@@ -537,7 +558,7 @@ def main(argv=None) -> dict:
     notes.append("flops: counted on the jaxpr with loop trip counts; xla_flops (cost_analysis) counts loop bodies once")
     result = {
         "benchmark": "suite", "grid": args.grid, "grid_spec": grid, "dtype": args.dtype,
-        "task_parallel": str(args.task_parallel),
+        "task_parallel": str(args.task_parallel), "conv_impl": args.conv_impl,
         "command": "python benchmarks/suite.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "device": _common.device_info(), "peak_flops_sources": _common.PEAK_FLOPS_SOURCES,
         "wall_s": time.perf_counter() - t_start, "runs": rows, "hvp": hvp, "notes": notes,

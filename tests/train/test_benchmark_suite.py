@@ -91,3 +91,21 @@ def test_bad_arguments(suite):
         suite.parse_args(["--models", "vgg"])
     with pytest.raises(SystemExit):
         suite.parse_args(["--task-parallel", "threads"])
+    with pytest.raises(SystemExit):
+        suite.parse_args(["--conv-impl", "cudnn"])
+    args, _ = suite.parse_args(["--conv-impl", "patches", "--models", "conv4_mini"])
+    assert args.conv_impl == "patches"
+
+
+def test_conv_impl_reaches_the_image_models(suite):
+    """--conv-impl builds the image workloads with that form (a 'patches' model has no convolution op)."""
+    import jax
+
+    for name, shape in (("conv4", (28, 28, 1)), ("conv4_mini", (84, 84, 3))):
+        for impl, has_conv in (("patches", False), ("lax", True)):
+            wl, why = suite.build_workload(name, conv_impl=impl)
+            assert wl is not None, why
+            x = jax.numpy.zeros((1, *shape))
+            jaxpr = jax.make_jaxpr(lambda p, s: wl.model.apply(p, s, x, train=True))(wl.model.params, wl.model.state)
+            assert ("conv_general_dilated" in str(jaxpr)) == has_conv, (name, impl)
+            assert impl in wl.note
