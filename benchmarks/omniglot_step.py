@@ -20,7 +20,9 @@ Forms measured for jmeta (``task_parallel`` + ``conv_impl``):
 * ``map+patches_vjp``: a scan over tasks, convolutions whose derivatives are the custom
   patches/transposed-conv forms of :mod:`jmeta.ops.conv`;
 * ``vmap+patches``: ``vmap`` over tasks, convolutions as im2col + einsum;
-* ``auto``: ``conv_impl="auto"`` with :func:`jmeta.ops.recommended_task_parallel`.
+* ``auto``: what ``jmeta train`` picks for MAML on this backend:
+  :func:`jmeta.ops.recommended_conv_impl` (per-task kernels) with
+  :func:`jmeta.ops.recommended_task_parallel`.
 
 PyTorch peers (same network, same data shapes; only if ``torch`` is installed, which jmeta never
 needs): ``torch_loop`` (a Python loop over tasks, ``torch.autograd.grad(create_graph=True)``,
@@ -92,7 +94,7 @@ def jmeta_runners(forms, images, seed, tasks):
 
     from jmeta.algorithms import MAML
     from jmeta.models.conv import conv4
-    from jmeta.ops import recommended_task_parallel, resolve_conv_impl
+    from jmeta.ops import recommended_conv_impl, recommended_task_parallel, resolve_conv_impl
     from jmeta.tasks.episodes import EpisodeSampler
     from jmeta.train.step import init_train_state, make_meta_step
 
@@ -111,6 +113,7 @@ def jmeta_runners(forms, images, seed, tasks):
     for name in forms:
         tp, impl = FORMS[name]
         tp = recommended_task_parallel() if tp is None else tp
+        impl = recommended_conv_impl(per_task_kernels=True) if impl == "auto" else impl
         model = conv4(N_WAY, input_shape=(28, 28, 1), hidden=64, pool="max", conv_impl=impl,
                       key=jax.random.key(seed))
         algo = MAML(model.apply, loss="cross_entropy", inner_lr=INNER_LR, num_steps=1)

@@ -81,10 +81,12 @@ def build(workload: str, inner_steps: int, synthetic: bool):
     if importlib.util.find_spec("jmeta.models.conv") is None:
         raise SystemExit("omniglot throughput needs jmeta/models/conv.py (Conv4), which does not exist yet")
     from jmeta.models.conv import conv4
+    from jmeta.ops import recommended_conv_impl
 
-    model = conv4(5, input_shape=(28, 28, 1), hidden=64)
+    impl = recommended_conv_impl(per_task_kernels=True)  # MAML adapts the kernels per task
+    model = conv4(5, input_shape=(28, 28, 1), hidden=64, conv_impl=impl)
     alg = MAML(model.apply, loss="cross_entropy", inner_lr=0.4, num_steps=inner_steps)
-    note = "MAML, Conv4-64, Omniglot 5-way 1-shot, 15 queries"
+    note = f"MAML, Conv4-64, Omniglot 5-way 1-shot, 15 queries, conv_impl={impl}"
     if not synthetic:
         try:
             from jmeta.data import load_omniglot

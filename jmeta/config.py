@@ -44,13 +44,19 @@ class TaskConfig:
 
 @dataclasses.dataclass
 class ModelConfig:
-    """The model: ``"mlp"`` (hidden widths, activation), ``"conv4"`` or ``"resnet12"``."""
+    """The model: ``"mlp"`` (hidden widths, activation), ``"conv4"`` or ``"resnet12"``.
+
+    ``conv_impl`` (image models): the convolution form, one of
+    :data:`jmeta.ops.CONV_IMPLS`; ``"auto"`` picks per backend and per algorithm
+    (per-task or shared kernels, :func:`jmeta.ops.recommended_conv_impl`).
+    """
 
     name: str = "mlp"
     hidden: tuple = (40, 40)
     activation: str = "relu"
     filters: int = 64
     pool: str = "max"
+    conv_impl: str = "auto"
 
 
 @dataclasses.dataclass
@@ -313,6 +319,10 @@ def validate(cfg: Config) -> Config:
         choice("model.activation", cfg.model.activation, tuple(ACTIVATIONS))
         if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in cfg.model.hidden):
             raise ConfigError(f"model.hidden must be a list of positive integers, got {list(cfg.model.hidden)!r}")
+    if cfg.model.name != "mlp":
+        from jmeta.ops.conv import CONV_IMPLS
+
+        choice("model.conv_impl", cfg.model.conv_impl, CONV_IMPLS)
     if cfg.algorithm.bn_mode == "per_step" and cfg.model.name != "conv4":
         raise ConfigError(f"algorithm.bn_mode='per_step' is implemented for model.name='conv4' only, got "
                           f"{cfg.model.name!r}")

@@ -34,6 +34,8 @@ class Experiment:
       eval_algorithm: the algorithm used for evaluation (differs from
         ``algorithm`` when a metric head tests with fewer ways than it trains).
       task_parallel: the resolved ``task_parallel`` for this backend and model.
+      conv_impl: the convolution form the image model was built with (``None``
+        for models without convolutions).
     """
 
     model: Any
@@ -46,6 +48,7 @@ class Experiment:
     task_kind: str = "regression"
     eval_algorithm: Any = None
     task_parallel: Any = "vmap"
+    conv_impl: str | None = None
 
     def __post_init__(self):
         if self.eval_algorithm is None:
@@ -85,10 +88,12 @@ def _build_algorithm(cfg: Config, apply: Callable, *, loss: str, n_way: int | No
         return A.Reptile(**common, adapt_params=adapt)
     n_way = cfg.task.n_way if n_way is None else n_way
     if a.name == "imaml":
-        from jmeta.ops import resolve_conv_impl
+        from jmeta.ops import recommended_conv_impl, resolve_conv_impl
 
         # custom_vjp convolutions (patches_vjp, "auto" on the CPU) have no forward mode
-        hvp = "reverse" if cfg.model.name != "mlp" and resolve_conv_impl("auto") == "patches_vjp" else "forward"
+        impl = cfg.model.conv_impl
+        impl = recommended_conv_impl(per_task_kernels=True) if impl == "auto" else resolve_conv_impl(impl)
+        hvp = "reverse" if cfg.model.name != "mlp" and impl == "patches_vjp" else "forward"
         return A.IMAML(apply=apply, loss=loss, reg_lambda=a.reg_lambda, inner_lr=a.inner_lr, num_steps=a.inner_steps,
                        eval_steps=a.eval_steps, inner_transform=inner, cg_steps=a.cg_steps, adapt_params=adapt,
                        bn_mode=a.bn_mode, hvp=hvp)
@@ -113,6 +118,24 @@ def _build_algorithm(cfg: Config, apply: Callable, *, loss: str, n_way: int | No
 
 # Algorithms whose model is an embedding (no classification layer): the head is fitted per task.
 HEAD_ALGORITHMS = ("protonet", "r2d2", "metaoptnet-svm", "metaoptnet-rr")
+
+
+def adapts_conv_kernels(cfg: Config, params) -> bool:
+    """Whether ``cfg``'s algorithm adapts convolution kernels per task (so tasks hold different kernels).
+
+    False for the metric and closed-form heads (the embedding is shared) and for an ``adapt_params``
+    selection without a convolution kernel (ANIL's head); a kernel is a 4-d parameter (HWIO).
+    """
+    import jax
+
+    from jmeta.algorithms.base import make_param_filter, path_str
+
+    if cfg.algorithm.name in HEAD_ALGORITHMS:
+        return False
+    spec = cfg.algorithm.adapt_params
+    pred = make_param_filter(tuple(spec) if isinstance(spec, list) else spec)
+    return any(getattr(leaf, "ndim", 0) == 4 and (pred is None or pred(path_str(path)))
+               for path, leaf in jax.tree_util.tree_leaves_with_path(params))
 
 
 def build_meta_optimizer(cfg: Config) -> optax.GradientTransformation:
@@ -251,7 +274,7 @@ def load_image_data(cfg: Config, *, data_dir=None):
 def _build_images(cfg: Config, *, data_dir=None) -> Experiment:
     import jax
 
-    from jmeta.ops import recommended_task_parallel
+    from jmeta.ops import recommended_conv_impl, recommended_task_parallel, resolve_conv_impl
     from jmeta.tasks.episodes import EpisodeSampler, put_on_device
 
     t, a = cfg.task, cfg.algorithm
@@ -275,21 +298,33 @@ def _build_images(cfg: Config, *, data_dir=None) -> Experiment:
         norm = dict(mean=MINIIMAGENET_MEAN, std=MINIIMAGENET_STD)
     out_way = None if head else t.n_way
     key = jax.random.key(cfg.train.seed)
-    if cfg.model.name == "conv4":
-        from jmeta.models.conv import conv4
+    if cfg.model.name == "resnet12" and a.bn_mode == "per_step":
+        raise ConfigError("algorithm.bn_mode='per_step' is implemented for model.name='conv4' only")
 
-        with _as_config_error("model"):
-            model = conv4(out_way, input_shape=shape, hidden=cfg.model.filters, pool=cfg.model.pool,
-                          per_step_bn=a.inner_steps if a.bn_mode == "per_step" else None, key=key)
-    elif cfg.model.name == "resnet12":
-        from jmeta.models.resnet import resnet12
+    def make_model(conv_impl):
+        if cfg.model.name == "conv4":
+            from jmeta.models.conv import conv4
 
-        if a.bn_mode == "per_step":
-            raise ConfigError("algorithm.bn_mode='per_step' is implemented for model.name='conv4' only")
-        with _as_config_error("model"):
-            model = resnet12(out_way, input_shape=shape, key=key)
-    else:
+            with _as_config_error("model"):
+                return conv4(out_way, input_shape=shape, hidden=cfg.model.filters, pool=cfg.model.pool,
+                             per_step_bn=a.inner_steps if a.bn_mode == "per_step" else None, conv_impl=conv_impl,
+                             key=key)
+        if cfg.model.name == "resnet12":
+            from jmeta.models.resnet import resnet12
+
+            with _as_config_error("model"):
+                return resnet12(out_way, input_shape=shape, conv_impl=conv_impl, key=key)
         raise ConfigError(f"model.name={cfg.model.name!r} cannot classify images; valid: ['conv4', 'resnet12']")
+
+    conv_impl = cfg.model.conv_impl
+    model = make_model(conv_impl)
+    if conv_impl == "auto":
+        # The form depends on whether the kernels are adapted per task; the parameters are the same for every
+        # form (same key), so a model built with another form replaces this one.
+        conv_impl = recommended_conv_impl(adapts_conv_kernels(cfg, model.params))
+        if conv_impl != resolve_conv_impl("auto"):
+            model = make_model(conv_impl)
+    conv_impl = resolve_conv_impl(conv_impl)
     algo = build_algorithm(cfg, model.apply, loss="cross_entropy")
     eval_algo = build_algorithm(cfg, model.apply, loss="cross_entropy", n_way=eval_way) if eval_way != t.n_way \
         else algo
@@ -307,4 +342,5 @@ def _build_images(cfg: Config, *, data_dir=None) -> Experiment:
         tp = "map"  # convolutions on XLA:CPU: a loop over tasks beats vmap (see jmeta.ops)
     return Experiment(model, algo, build_meta_optimizer(cfg), train_sample, evals,
                       train_data=put_on_device(train_store), eval_data=put_on_device(eval_store),
-                      task_kind="classification", eval_algorithm=eval_algo, task_parallel=tp)
+                      task_kind="classification", eval_algorithm=eval_algo, task_parallel=tp,
+                      conv_impl=conv_impl)

@@ -36,6 +36,9 @@ def test_omniglot_maml_preset_runs_and_reports_accuracy_with_ci(tmp_path, data_d
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(l)["step"] for l in lines] == [1, 2, 3]
     assert json.loads((tmp_path / "config.json").read_text())["task"]["family"] == "omniglot"
+    from jmeta.ops import recommended_conv_impl
+
+    assert ev["conv_impl"] == recommended_conv_impl(per_task_kernels=True)  # recorded: MAML adapts the kernels
 
 
 def test_protonet_trains_with_more_ways_than_it_tests(tmp_path, data_dir):
@@ -93,6 +96,74 @@ def test_image_config_errors_name_the_key(data_dir):
         C.apply_overrides(C.load("omniglot-5w1s-maml"), ["eval.split=train"])
     with pytest.raises(ConfigError, match="lr_boundaries"):
         C.apply_overrides(C.load("omniglot-5w1s-maml"), ["train.lr_boundaries=[10]"])
+
+
+def _has_conv(model, shape):
+    x = jax.numpy.zeros((2, *shape))
+    jaxpr = jax.make_jaxpr(lambda p, s: model.apply(p, s, x, train=True))(model.params, model.state)
+    return "conv_general_dilated" in str(jaxpr)
+
+
+@pytest.mark.parametrize("name, extra, backend, expected", [
+    ("omniglot-5w1s-maml", [], "gpu", "patches"),          # per-task kernels: no grouped convolutions on GPU
+    ("omniglot-5w1s-fomaml", [], "gpu", "patches"),
+    ("omniglot-5w1s-maml", ["algorithm.name=anil", "algorithm.adapt_params=head"], "gpu", "lax"),  # shared body
+    ("omniglot-5w1s-maml", ['algorithm.adapt_params=["block_3", "head"]'], "gpu", "patches"),
+    ("omniglot-5w1s-protonet", [], "gpu", "lax"),
+    ("omniglot-5w1s-maml", ["model.conv_impl=lax"], "gpu", "lax"),  # an explicit form is kept
+    ("omniglot-5w1s-protonet", ["model.conv_impl=patches"], "gpu", "patches"),
+    ("omniglot-5w1s-imaml", [], "gpu", "patches"),
+    ("omniglot-5w1s-maml", [], "cpu", "patches_vjp"),
+    ("omniglot-5w1s-protonet", [], "cpu", "patches_vjp"),
+])
+def test_image_model_convolution_form_follows_backend_and_algorithm(name, extra, backend, expected, data_dir,
+                                                                   monkeypatch):
+    from jmeta.experiment import build
+
+    cfg = _small(name, *extra)
+    reference = build(cfg, data_dir=data_dir).model.params  # this machine's backend
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    exp = build(cfg, data_dir=data_dir)
+    assert exp.conv_impl == expected
+    # the model really runs that form: "patches" has no convolution op; the others do
+    assert _has_conv(exp.model, (28, 28, 1)) == (expected != "patches")
+    # the form does not change the initialisation
+    for a, b in zip(jax.tree.leaves(exp.model.params), jax.tree.leaves(reference)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    if name.endswith("imaml"):  # forward-over-reverse Hessian-vector products need a form without custom_vjp
+        assert exp.algorithm.hvp == ("reverse" if expected == "patches_vjp" else "forward")
+
+
+def test_every_convolution_form_gives_the_same_meta_step(data_dir):
+    """One second-order MAML meta-step of the image preset built with each form: the same meta-gradient
+    (an SGD(1) meta-optimizer, so the parameter change is the gradient; Adam's first step is about sign(g)
+    and would amplify rounding in the near-zero gradients of the biases before BatchNorm)."""
+    import optax
+
+    from jmeta.experiment import build
+    from jmeta.train.step import init_train_state, make_meta_step
+
+    grads = {}
+    for impl in ("lax", "patches", "patches_vjp"):
+        exp = build(_small("omniglot-5w1s-maml", f"model.conv_impl={impl}"), data_dir=data_dir)
+        assert exp.conv_impl == impl
+        opt = optax.sgd(1.0)
+        state = init_train_state(exp.algorithm, exp.model.params, exp.model.state, opt)
+        step = make_meta_step(exp.algorithm, exp.train_sample, opt, meta_batch_size=2, task_parallel="vmap")
+        with jax.default_matmul_precision("highest"):
+            new, metrics = step(state, jax.random.key(3), exp.train_data)
+        assert np.isfinite(float(metrics["loss"]))
+        grads[impl] = jax.tree.map(lambda a, b: np.asarray(b) - np.asarray(a), new.meta_params, state.meta_params)
+    scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(grads["lax"]))
+    assert scale > 1e-3
+    for impl in ("patches", "patches_vjp"):
+        for a, b in zip(jax.tree.leaves(grads[impl]), jax.tree.leaves(grads["lax"])):
+            np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5 * scale)
+
+
+def test_bad_conv_impl_names_the_key_and_choices():
+    with pytest.raises(ConfigError, match=r"model.conv_impl must be one of \['auto', 'lax', 'patches_vjp', 'patches'\]"):
+        C.apply_overrides(C.load("omniglot-5w1s-maml"), ["model.conv_impl=cudnn"])
 
 
 def test_meta_optimizer_schedules():

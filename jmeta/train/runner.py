@@ -365,7 +365,7 @@ def evaluate_run(cfg: Config, exp, state, key, out=None, *, progress: bool = Fal
                         "median": r[metric]["median"][k], "nonfinite": r[metric]["nonfinite"][k]}
     ev = {"name": cfg.name, "step": int(state.step), "num_tasks": cfg.eval.num_tasks,
           "device": jax.devices()[0].device_kind, "platform": jax.default_backend(),
-          "xla_gpu_deterministic_ops": deterministic_ops_enabled(),
+          "xla_gpu_deterministic_ops": deterministic_ops_enabled(), "conv_impl": exp.conv_impl,
           "summary": summary, "results": results}
     if out is not None:
         atomic_write_json(pathlib.Path(out) / "eval.json", ev)
