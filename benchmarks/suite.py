@@ -47,8 +47,8 @@ support and query points, MSE); ``conv4`` is Conv4-64 on Omniglot-shaped 5-way
 (84x84x3). Image tasks are random on-device tensors: step cost does not depend
 on pixel values. ``--conv-impl`` chooses the convolution form of the image
 models (:data:`jmeta.ops.CONV_IMPLS`; default ``auto``); each row records the
-form it resolved to, so runs with different forms compare side by side. Models and algorithms whose module is missing are skipped
-with a note. Absolute times on a shared CPU are noise; compare ratios from one run.
+form it resolved to, so runs with different forms compare side by side.
+Models and algorithms whose module is missing are skipped with a note. Absolute times on a shared CPU are noise; compare ratios from one run.
 """
 
 from __future__ import annotations
@@ -394,7 +394,8 @@ def summary_text(result: dict) -> str:
              f"{sum(r.get('status') == 'skipped' for r in result['runs'])} skipped, "
              f"{sum(r.get('status') == 'error' for r in result['runs'])} failed",
              f"device: {dev['device_kind']} ({dev['platform']}, {dev['device_count']} device(s)), jax {dev['jax']}",
-             f"dtype {result['dtype']}, task_parallel {result['task_parallel']}, conv_impl {result.get('conv_impl', 'auto')}",
+             f"dtype {result['dtype']}, task_parallel {result['task_parallel']}, "
+             f"conv_impl {result.get('conv_impl', 'auto')}",
              f"command: {result['command']}", ""]
     lines.append("step time / memory / FLOPs per configuration:")
     lines.append(f"  {'model':8s} {'algorithm':8s} {'K':>3s} {'B':>5s} {'remat':6s} {'compile s':>9s} "

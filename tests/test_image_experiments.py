@@ -162,7 +162,8 @@ def test_every_convolution_form_gives_the_same_meta_step(data_dir):
 
 
 def test_bad_conv_impl_names_the_key_and_choices():
-    with pytest.raises(ConfigError, match=r"model.conv_impl must be one of \['auto', 'lax', 'patches_vjp', 'patches'\]"):
+    valid = r"model.conv_impl must be one of \['auto', 'lax', 'patches_vjp', 'patches'\]"
+    with pytest.raises(ConfigError, match=valid):
         C.apply_overrides(C.load("omniglot-5w1s-maml"), ["model.conv_impl=cudnn"])
     with pytest.raises(ConfigError, match="model.conv_impl must be one of"):  # refused for the MLP too
         C.apply_overrides(C.load("sinusoid-maml"), ["model.conv_impl=patch"])
