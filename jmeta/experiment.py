@@ -55,13 +55,19 @@ class Experiment:
             self.eval_algorithm = self.algorithm
 
 
-def build_algorithm(cfg: Config, apply: Callable, *, loss: str, n_way: int | None = None):
-    """The algorithm object named by ``cfg.algorithm.name`` (a value it refuses: :class:`ConfigError`)."""
+def build_algorithm(cfg: Config, apply: Callable, *, loss: str, n_way: int | None = None,
+                    conv_impl: str | None = None):
+    """The algorithm object named by ``cfg.algorithm.name`` (a value it refuses: :class:`ConfigError`).
+
+    ``conv_impl`` is the resolved convolution form of ``apply`` (``None``: no
+    convolutions); iMAML needs it because ``custom_vjp`` forms have no forward mode.
+    """
     with _as_config_error("algorithm"):
-        return _build_algorithm(cfg, apply, loss=loss, n_way=n_way)
+        return _build_algorithm(cfg, apply, loss=loss, n_way=n_way, conv_impl=conv_impl)
 
 
-def _build_algorithm(cfg: Config, apply: Callable, *, loss: str, n_way: int | None = None):
+def _build_algorithm(cfg: Config, apply: Callable, *, loss: str, n_way: int | None = None,
+                     conv_impl: str | None = None):
     """The algorithm object named by ``cfg.algorithm.name``."""
     from jmeta import algorithms as A
 
@@ -88,12 +94,8 @@ def _build_algorithm(cfg: Config, apply: Callable, *, loss: str, n_way: int | No
         return A.Reptile(**common, adapt_params=adapt)
     n_way = cfg.task.n_way if n_way is None else n_way
     if a.name == "imaml":
-        from jmeta.ops import recommended_conv_impl, resolve_conv_impl
-
         # custom_vjp convolutions (patches_vjp, "auto" on the CPU) have no forward mode
-        impl = cfg.model.conv_impl
-        impl = recommended_conv_impl(per_task_kernels=True) if impl == "auto" else resolve_conv_impl(impl)
-        hvp = "reverse" if cfg.model.name != "mlp" and impl == "patches_vjp" else "forward"
+        hvp = "reverse" if conv_impl == "patches_vjp" else "forward"
         return A.IMAML(apply=apply, loss=loss, reg_lambda=a.reg_lambda, inner_lr=a.inner_lr, num_steps=a.inner_steps,
                        eval_steps=a.eval_steps, inner_transform=inner, cg_steps=a.cg_steps, adapt_params=adapt,
                        bn_mode=a.bn_mode, hvp=hvp)
@@ -325,9 +327,9 @@ def _build_images(cfg: Config, *, data_dir=None) -> Experiment:
         if conv_impl != resolve_conv_impl("auto"):
             model = make_model(conv_impl)
     conv_impl = resolve_conv_impl(conv_impl)
-    algo = build_algorithm(cfg, model.apply, loss="cross_entropy")
-    eval_algo = build_algorithm(cfg, model.apply, loss="cross_entropy", n_way=eval_way) if eval_way != t.n_way \
-        else algo
+    algo = build_algorithm(cfg, model.apply, loss="cross_entropy", conv_impl=conv_impl)
+    eval_algo = build_algorithm(cfg, model.apply, loss="cross_entropy", n_way=eval_way, conv_impl=conv_impl) \
+        if eval_way != t.n_way else algo
     train_sampler = EpisodeSampler(t.n_way, t.k_support, t.k_query, **norm)
 
     def train_sample(key, n, data):
