@@ -72,7 +72,6 @@ import _common  # noqa: E402
 
 ALGORITHMS = ("maml", "fomaml", "reptile", "anil", "imaml")
 MODELS = ("mlp", "conv4", "conv4_mini", "resnet12")
-CONV_MODELS = ("conv4", "conv4_mini", "resnet12")
 REMAT = ("none", "full", "dots", "dots_no_batch")
 
 GRIDS = {
@@ -102,6 +101,7 @@ class Workload:
     head: str  # ANIL's adapted parameter prefix
     inner_lr: float
     note: str = ""
+    conv_impl: str | None = None  # the resolved convolution form (None: no convolutions)
 
 
 def _image_sampler(n_way, k_shot, q_query, shape):
@@ -140,6 +140,8 @@ def build_workload(name: str, *, mlp_hidden=(40, 40), conv_impl: str = "auto") -
 
     ``conv_impl`` is passed to the image models (ignored by the MLP).
     """
+    from jmeta.ops import resolve_conv_impl
+
     if name == "mlp":
         from jmeta.models import mlp
         from jmeta.tasks import Sinusoid
@@ -157,7 +159,7 @@ def build_workload(name: str, *, mlp_hidden=(40, 40), conv_impl: str = "auto") -
         return Workload(name, model, "cross_entropy", _image_sampler(5, 1, 15, shape),
                         _head_of(model.params), 0.1,
                         f"Conv4-{hidden} (max-pool), 5-way 1-shot 15 queries, {'x'.join(map(str, shape))} "
-                        f"random images, conv_impl={conv_impl}"), ""
+                        f"random images, conv_impl={conv_impl}", resolve_conv_impl(conv_impl)), ""
     if name == "resnet12":
         if importlib.util.find_spec("jmeta.models.resnet") is None:
             return None, "resnet12 skipped: jmeta/models/resnet.py does not exist"
@@ -169,7 +171,8 @@ def build_workload(name: str, *, mlp_hidden=(40, 40), conv_impl: str = "auto") -
                                            "conv_impl": conv_impl})
         return Workload("resnet12", model, "cross_entropy", _image_sampler(5, 1, 15, (84, 84, 3)),
                         _head_of(model.params), 0.1,
-                        f"ResNet-12, 5-way 1-shot 15 queries, 84x84x3 random images, conv_impl={conv_impl}"), ""
+                        f"ResNet-12, 5-way 1-shot 15 queries, 84x84x3 random images, conv_impl={conv_impl}",
+                        resolve_conv_impl(conv_impl)), ""
     raise ValueError(f"model must be one of {MODELS}, got {name!r}")
 
 
@@ -196,23 +199,22 @@ def build_algorithm(name: str, wl: Workload, num_steps: int, remat: str):
             return None, "imaml stores no inner loop: remat does not apply"
         mod = importlib.import_module("jmeta.algorithms.imaml")
         cls = getattr(mod, "IMAML", None) or getattr(mod, "iMAML")
-        return cls(wl.model.apply, reg_lambda=1.0, **common), ""
+        hvp = "reverse" if wl.conv_impl == "patches_vjp" else "forward"  # custom_vjp: no forward mode
+        return cls(wl.model.apply, reg_lambda=1.0, hvp=hvp, **common), ""
     raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {name!r}")
 
 
 # -- one configuration -----------------------------------------------------------------------------------------
 def bench_config(wl: Workload, algorithm: str, num_steps: int, meta_batch: int, remat: str, *, warmup: int,
-                 repeats: int, dtype: str, task_parallel, conv_impl: str = "auto") -> dict:
+                 repeats: int, dtype: str, task_parallel) -> dict:
     import jax
     import jax.numpy as jnp
     import optax
 
-    from jmeta.ops import resolve_conv_impl
     from jmeta.train import init_train_state, make_meta_step
 
     row = {"model": wl.name, "algorithm": algorithm, "inner_steps": num_steps, "meta_batch": meta_batch,
-           "remat": remat, "dtype": dtype, "task_parallel": str(task_parallel),
-           "conv_impl": resolve_conv_impl(conv_impl) if wl.name in CONV_MODELS else None}
+           "remat": remat, "dtype": dtype, "task_parallel": str(task_parallel), "conv_impl": wl.conv_impl}
     alg, why = build_algorithm(algorithm, wl, num_steps, remat)
     if alg is None:
         row.update(status="skipped", note=why)
@@ -530,7 +532,7 @@ def main(argv=None) -> dict:
             continue
         try:
             row = bench_config(wl, alg, k, b, remat, warmup=grid["warmup"], repeats=grid["repeats"],
-                               dtype=args.dtype, task_parallel=args.task_parallel, conv_impl=args.conv_impl)
+                               dtype=args.dtype, task_parallel=args.task_parallel)
         except Exception as e:  # noqa: BLE001 - one failing configuration must not lose the others
             row = dict(model=model, algorithm=alg, inner_steps=k, meta_batch=b, remat=remat, status="error",
                        note=f"{type(e).__name__}: {e}"[:500])

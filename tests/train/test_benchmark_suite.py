@@ -109,3 +109,15 @@ def test_conv_impl_reaches_the_image_models(suite):
             jaxpr = jax.make_jaxpr(lambda p, s: wl.model.apply(p, s, x, train=True))(wl.model.params, wl.model.state)
             assert ("conv_general_dilated" in str(jaxpr)) == has_conv, (name, impl)
             assert impl in wl.note
+
+
+def test_imaml_on_custom_vjp_convolutions_uses_reverse_hvp(suite):
+    """patches_vjp has no forward mode: the suite's iMAML on it must use reverse-over-reverse HVPs (it failed
+    with 'can't apply forward-mode autodiff (jvp) to a custom_vjp function' on the CPU's default form)."""
+    for impl, hvp in (("patches_vjp", "reverse"), ("lax", "forward"), ("patches", "forward")):
+        wl, _ = suite.build_workload("conv4", conv_impl=impl)
+        assert wl.conv_impl == impl
+        alg, why = suite.build_algorithm("imaml", wl, 1, "none")
+        assert alg is not None, why
+        assert alg.hvp == hvp
+    assert suite.build_workload("mlp")[0].conv_impl is None
