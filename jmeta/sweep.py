@@ -274,6 +274,10 @@ def trial_folder_state(run_dir, cfg: Config) -> tuple[str, str]:
         return "other", f"holds a run ({', '.join(found)}) without a config.json"
     except (OSError, ValueError) as e:
         return "other", f"holds a run whose config.json cannot be read ({type(e).__name__})"
+    try:  # through Config: a config.json written before a key existed holds that key's default
+        there = json.loads(from_dict(there).to_json())
+    except ConfigError as e:
+        return "other", f"holds a run whose config.json is not a valid config ({e})"
     want = json.loads(cfg.to_json())
     if there != want:
         return "other", f"holds a run of another config ({_config_diff(there, want)})"

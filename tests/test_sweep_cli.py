@@ -274,3 +274,20 @@ def test_a_diverged_vectorised_trial_is_recognised_as_metrics_log_writes_it(tmp_
     assert S._diverged_vectorized(tmp_path, cfg)
     cfg.train.steps = 30  # its last record is not the final step: unfinished, not diverged
     assert not S._diverged_vectorized(tmp_path, cfg)
+
+
+def test_trial_config_written_before_a_key_existed_is_the_same_config(tmp_path):
+    """A trial folder's config.json from an older jmeta lacks keys added since (e.g. model.conv_impl); with their
+    defaults it is the same config, so a re-run reuses or resumes the trial instead of refusing the folder."""
+    cfg = _trial_cfg(5, {"algorithm.inner_lr": 0.02}, 1)
+    d = tmp_path / "trial_001"
+    d.mkdir()
+    old = json.loads(cfg.to_json())
+    del old["model"]["conv_impl"]
+    (d / "config.json").write_text(json.dumps(old))
+    (d / "metrics.jsonl").write_text('{"step": 5, "loss": 1.0}\n')
+    assert S.trial_folder_state(d, cfg)[0] == "resume"
+    old["model"]["conv_impl"] = "nope"  # not a valid config: never written to
+    (d / "config.json").write_text(json.dumps(old))
+    state, why = S.trial_folder_state(d, cfg)
+    assert state == "other" and "model.conv_impl" in why
