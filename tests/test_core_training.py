@@ -108,6 +108,38 @@ def test_from_nnx_keeps_batchnorm_state_apart():
     assert float(jnp.abs(g["lin"]["kernel"]).sum()) > 0
 
 
+def test_from_nnx_dropout_draws_one_mask_per_meta_step_as_documented():
+    """`from_nnx`'s docstring: the RNG stream lives in `state`, advanced once per meta-step."""
+    from flax import nnx
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.lin = nnx.Linear(1, 64, rngs=rngs)
+            self.drop = nnx.Dropout(0.5, rngs=rngs)
+            self.head = nnx.Linear(64, 1, rngs=rngs)
+
+        def __call__(self, x):
+            return self.head(self.drop(jax.nn.relu(self.lin(x))))
+
+    model = from_nnx(Net(nnx.Rngs(0)))
+    x = jnp.linspace(-1.0, 1.0, 8)[:, None]
+    a, s1 = model.apply(model.params, model.state, x, train=True)
+    b, _ = model.apply(model.params, model.state, x, train=True)
+    c, _ = model.apply(model.params, s1, x, train=True)
+    e, _ = model.apply(model.params, model.state, x, train=False)
+    np.testing.assert_array_equal(a, b)              # same state, same mask
+    assert not np.allclose(a, c) and not np.allclose(a, e)   # the advanced counter draws another; eval is off
+    algo = MAML(model.apply, inner_lr=0.01, num_steps=2)
+    opt = optax.sgd(0.0)
+    state = init_train_state(algo, model.params, model.state, opt)
+    step = make_meta_step(algo, Sinusoid(5, 5).sample, opt, meta_batch_size=4)
+    counts = []
+    for _ in range(3):
+        state, _ = step(state, jax.random.key(0))
+        counts.append(int(state.model_state["drop"]["rngs"]["count"]))
+    assert counts == [1, 2, 3], counts
+
+
 def test_any_function_of_the_signature_is_a_model():
     from jmeta.models import from_apply
 

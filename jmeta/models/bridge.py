@@ -86,6 +86,14 @@ def from_nnx(module) -> Model:
     mode (BatchNorm uses batch statistics and returns updated running
     statistics); ``train=False`` in evaluation mode (``module.eval()``).
 
+    Stochastic layers: the contract carries no random key. An ``nnx.Dropout``
+    keeps its RNG stream (key and counter) in ``state``, which the algorithms
+    do not thread through inner steps or split across tasks, so within one
+    meta-step every task and every inner step draws the same mask (the
+    counter advances once per meta-step). Algorithms that adapt in training
+    mode (MAML's default ``bn_mode="batch"``) also keep dropout on at
+    evaluation. Prefer deterministic modules inside adapted models.
+
     Example:
       >>> from flax import nnx
       >>> model = from_nnx(nnx.Linear(1, 1, rngs=nnx.Rngs(0)))
