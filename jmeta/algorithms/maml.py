@@ -19,6 +19,7 @@ per-step learning rates, multi-step loss).
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, Callable
 
 import jax
@@ -26,7 +27,7 @@ import jax.numpy as jnp
 import optax
 
 from jmeta.algorithms.base import combine, make_param_filter, partition
-from jmeta.inner.loop import inner_loop, remat_policy
+from jmeta.inner.loop import inner_loop, nan_derivative_at_zero_gradient, remat_policy
 from jmeta.inner.lr import LR_KINDS, init_log_lr, scale_by_learned_lr
 from jmeta.losses import get_loss, metrics_for
 
@@ -109,6 +110,10 @@ class GradientLearner:
     msl_anneal_steps: int = 10_000
     bn_mode: str = "batch"
 
+    # Whether the meta-gradient differentiates through the inner updates
+    # (Reptile's does not); a class constant, not a field.
+    _differentiates_inner_updates = True
+
     def __post_init__(self):
         if not callable(self.apply):
             raise TypeError(f"apply must be a callable model, got {type(self.apply).__name__}")
@@ -124,6 +129,13 @@ class GradientLearner:
         if self.inner_transform is not None and not isinstance(self.inner_transform, optax.GradientTransformation):
             raise TypeError("inner_transform must be an optax.GradientTransformation (the update direction), "
                             f"got {type(self.inner_transform).__name__}")
+        if (self.inner_transform is not None and self._differentiates_inner_updates and not self.first_order
+                and nan_derivative_at_zero_gradient(self.inner_transform)):
+            warnings.warn(
+                f"{type(self).__name__}: inner_transform has a NaN derivative at a zero gradient (e.g. "
+                "optax.scale_by_adam() with its default eps_root=0), so the second-order meta-gradient turns NaN "
+                "whenever an inner-gradient coordinate is exactly zero (a dead ReLU unit's bias is enough); use "
+                "optax.scale_by_adam(eps_root=1e-8) or first_order=True", UserWarning, stacklevel=3)
         if self.bn_mode not in BN_MODES:
             raise ValueError(f"bn_mode must be one of {BN_MODES}, got {self.bn_mode!r}")
         _check_int("msl_anneal_steps", self.msl_anneal_steps, 1)

@@ -43,6 +43,8 @@ class Reptile(GradientLearner):
     num_steps: int = 5
     train_on_query: bool = True
 
+    _differentiates_inner_updates = False  # the surrogate's gradient is theta - phi, never through the loop
+
     def __post_init__(self):
         super().__post_init__()
         if self.learn_lr is not None:

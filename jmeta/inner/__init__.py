@@ -1,6 +1,6 @@
 """Inner-loop machinery: differentiable adaptation by any optax transformation."""
 
-from jmeta.inner.loop import REMAT_POLICIES, InnerResult, inner_loop, remat_policy
+from jmeta.inner.loop import REMAT_POLICIES, InnerResult, inner_loop, nan_derivative_at_zero_gradient, remat_policy
 from jmeta.inner.lr import LR_KINDS, ScaleByLearnedLRState, init_log_lr, scale_by_learned_lr
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "ScaleByLearnedLRState",
     "init_log_lr",
     "inner_loop",
+    "nan_derivative_at_zero_gradient",
     "remat_policy",
     "scale_by_learned_lr",
 ]

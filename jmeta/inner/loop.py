@@ -72,6 +72,35 @@ class InnerResult(NamedTuple):
     evals: Any
 
 
+def nan_derivative_at_zero_gradient(transform: optax.GradientTransformation) -> bool:
+    """Whether ``transform``'s update has a NaN derivative at a zero gradient.
+
+    Such a transform turns a second-order meta-gradient NaN as soon as one
+    coordinate's inner gradient is exactly zero (a dead ReLU unit's bias, a
+    padded class), which happens in most networks: ``optax.scale_by_adam()``
+    with its default ``eps_root=0`` is the usual case (the derivative of
+    ``sqrt(v)`` at ``v = 0``). The check runs the transform once on the
+    gradient ``[0, 1]`` (float32), outside any trace; a transform that cannot run
+    on such a vector (it expects a particular parameter structure) is reported
+    as fine.
+    """
+    with jax.ensure_compile_time_eval():
+        try:
+            params = jnp.zeros((2,), jnp.float32)
+            state = transform.init(params)
+
+            def update(g):
+                return transform.update(g, state, params)[0]
+
+            # One coordinate zero, one not: a global-norm clip (whose derivative
+            # is undefined only when the whole gradient is zero) passes.
+            _, vjp = jax.vjp(update, jnp.array([0.0, 1.0], jnp.float32))
+            (cot,) = vjp(jnp.ones((2,), jnp.float32))
+            return bool(jnp.any(jnp.isnan(cot)))
+        except Exception:  # noqa: BLE001 -- a probe: anything it cannot run is not judged
+            return False
+
+
 def _value_and_grad(loss_fn, has_aux):
     if has_aux:
         return jax.value_and_grad(loss_fn, has_aux=True)

@@ -222,6 +222,55 @@ def test_inner_adam_with_eps_root_gives_finite_meta_gradient(x64):
     assert fd_relative_error(f, model.params, eps=1e-7)[0] < 1e-4
 
 
+_NAN_AT_ZERO = {"adam eps_root=0": (optax.scale_by_adam(), True),
+                "amsgrad": (optax.scale_by_amsgrad(), True),
+                "rms eps outside sqrt": (optax.scale_by_rms(eps_in_sqrt=False), True),
+                "adam eps_root=1e-8": (optax.scale_by_adam(eps_root=1e-8), False),
+                "rms (eps in sqrt)": (optax.scale_by_rms(), False),
+                "global-norm clip": (optax.clip_by_global_norm(1.0), False),
+                "momentum": (optax.trace(0.9), False)}
+
+
+@pytest.mark.parametrize("name", list(_NAN_AT_ZERO))
+def test_nan_derivative_probe_predicts_a_nan_meta_gradient(name):
+    """The probe agrees with what second-order MAML gives on a ReLU MLP (dead units give zero gradients)."""
+    from jmeta.inner import nan_derivative_at_zero_gradient
+
+    transform, nan = _NAN_AT_ZERO[name]
+    assert nan_derivative_at_zero_gradient(transform) is nan
+    model = mlp(1, (40, 40), 1)
+    task = jax.tree.map(lambda a: a[0], Sinusoid(10, 10).sample(jax.random.key(0), 1))
+    with pytest.warns(UserWarning, match="NaN derivative at a zero gradient") if nan else _no_warning():
+        algo = MAML(model.apply, inner_lr=0.01, num_steps=3, inner_transform=transform)
+    g = jax.grad(lambda m: algo.task_loss(m, model.state, task)[0])(algo.init(model.params))
+    finite = all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(g))
+    assert finite is not nan
+
+
+def test_nan_derivative_warning_only_where_the_loop_is_differentiated():
+    model = mlp(1, (8,), 1)
+    adam = optax.scale_by_adam()
+    for cls in (MAML, MetaSGD, ANIL, MAMLPlusPlus):
+        with pytest.warns(UserWarning, match=cls.__name__):
+            cls(model.apply, inner_transform=adam)
+    with _no_warning():
+        FOMAML(model.apply, inner_transform=adam)
+        MAML(model.apply, inner_transform=adam, first_order=True)
+        Reptile(model.apply, inner_transform=adam)
+
+
+def _no_warning():
+    import warnings
+    from contextlib import contextmanager
+
+    @contextmanager
+    def cm():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            yield
+    return cm()
+
+
 def test_multi_step_loss_weights_and_gradient(x64):
     from jmeta.algorithms import msl_weights
 
