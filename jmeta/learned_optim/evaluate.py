@@ -9,6 +9,7 @@ loss; :func:`baseline_optimizers` gives the paper's baselines.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Sequence
 
 import jax
@@ -56,6 +57,29 @@ def _curves(make_opt, hyper, task_family, key, num_tasks, num_steps):
     return jax.vmap(one)(jax.random.split(key, num_tasks))
 
 
+def _build(make_opt, task_family, num_tasks, num_steps, grid):
+    if grid:
+        return jax.jit(jax.vmap(lambda lr, k: _curves(make_opt, lr, task_family, k, num_tasks, num_steps)[:, -1],
+                                in_axes=(0, None)))
+    return jax.jit(lambda h, k: _curves(make_opt, h, task_family, k, num_tasks, num_steps))
+
+
+_build_cached = functools.lru_cache(maxsize=32)(_build)
+
+
+def _compiled(make_opt, task_family, num_tasks, num_steps, *, grid: bool):
+    """The jitted curves function, kept across calls for the same optimizer factory and family.
+
+    A new ``jax.jit`` per call compiled anew every time (seconds per call for
+    an LSTM optimizer); unhashable arguments fall back to an uncached build.
+    """
+    try:
+        hash((make_opt, task_family))
+    except TypeError:
+        return _build(make_opt, task_family, num_tasks, num_steps, grid)
+    return _build_cached(make_opt, task_family, num_tasks, num_steps, grid)
+
+
 def loss_curves(
     make_opt: Callable[[Any], optax.GradientTransformation],
     hyper: Any,
@@ -88,7 +112,7 @@ def loss_curves(
         raise ValueError(f"num_tasks must be a positive int, got {num_tasks!r}")
     if not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
-    fn = jax.jit(lambda h, k: _curves(make_opt, h, task_family, k, num_tasks, num_steps))
+    fn = _compiled(make_opt, task_family, num_tasks, num_steps, grid=False)
     return np.asarray(fn(hyper, key))
 
 
@@ -118,9 +142,7 @@ def tune_learning_rate(
     lrs = np.asarray(list(learning_rates), dtype=np.float64)
     if lrs.ndim != 1 or lrs.size == 0 or not np.all(lrs > 0):
         raise ValueError(f"learning_rates must be a non-empty list of positive numbers, got {learning_rates!r}")
-    fn = jax.jit(
-        jax.vmap(lambda lr, k: _curves(make_opt, lr, task_family, k, num_tasks, num_steps)[:, -1], in_axes=(0, None))
-    )
+    fn = _compiled(make_opt, task_family, num_tasks, num_steps, grid=True)
     finals = np.asarray(fn(jnp.asarray(lrs, jnp.result_type(float)), key))
     finals = np.where(np.isfinite(finals), finals, np.inf)
     medians = np.median(finals, axis=1)

@@ -239,7 +239,10 @@ def load_digits(split: str = "train", image_size: int = 28) -> _Images:
 def _batch(images: _Images, key_or_batch: Any, batch_size: int) -> tuple[Array, Array]:
     if isinstance(key_or_batch, (tuple, list)):
         x, y = key_or_batch
-        return jnp.asarray(x), jnp.asarray(y)
+        x = jnp.asarray(x)
+        if x.dtype == jnp.uint8:  # the stored form (e.g. ``load_digits(...).x``): scaled as keyed batches are
+            x = x.astype(jnp.float32) / 255.0
+        return x, jnp.asarray(y)
     idx = jax.random.randint(key_or_batch, (batch_size,), 0, images.x.shape[0])
     x = jnp.asarray(images.x)[idx].astype(jnp.float32) / 255.0
     return x, jnp.asarray(images.y)[idx]
@@ -375,7 +378,7 @@ class ConvTask:
         if not isinstance(key_or_batch, (tuple, list)):
             key_or_batch = jax.random.fold_in(key_or_batch, jax.random.key_data(self.seed)[-1])
         x, y = _batch(self.images, key_or_batch, self.family.batch_size)
-        h = x[..., None]  # NHWC
+        h = x[..., None].astype(params["conv_0"]["w"].dtype)  # NHWC; lax.conv does not promote (float64 runs)
         for i in range(len(self.family.channels)):
             p = params[f"conv_{i}"]
             h = jax.lax.conv_general_dilated(

@@ -144,3 +144,47 @@ def test_load_digits_rejects_bad_arguments_before_loading():
         load_digits("validation")
     with pytest.raises(ValueError, match="image_size must be a divisor of 28"):
         load_digits("train", 3)
+
+
+def test_loss_curves_compile_once_across_calls():
+    """One compilation serves every value of ``hyper`` (a new ``jax.jit`` per call recompiled each time)."""
+    traced = []
+
+    def make_opt(lr):
+        traced.append(lr)
+        return optax.sgd(lr)
+
+    fam = QuadraticFamily()
+    a = loss_curves(make_opt, 1e-2, fam, key=jax.random.key(1), num_tasks=4, num_steps=5)
+    b = loss_curves(make_opt, 3e-2, fam, key=jax.random.key(1), num_tasks=4, num_steps=5)
+    assert len(traced) == 1 and not np.allclose(a, b)
+    tune_learning_rate(make_opt, [1e-3, 1e-2], fam, key=jax.random.key(0), num_tasks=4, num_steps=5)
+    tune_learning_rate(make_opt, [1e-1, 1e-2], fam, key=jax.random.key(0), num_tasks=4, num_steps=5)
+    assert len(traced) == 2
+    # Unhashable families still work (uncached).
+    class Unhashable(QuadraticFamily):
+        __hash__ = None
+    c = loss_curves(make_opt, 1e-2, Unhashable(), key=jax.random.key(1), num_tasks=4, num_steps=5)
+    np.testing.assert_allclose(c, a, rtol=1e-6)
+
+
+@pytest.mark.parametrize("family", [MLPFamily, ConvFamily])
+def test_image_tasks_explicit_uint8_batch_and_float64(family):
+    """The stored uint8 images passed as ``(x, y)`` give the keyed path's loss; float64 runs (lax.conv too)."""
+    from conftest import x64_enabled
+
+    _digits_or_skip()
+    fam = family(image_size=14, batch_size=8)
+    task = fam.sample(jax.random.key(0))
+    params = task.init(jax.random.key(1))
+    data = load_digits("train", image_size=14)
+    x, y = data.x[:8], data.y[:8]
+    assert x.dtype == np.uint8
+    np.testing.assert_allclose(task.loss(params, (x, y)), task.loss(params, (x.astype(np.float32) / 255.0, y)),
+                               rtol=1e-6)
+    with x64_enabled():
+        p64 = task.init(jax.random.key(1))
+        assert p64[next(iter(p64))]["w"].dtype == jnp.float64
+        loss = task.loss(p64, jax.random.key(2))
+        g = jax.grad(task.loss)(p64, jax.random.key(2))
+    assert np.isfinite(float(loss)) and all(np.all(np.isfinite(v)) for v in jax.tree.leaves(g))
