@@ -44,7 +44,7 @@ import optax
 from jmeta.algorithms.base import combine, make_param_filter, partition
 from jmeta.algorithms.r2d2 import _check_int, _check_pos
 from jmeta.implicit.root import custom_root
-from jmeta.inner.loop import inner_loop
+from jmeta.inner.loop import check_inner_transform, inner_loop
 from jmeta.losses import get_loss, metrics_for
 
 PyTree = Any
@@ -75,6 +75,8 @@ class IMAML:
       eval_steps: inner steps at evaluation (default ``num_steps``).
       inner_transform: optional optax update direction before the learning
         rate (e.g. ``optax.scale_by_adam()``); default plain gradient descent.
+        ``-inner_lr`` is applied after it, so a whole optimizer (``optax.adam(lr)``)
+        goes in as ``optax.chain(opt, optax.scale(-1.0))`` with ``inner_lr=1.0``.
       cg_steps: iterations of the meta-gradient's linear solver (CG; the paper uses 5), also for
         ``"gmres"`` (Krylov iterations, not restart cycles) and ``"bicgstab"``.
       cg_damping: :math:`\mu \ge 0`; solves :math:`((1+\mu)I + H/\lambda)g = \nabla L^q`.
@@ -119,6 +121,7 @@ class IMAML:
         if self.inner_transform is not None and not isinstance(self.inner_transform, optax.GradientTransformation):
             raise TypeError("inner_transform must be an optax.GradientTransformation, "
                             f"got {type(self.inner_transform).__name__}")
+        check_inner_transform("IMAML", self.inner_transform, differentiated=False)
         _check_int("cg_steps", self.cg_steps, 1)
         _check_pos("cg_damping", self.cg_damping, allow_zero=True)
         _check_pos("cg_tol", self.cg_tol, allow_zero=True)

@@ -19,7 +19,6 @@ per-step learning rates, multi-step loss).
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from typing import Any, Callable
 
 import jax
@@ -27,7 +26,7 @@ import jax.numpy as jnp
 import optax
 
 from jmeta.algorithms.base import combine, make_param_filter, partition
-from jmeta.inner.loop import inner_loop, nan_derivative_at_zero_gradient, remat_policy
+from jmeta.inner.loop import check_inner_transform, inner_loop, remat_policy
 from jmeta.inner.lr import LR_KINDS, init_log_lr, scale_by_learned_lr
 from jmeta.losses import get_loss, metrics_for
 
@@ -71,7 +70,11 @@ class GradientLearner:
       inner_transform: the inner update direction before the learning rate
         (default: the plain gradient, i.e. SGD). E.g.
         ``optax.scale_by_adam(eps_root=1e-8)`` for inner Adam; the learning
-        rate, fixed or learned, is applied by jmeta after it.
+        rate, fixed or learned, is applied by jmeta after it (``-inner_lr``),
+        so a whole optimizer such as ``optax.adam(lr)`` or a learned
+        optimizer's ``opt_fn(theta)`` goes in as ``optax.chain(opt,
+        optax.scale(-1.0))`` with ``inner_lr=1.0`` (a transform whose first
+        update opposes the gradient is warned about at construction).
       learn_lr: ``None`` (fixed ``inner_lr``) or a kind from
         :data:`jmeta.inner.LR_KINDS`; learned rates are stored as ``log(lr)``
         in ``meta_params["log_lr"]``.
@@ -129,13 +132,8 @@ class GradientLearner:
         if self.inner_transform is not None and not isinstance(self.inner_transform, optax.GradientTransformation):
             raise TypeError("inner_transform must be an optax.GradientTransformation (the update direction), "
                             f"got {type(self.inner_transform).__name__}")
-        if (self.inner_transform is not None and self._differentiates_inner_updates and not self.first_order
-                and nan_derivative_at_zero_gradient(self.inner_transform)):
-            warnings.warn(
-                f"{type(self).__name__}: inner_transform has a NaN derivative at a zero gradient (e.g. "
-                "optax.scale_by_adam() with its default eps_root=0), so the second-order meta-gradient turns NaN "
-                "whenever an inner-gradient coordinate is exactly zero (a dead ReLU unit's bias is enough); use "
-                "optax.scale_by_adam(eps_root=1e-8) or first_order=True", UserWarning, stacklevel=3)
+        check_inner_transform(type(self).__name__, self.inner_transform,
+                              differentiated=self._differentiates_inner_updates and not self.first_order)
         if self.bn_mode not in BN_MODES:
             raise ValueError(f"bn_mode must be one of {BN_MODES}, got {self.bn_mode!r}")
         _check_int("msl_anneal_steps", self.msl_anneal_steps, 1)

@@ -101,6 +101,59 @@ def nan_derivative_at_zero_gradient(transform: optax.GradientTransformation) -> 
             return False
 
 
+def update_opposes_gradient(transform: optax.GradientTransformation) -> bool:
+    """Whether ``transform``'s first update points against the gradient.
+
+    jmeta's algorithms take ``inner_transform`` as a *direction* (what
+    ``optax.scale_by_adam`` returns) and apply ``-inner_lr`` after it. A whole
+    optimizer (``optax.adam(1e-3)``, ``optax.sgd(0.1)``, a learned
+    optimizer's ``opt_fn(theta)``) already carries its negative learning rate,
+    so chained that way the inner loop would *ascend*. The probe runs the
+    transform once on the gradient ``[1, 2]`` (float32), outside any trace,
+    and reports a negative inner product; a transform that cannot run on such
+    a vector is reported as fine, and so is one holding a jmeta
+    ``LSTMOptimizer``'s state (a learned optimizer points wherever its
+    meta-parameters make it, descending or not, however it is wrapped).
+    """
+    from jmeta.learned_optim.lstm import LSTMOptimizerState
+
+    def learned(x):
+        return isinstance(x, LSTMOptimizerState)
+
+    with jax.ensure_compile_time_eval():
+        try:
+            params = jnp.zeros((2,), jnp.float32)
+            g = jnp.array([1.0, 2.0], jnp.float32)
+            state = transform.init(params)
+            if any(learned(x) for x in jax.tree.leaves(state, is_leaf=learned)):
+                return False
+            u, _ = transform.update(g, state, params)
+            return bool(jnp.vdot(jnp.asarray(u, jnp.float32), g) < 0)
+        except Exception:  # noqa: BLE001 -- a probe: anything it cannot run is not judged
+            return False
+
+
+def check_inner_transform(owner: str, transform, *, differentiated: bool, stacklevel: int = 4) -> None:
+    """Warns about an ``inner_transform`` that ascends or whose derivative is NaN at zero."""
+    import warnings
+
+    if transform is None:
+        return
+    if update_opposes_gradient(transform):
+        warnings.warn(
+            f"{owner}: inner_transform's update points against the gradient: it looks like a whole optimizer "
+            "(e.g. optax.adam(lr), optax.sgd(lr), a learned optimizer's opt_fn) that already applies a negative "
+            "learning rate, and jmeta applies -inner_lr after it, so the inner loop would ascend; pass the "
+            "direction (e.g. optax.scale_by_adam(eps_root=1e-8)), or optax.chain(optimizer, optax.scale(-1.0)) "
+            "with inner_lr=1.0", UserWarning, stacklevel=stacklevel)
+    if differentiated and nan_derivative_at_zero_gradient(transform):
+        warnings.warn(
+            f"{owner}: inner_transform has a NaN derivative at a zero gradient (e.g. optax.scale_by_adam() with "
+            "its default eps_root=0), so the second-order meta-gradient turns NaN whenever an inner-gradient "
+            "coordinate is exactly zero (a dead ReLU unit's bias is enough); use "
+            "optax.scale_by_adam(eps_root=1e-8) or first_order=True", UserWarning, stacklevel=stacklevel)
+
+
 def _value_and_grad(loss_fn, has_aux):
     if has_aux:
         return jax.value_and_grad(loss_fn, has_aux=True)

@@ -362,3 +362,42 @@ def test_model_output_not_matching_labels_is_a_clear_error():
     task = jax.tree.map(lambda a: a[0], Sinusoid(5, 5).sample(jax.random.key(0), 1))
     with pytest.raises(ValueError, match=r"model output shape \(5, 3\) does not match the targets' shape \(5, 1\)"):
         algo.task_loss(algo.init(model.params), model.state, task)
+
+
+@pytest.mark.parametrize("cls", [MAML, FOMAML, Reptile, "IMAML"])
+def test_a_whole_optimizer_as_inner_transform_is_warned_about(cls):
+    """inner_transform is a direction; optax.adam(lr) / optax.sgd(lr) already descend, -inner_lr would ascend."""
+    if cls == "IMAML":
+        from jmeta.algorithms import IMAML as cls
+    model = mlp(1, (8,), 1)
+    for opt in (optax.adam(1e-3), optax.sgd(0.1)):
+        with pytest.warns(UserWarning, match="points against the gradient"):
+            cls(model.apply, inner_transform=opt)
+    with _no_warning():
+        cls(model.apply, inner_transform=optax.chain(optax.sgd(0.1), optax.scale(-1.0)), inner_lr=1.0)
+        cls(model.apply, inner_transform=optax.scale_by_adam(eps_root=1e-8))
+        cls(model.apply, inner_transform=optax.trace(0.9))
+
+
+def test_learned_optimizer_inside_maml_as_documented():
+    """MAML's docstring: a whole optimizer goes in as chain(opt, scale(-1)) with inner_lr=1 -- it then
+    takes exactly the optimizer's own steps (checked against applying its updates by hand)."""
+    from jmeta.learned_optim import LSTMOptimizer
+
+    model = mlp(1, (8,), 1)
+    lopt = LSTMOptimizer(hidden_size=4)
+    opt = lopt.opt_fn(lopt.init(jax.random.key(3)))
+    with _no_warning():  # this random LSTM's first update happens to ascend; a learned optimizer is not judged
+        algo = MAML(model.apply, inner_lr=1.0, num_steps=3, inner_transform=optax.chain(opt, optax.scale(-1.0)))
+    task = jax.tree.map(lambda a: a[0], Sinusoid(5, 5).sample(jax.random.key(0), 1))
+    adapted = algo.adapt(algo.init(model.params), model.state, task.support_x, task.support_y)
+
+    def loss(p):
+        return jnp.mean((model.apply(p, model.state, task.support_x, train=True)[0] - task.support_y) ** 2)
+
+    p, s = model.params, opt.init(model.params)
+    for _ in range(3):
+        u, s = opt.update(jax.grad(loss)(p), s, p)
+        p = optax.apply_updates(p, u)
+    for a, b in zip(jax.tree.leaves(adapted), jax.tree.leaves(p)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
