@@ -68,7 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="meta-train (default: MAML on sinusoid, the paper's settings)",
                        description="Meta-train and evaluate; writes a run folder.")
     _train_args(t)
-    e = sub.add_parser("eval", help="evaluate a run's last checkpoint on held-out tasks")
+    e = sub.add_parser("eval", help="evaluate a run's last checkpoint on held-out tasks",
+                       description="Evaluates RUN_DIR's last checkpoint. With the run's own settings the result "
+                                   "rewrites RUN_DIR/eval.json; with another --num-tasks or --steps it goes to "
+                                   "RUN_DIR/eval-<N>tasks-<S>steps.json, leaving eval.json as it was.")
     e.add_argument("run_dir")
     e.add_argument("--num-tasks", type=int, default=None)
     e.add_argument("--steps", type=int, default=None, help="adaptation steps at test time")
@@ -207,13 +210,14 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from jmeta import config as C
     from jmeta.experiment import load_run
-    from jmeta.train.runner import evaluate_run, run_keys
+    from jmeta.train.runner import EVAL_JSON, evaluate_run, run_keys
 
     run = pathlib.Path(args.run_dir)
     if not (run / "config.json").is_file():
         raise CLIError(f"{run}: no config.json there (not a jmeta run folder)")
     cfg = C.load(str(run))
     _determinism(cfg)
+    own = cfg.eval
     if args.num_tasks is not None:
         cfg = C.apply_override(cfg, f"eval.num_tasks={args.num_tasks}")
     if args.steps is not None:
@@ -223,9 +227,15 @@ def cmd_eval(args) -> int:
         cfg = C.apply_overrides(cfg, [f"eval.steps={args.steps}", f"eval.report_steps={json.dumps(report)}"])
     cfg, exp, state = load_run(run, cfg=cfg, data_dir=args.data_dir)
     _, k_eval, _ = run_keys(cfg.train.seed)
-    ev = evaluate_run(cfg, exp, state, k_eval, run, progress=not args.no_progress)
+    e = cfg.eval
+    # The run's own evaluation settings rewrite its eval.json (the same numbers, or the first evaluation of a
+    # --no-eval run); other settings go beside it, so a quick look never replaces the run's result.
+    same = (e.num_tasks, e.steps, tuple(e.report_steps)) == (own.num_tasks, own.steps, tuple(own.report_steps))
+    name = EVAL_JSON if same else f"eval-{e.num_tasks}tasks-{e.steps}steps.json"
+    ev = evaluate_run(cfg, exp, state, k_eval, run, progress=not args.no_progress, filename=name)
     print(f"jmeta: {run} at meta-step {ev['step']}, {cfg.eval.num_tasks} held-out tasks (mean ± 95% CI):")
     _print_eval(ev)
+    print(f"jmeta: wrote {run / name}")
     return 0
 
 

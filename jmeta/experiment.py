@@ -208,7 +208,7 @@ def load_run(run_dir, *, cfg: Config | None = None, step: int | None = None, dat
     import pathlib
 
     from jmeta import config as C
-    from jmeta.train.checkpoint import Checkpointer
+    from jmeta.train.checkpoint import CheckpointError, Checkpointer
     from jmeta.train.runner import run_keys
     from jmeta.train.step import init_train_state
 
@@ -217,6 +217,8 @@ def load_run(run_dir, *, cfg: Config | None = None, step: int | None = None, dat
         raise FileNotFoundError(f"{run}: no config.json there (not a jmeta run folder)")
     if cfg is None:
         cfg = C.load(str(run))
+    if not (run / "checkpoints").is_dir():  # before building (datasets) and without creating the folder
+        raise CheckpointError(f"no checkpoint found in {run / 'checkpoints'}")
     exp = build(cfg, data_dir=data_dir)
     _, _, k_init = run_keys(cfg.train.seed)
     template = init_train_state(exp.algorithm, exp.model.params, exp.model.state, exp.meta_optimizer, key=k_init)

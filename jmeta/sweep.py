@@ -252,22 +252,24 @@ def _read_eval(path: pathlib.Path):
 def trial_folder_state(run_dir, cfg: Config) -> tuple[str, str]:
     """What the trial folder ``run_dir`` holds for the trial config ``cfg``: ``(state, why)``.
 
-    ``"new"``: no run yet (missing, empty, or only a ``config.json``; a trial
-    trains there from scratch). ``"done"``: a run of exactly ``cfg`` with an
+    ``"new"``: no run yet (missing, empty, or only this trial's
+    ``config.json``; a trial trains there from scratch). ``"done"``: a run of exactly ``cfg`` with an
     ``eval.json`` of its final step ``cfg.train.steps`` (reused). ``"resume"``:
     a run of exactly ``cfg`` without that evaluation (interrupted, or an
     ``eval.json`` left from fewer steps); it is continued from its latest
     checkpoint. ``"other"``: anything else (a run of another config, a run
-    without a readable ``config.json``, a file): never written to.
+    without a readable ``config.json``, a lone ``config.json`` that is not
+    this trial's, a file): never written to.
     """
-    from jmeta.train.runner import existing_run
+    from jmeta.train.runner import existing_run, foreign_config
 
     d = pathlib.Path(run_dir)
     if d.exists() and not d.is_dir():
         return "other", "is a file, not a trial folder"
     found = existing_run(d) if d.exists() else []
     if not found:
-        return "new", ""
+        foreign = foreign_config(d, cfg) if d.exists() else None
+        return ("other", f"holds no run, but {foreign}") if foreign else ("new", "")
     try:
         there = json.loads((d / "config.json").read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -54,13 +54,21 @@ def test_nan_stops_the_process_with_a_one_line_error_naming_step_and_checkpoint(
     assert "Traceback" not in proc.stderr
     assert len(err) == 1 and err[0].startswith("error: non-finite loss or meta-gradient at meta-step 20;"), err
     assert f"Last good checkpoint: step 20 in {run / 'checkpoints'}" in err[0]
-    assert "train.on_nan=skip" in err[0]
+    assert f"Edit {run / 'config.json'}" in err[0] and 'set train.on_nan to "skip"' in err[0]
+    assert f"then resume with `jmeta train --resume {run}`" in err[0]
     # Nothing was written past the bad step.
     ck = Checkpointer(run / "checkpoints")
     assert ck.latest_step() == 20
     ck.close()
     assert [r["step"] for r in MetricsLog.read(run / "metrics.jsonl")] == [10, 20]
     assert not (run / "eval.json").exists()
+    # The advice works as given (--resume takes no --set, so the edit goes into config.json).
+    cfg["train"]["on_nan"] = "skip"
+    (run / "config.json").write_text(json.dumps(cfg))
+    assert main(["train", "--resume", str(run), "--no-progress", "--no-plots", "--no-eval",
+                 "--no-tensorboard"]) == 0
+    recs = MetricsLog.read(run / "metrics.jsonl")
+    assert [r["step"] for r in recs] == [10, 20, 30, 40] and recs[-1]["skipped_updates"] == 20
 
 
 def test_nan_skip_drops_updates_and_counts_them(tmp_path):
@@ -170,3 +178,82 @@ def test_records_average_the_whole_window_whatever_the_checkpoints(tmp_path):
     assert [r["step"] for r in plain] == [10, 20]
     for run in ("ckpt3", "split"):  # equal up to float32 rounding of the partial means
         assert _records(tmp_path / run) == [pytest.approx(r, rel=1e-6) for r in plain], run
+
+
+def test_resume_at_the_final_step_writes_the_last_partial_window(tmp_path):
+    """train.steps raised only to a checkpoint inside a logging window: nothing runs, but the record the
+    uninterrupted run writes at its last step is written, and a later resume averages as before."""
+    from jmeta.train.runner import train
+
+    kw = dict(progress=False, evaluate_at_end=False, plots=False, tensorboard=False)
+    ck15 = ["train.checkpoint_every=15", "train.log_every=10"]
+    train(_cfg("train.steps=15", *ck15), tmp_path / "whole", **kw)
+    train(_cfg("train.steps=30", *ck15), tmp_path / "split", stop_after=15, **kw)
+    assert [r["step"] for r in _records(tmp_path / "split")] == [10]
+    train(_cfg("train.steps=15", *ck15), tmp_path / "split", resume=True, **kw)
+    assert _records(tmp_path / "split") == [pytest.approx(r, rel=1e-6) for r in _records(tmp_path / "whole")]
+    train(_cfg("train.steps=30", *ck15), tmp_path / "whole", resume=True, **kw)
+    train(_cfg("train.steps=30", *ck15), tmp_path / "split", resume=True, **kw)
+    whole = _records(tmp_path / "whole")
+    assert [r["step"] for r in whole] == [10, 15, 20, 30]
+    assert _records(tmp_path / "split") == [pytest.approx(r, rel=1e-6) for r in whole]
+
+
+def test_an_infinite_window_mean_stays_infinite_across_a_resume(tmp_path):
+    """Window sums are saved with the checkpoint; inf must come back as inf (it came back as NaN)."""
+    from jmeta.train.runner import _Carry, _restore_carry, _save_carry
+
+    class Ck:
+        def all_steps(self):
+            return [5]
+
+    c = _Carry({"loss": float("inf"), "neg": float("-inf"), "bad": float("nan"), "ok": 1.5}, 5, 2)
+    _save_carry(Ck(), tmp_path, 5, c)
+    json.loads((tmp_path / "runner_state.json").read_text(), parse_constant=lambda n: pytest.fail(n))
+    back = _restore_carry(tmp_path, 5)
+    assert back.sums["loss"] == float("inf") and back.sums["neg"] == float("-inf") and np.isnan(back.sums["bad"])
+    assert back.sums["ok"] == 1.5 and (back.steps, back.skipped) == (5, 2)
+
+
+def test_resume_refuses_a_run_whose_checkpoints_are_gone(tmp_path, capsys):
+    """Without a complete checkpoint a resume starts over: right after a crash before the first checkpoint,
+    but a finished (or checkpointed) run whose checkpoints were deleted would lose its metrics."""
+    import shutil
+
+    from jmeta.train.runner import train
+
+    kw = dict(progress=False, evaluate_at_end=False, plots=False, tensorboard=False)
+    run = tmp_path / "run"
+    train(_cfg("train.steps=30"), run, **kw)
+    shutil.rmtree(run / "checkpoints")
+    before = (run / "metrics.jsonl").read_bytes()
+    err = _one_line_error(capsys, ["train", "--resume", str(run), "--no-progress", "--no-plots"], rc=2)
+    assert "no complete checkpoint" in err and "reaches meta-step 30" in err and "another --out" in err
+    assert (run / "metrics.jsonl").read_bytes() == before
+    # A crash before the first checkpoint (metrics up to step 10 of a run checkpointing every 20) restarts.
+    early = tmp_path / "early"
+    train(_cfg("train.steps=30", "train.checkpoint_every=20"), early, stop_after=10, **kw)
+    shutil.rmtree(early / "checkpoints")
+    train(_cfg("train.steps=30", "train.checkpoint_every=20"), early, resume=True, **kw)
+    assert [r["step"] for r in _records(early)] == [10, 20, 30]
+
+
+def test_a_fresh_run_never_overwrites_another_config_json(tmp_path, capsys):
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "config.json").write_text('{"my": "precious config"}')
+    err = _one_line_error(capsys, ["train", "--out", str(d), "--steps", "5", "--no-progress", "--no-eval",
+                                   "--no-plots"], rc=2)
+    assert "not a jmeta config" in err and "another --out" in err
+    assert (d / "config.json").read_text() == '{"my": "precious config"}'
+    # Another run's config (nothing else there yet) is refused too; the same config is this run's own.
+    from jmeta.train.runner import train
+
+    kw = dict(progress=False, evaluate_at_end=False, plots=False, tensorboard=False)
+    e = tmp_path / "e"
+    e.mkdir()
+    (e / "config.json").write_text(_cfg("train.steps=5").to_json())
+    with pytest.raises(FileExistsError, match="another run's config"):
+        train(_cfg("train.steps=6"), e, **kw)
+    train(_cfg("train.steps=5"), e, **kw)
+    assert [r["step"] for r in _records(e)] == [5]

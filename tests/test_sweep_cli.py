@@ -291,3 +291,19 @@ def test_trial_config_written_before_a_key_existed_is_the_same_config(tmp_path):
     (d / "config.json").write_text(json.dumps(old))
     state, why = S.trial_folder_state(d, cfg)
     assert state == "other" and "model.conv_impl" in why
+
+
+def test_trial_folder_with_only_another_config_json_is_left_alone(tmp_path):
+    """A lone config.json of this trial is a trial that never started ("new"); one of another config, or a
+    file that is not a jmeta config, would be overwritten by the trial's run, which refuses it: "other"."""
+    cfg = _trial_cfg(5, {"algorithm.inner_lr": 0.02}, 1)
+    d = tmp_path / "trial_001"
+    d.mkdir()
+    (d / "config.json").write_text(cfg.to_json())
+    assert S.trial_folder_state(d, cfg) == ("new", "")
+    (d / "config.json").write_text(_trial_cfg(5, {"algorithm.inner_lr": 0.03}, 1).to_json())
+    state, why = S.trial_folder_state(d, cfg)
+    assert state == "other" and "another run's config" in why
+    (d / "config.json").write_text("{}}")
+    state, why = S.trial_folder_state(d, cfg)
+    assert state == "other" and "not a jmeta config" in why

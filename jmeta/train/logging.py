@@ -22,6 +22,8 @@ from jmeta._io import atomic_write_text
 
 
 def _jsonable(v):
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v  # counts (skipped_updates) stay integers
     try:
         f = float(v)
     except (TypeError, ValueError):

@@ -32,6 +32,7 @@ true; :mod:`jmeta.train.determinism`): without them two runs of one seed differ.
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 import time
 import warnings
@@ -54,6 +55,25 @@ class NonFiniteError(RuntimeError):
 
 class RunExistsError(FileExistsError):
     """A fresh run was asked for in a folder that already holds one (resume it, or use another folder)."""
+
+
+def foreign_config(out_dir, cfg: Config) -> str | None:
+    """Why ``out_dir/config.json`` is not ``cfg``'s (unreadable, not a jmeta config, another config), or None.
+
+    Compared through :class:`Config`, so a file written before a key existed holds that key's default.
+    """
+    from jmeta.config import ConfigError, from_dict
+
+    path = pathlib.Path(out_dir) / "config.json"
+    if not path.exists():
+        return None
+    try:
+        there = json.loads(from_dict(json.loads(path.read_text(encoding="utf-8"))).to_json())
+    except (OSError, ValueError, TypeError, AttributeError, ConfigError) as e:
+        return f"its config.json is not a jmeta config ({type(e).__name__})"
+    if there != json.loads(cfg.to_json()):
+        return "its config.json is another run's config"
+    return None
 
 
 def existing_run(out_dir) -> list[str]:
@@ -81,6 +101,7 @@ def run_keys(seed: int):
 
 
 RUNNER_STATE = "runner_state.json"
+EVAL_JSON = "eval.json"
 
 
 class _Carry:
@@ -102,20 +123,28 @@ class _Carry:
         return rec
 
     def to_dict(self) -> dict:
-        return {"window_sums": self.sums, "window_steps": self.steps, "skipped_updates": self.skipped}
+        # Non-finite sums as "inf" / "-inf" / "nan" (standard JSON has none of them; null would read back as
+        # NaN and turn an inf window mean into nan after a resume).
+        sums = {k: v if math.isfinite(v) else str(v) for k, v in self.sums.items()}
+        return {"window_sums": sums, "window_steps": self.steps, "skipped_updates": self.skipped}
 
 
-def _save(ckpt, out: pathlib.Path, step: int, state, carry: _Carry) -> None:
-    """Checkpoint ``step`` and, first, the host carry at that step (so a complete checkpoint always has it)."""
+def _save_carry(ckpt, out: pathlib.Path, step: int, carry: _Carry) -> None:
+    """Records the host carry of checkpoint ``step`` (dropping entries of checkpoints no longer kept)."""
     path = out / RUNNER_STATE
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         saved = {}
-    keep = {str(s) for s in ckpt.all_steps()}
+    keep = {str(s) for s in ckpt.all_steps()} | {str(step)}
     saved = {k: v for k, v in saved.items() if k in keep}
     saved[str(step)] = carry.to_dict()
     atomic_write_json(path, saved)
+
+
+def _save(ckpt, out: pathlib.Path, step: int, state, carry: _Carry) -> None:
+    """Checkpoint ``step`` and, first, the host carry at that step (so a complete checkpoint always has it)."""
+    _save_carry(ckpt, out, step, carry)
     ckpt.save(step, state)
 
 
@@ -132,6 +161,30 @@ def _restore_carry(out: pathlib.Path, step: int) -> _Carry:
     recs = [r for r in MetricsLog.read(out / "metrics.jsonl") if r.get("step", 0) <= step] \
         if (out / "metrics.jsonl").exists() else []
     return _Carry(skipped=recs[-1].get("skipped_updates", 0) if recs else 0)
+
+
+def _lost_checkpoints(out: pathlib.Path, t) -> str | None:
+    """What shows that a run without a complete checkpoint had one (so starting over would lose it), or None.
+
+    A run that stopped before its first checkpoint (a crash, a non-finite loss) starts over on resume, as
+    it should; one that has an ``eval.json``, or a metrics record past the first checkpoint step, was
+    checkpointed before.
+    """
+    if (out / "eval.json").exists():
+        return "it has an eval.json (it finished)"
+    path = out / "metrics.jsonl"
+    if not path.exists():
+        return None
+    steps = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            steps.append(int(json.loads(line).get("step", 0)))
+        except (ValueError, AttributeError, TypeError):
+            continue  # a torn line
+    first = t.checkpoint_every or t.steps
+    if steps and max(steps) > first:
+        return f"its metrics.jsonl reaches meta-step {max(steps)}, past the first checkpoint (step {first})"
+    return None
 
 
 def _guarded_steps(step_fn, on_nan: str):
@@ -202,7 +255,7 @@ def train(cfg: Config, out_dir, *, resume: bool = False, progress: bool = True, 
     """
     from jmeta.config import ConfigError, validate
     from jmeta.experiment import build
-    from jmeta.train.checkpoint import Checkpointer
+    from jmeta.train.checkpoint import CheckpointError, Checkpointer
     from jmeta.train.step import init_train_state, make_meta_step
 
     validate(cfg)
@@ -216,6 +269,10 @@ def train(cfg: Config, out_dir, *, resume: bool = False, progress: bool = True, 
     if found:
         raise RunExistsError(f"{out} already holds a run ({', '.join(found)}); continue it with "
                              f"`jmeta train --resume {out}` (resume=True), or give another --out")
+    foreign = None if resume else foreign_config(out, cfg)
+    if foreign:
+        raise RunExistsError(f"{out}: {foreign}, which a fresh run would overwrite; give another --out "
+                             f"(or remove {out / 'config.json'})")
     out.mkdir(parents=True, exist_ok=True)
     t = cfg.train
     ckpt = Checkpointer(out / "checkpoints", keep=t.keep_checkpoints)  # first: refuses an unusable orbax at once
@@ -224,6 +281,13 @@ def train(cfg: Config, out_dir, *, resume: bool = False, progress: bool = True, 
         ckpt.close()
         raise ConfigError(f"train.steps={t.steps} is below the {latest} meta-steps this run has done; a resumed run "
                           f"can only train for longer (steps >= {latest})")
+    if resume and latest is None:
+        lost = _lost_checkpoints(out, t)
+        if lost:
+            ckpt.close()
+            raise CheckpointError(f"--resume {out}: no complete checkpoint in {out / 'checkpoints'}, but {lost}: "
+                                  f"its checkpoints were removed or lost, and resuming would start over and "
+                                  f"replace its metrics; train into another --out (or move {out} aside)")
     atomic_write_json(out / "config.json", cfg.to_dict())
     exp = build(cfg, data_dir=data_dir)
     k_train, k_eval, k_init = run_keys(t.seed)
@@ -253,6 +317,14 @@ def train(cfg: Config, out_dir, *, resume: bool = False, progress: bool = True, 
     last_ckpt = start
     s = start
     metrics = None
+
+    def write_record():
+        rec = carry.pop_mean()
+        if t.on_nan == "skip":
+            rec["skipped_updates"] = carry.skipped
+        rec["time"] = round(time.perf_counter() - t0, 3)
+        log.write(s, rec)
+        bar.update(s, postfix=f"loss {rec.get('loss', float('nan')):.4f}")
     try:
         while s < total:
             # Run up to the next logging / checkpoint / final step in one call.
@@ -269,20 +341,21 @@ def train(cfg: Config, out_dir, *, resume: bool = False, progress: bool = True, 
                     f"non-finite loss or meta-gradient at meta-step {b}; the run stopped without applying "
                     f"it. Last good checkpoint: "
                     f"{'step ' + str(last) + ' in ' + str(ckpt.directory) if last is not None else 'none'}. "
-                    f"Resume with `jmeta train --resume {out}` after lowering train.meta_lr or "
-                    f"algorithm.inner_lr (edit {out / 'config.json'}), or use --set train.on_nan=skip "
-                    f"to drop such updates.")
+                    f"Edit {out / 'config.json'} (lower train.meta_lr or algorithm.inner_lr, or set "
+                    f"train.on_nan to \"skip\" to drop such updates), then resume with "
+                    f"`jmeta train --resume {out}`.")
             carry.skipped = int(skipped)
             if s % t.log_every == 0 or s == t.steps:
-                rec = carry.pop_mean()
-                if t.on_nan == "skip":
-                    rec["skipped_updates"] = carry.skipped
-                rec["time"] = round(time.perf_counter() - t0, 3)
-                log.write(s, rec)
-                bar.update(s, postfix=f"loss {rec.get('loss', float('nan')):.4f}")
+                write_record()
             if t.checkpoint_every and s % t.checkpoint_every == 0 and s < total:
                 _save(ckpt, out, s, state, carry)
                 last_ckpt = s
+        if s == t.steps and carry.steps:
+            # Resumed at the final step from a checkpoint inside a logging window (train.steps raised to
+            # that step): nothing ran, but the uninterrupted run logs that window here.
+            write_record()
+            if s == last_ckpt and s:
+                _save_carry(ckpt, out, s, carry)
         if s != last_ckpt or s == 0:
             _save(ckpt, out, s, state, carry)
     except Exception as e:
@@ -319,8 +392,11 @@ def _is_oom(e: Exception) -> bool:
 
 
 def evaluate_run(cfg: Config, exp, state, key, out=None, *, progress: bool = False,
-                 warn_nondeterminism: bool = True) -> dict:
+                 warn_nondeterminism: bool = True, filename: str = "eval.json") -> dict:
     """Final evaluation: each shot count of ``cfg.eval`` over ``cfg.eval.num_tasks`` held-out tasks.
+
+    Written to ``out/filename`` when ``out`` is given (``jmeta eval`` with
+    settings other than the run's own writes beside ``eval.json``).
 
     With ``progress`` a bar counts evaluated tasks, per batch. On a GPU
     without XLA's deterministic operations while ``cfg.train.deterministic``
@@ -368,7 +444,7 @@ def evaluate_run(cfg: Config, exp, state, key, out=None, *, progress: bool = Fal
           "xla_gpu_deterministic_ops": deterministic_ops_enabled(), "conv_impl": exp.conv_impl,
           "summary": summary, "results": results}
     if out is not None:
-        atomic_write_json(pathlib.Path(out) / "eval.json", ev)
+        atomic_write_json(pathlib.Path(out) / filename, ev)
     return ev
 
 

@@ -35,11 +35,15 @@ def test_eval_reproduces_the_training_runs_evaluation_from_its_checkpoint(run_di
     out = capsys.readouterr().out
     assert "at meta-step 20" in out and "K=5 loss after 3 step(s)" in out
 
+    # Other settings go beside eval.json: a quick look never replaces the run's own result.
+    own = (run_dir / "eval.json").read_bytes()
     assert main(["eval", str(run_dir), "--num-tasks", "6", "--steps", "2", "--no-progress"]) == 0
-    ev = json.loads((run_dir / "eval.json").read_text())
+    assert (run_dir / "eval.json").read_bytes() == own
+    ev = json.loads((run_dir / "eval-6tasks-2steps.json").read_text())
     assert ev["num_tasks"] == 6
     assert len(ev["results"]["K=5"]["loss"]["mean"]) == 3
     assert set(ev["summary"]) == {"K=5 loss after 1 step(s)", "K=5 loss after 2 step(s)"}
+    assert "wrote " + str(run_dir / "eval-6tasks-2steps.json") in capsys.readouterr().out
 
 
 def test_plot_and_presets(run_dir, capsys):
@@ -88,6 +92,7 @@ def test_bad_arguments_on_a_run_folder(run_dir, capsys):
         capsys, ["train", "--resume", str(run_dir), "--set", "train.seed=1"])
     assert "eval.num_tasks must be >= 1" in _one_line_error(capsys, ["eval", str(run_dir), "--num-tasks", "0"])
     assert "no checkpoint" in _one_line_error(capsys, ["eval", str(_copy_config_only(run_dir))])
+    assert not (run_dir.parent / "config-only" / "checkpoints").exists()  # nothing left behind
 
 
 def _copy_config_only(run_dir: pathlib.Path) -> pathlib.Path:
@@ -120,13 +125,17 @@ def test_eval_json_is_standard_json_when_a_value_is_not_finite(run_dir, tmp_path
     pytest.importorskip("matplotlib")
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
-    assert main(["eval", str(run), "--num-tasks", "1", "--no-progress"]) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["eval"]["num_tasks"] = 1  # the run's own setting, so that eval.json itself is rewritten and plotted
+    (run / "config.json").write_text(json.dumps(cfg))
+    assert main(["eval", str(run), "--no-progress"]) == 0
     capsys.readouterr()
 
     def no_constants(name):
         raise AssertionError(f"eval.json holds the non-standard constant {name}")
 
     ev = json.loads((run / "eval.json").read_text(), parse_constant=no_constants)
+    assert ev["num_tasks"] == 1
     assert ev["summary"]["K=5 loss after 3 step(s)"]["ci95"] is None
     assert ev["summary"]["K=5 loss after 3 step(s)"]["mean"] > 0
     assert main(["plot", str(run)]) == 0
