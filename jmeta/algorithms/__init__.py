@@ -5,7 +5,7 @@ from jmeta.algorithms.maml import (ANIL, BN_MODES, FOMAML, MAML, GradientLearner
                                    msl_weights)
 from jmeta.algorithms.imaml import IMAML
 from jmeta.algorithms.metaoptnet import MetaOptNet, crammer_singer_svm
-from jmeta.algorithms.protonet import ProtoNet, prototypes, squared_distances
+from jmeta.algorithms.protonet import ProtoNet, Prototypes, prototypes, squared_distances
 from jmeta.algorithms.r2d2 import R2D2, ClosedFormHead, ridge_regression
 from jmeta.algorithms.reptile import Reptile
 
@@ -16,6 +16,7 @@ __all__ = [
     "IMAML",
     "MetaOptNet",
     "ProtoNet",
+    "Prototypes",
     "prototypes",
     "squared_distances",
     "R2D2",
