@@ -39,9 +39,11 @@ split               classes characters (0-based positions in the order above)
 
 MAML-style code often shuffles the characters before the 1200/423 cut (e.g.
 Finn et al. seed Python's ``random`` with 1), so its splits hold different
-characters; use :meth:`ClassStore.split` with ``seed`` on ``"all"`` to mimic
-that. ``rotations=True`` then multiplies the classes of the chosen split by 4
-(:meth:`ClassStore.with_rotations`).
+characters; use :meth:`ClassStore.split` with ``seed`` on ``"all"`` (loaded
+without rotations) to mimic that, then :meth:`ClassStore.with_rotations` on
+each part. ``rotations=True`` multiplies the classes of the chosen split by 4;
+a rotated store refuses to be split (rotations of a character would land on
+both sides).
 
 **Sources** (``source`` argument), under ``<data root>/omniglot/``:
 

@@ -125,9 +125,20 @@ class ClassStore:
         Returns:
           One :class:`ClassStore` per entry of ``sizes``.
 
+        Raises:
+          ValueError: bad ``sizes``/``names``, or a store that holds rotations
+            as classes (:meth:`with_rotations`): a split would put rotations
+            of one character on both sides. Split the unrotated store and
+            rotate each part (``load_omniglot(split, rotations=True)`` does).
+
         Example:
           >>> train, val = store.split([-1, 100])   # last 100 classes -> val
         """
+        if self.info.get("rotations"):
+            raise ValueError(f"ClassStore.split: {self.name!r} holds rotations as classes (with_rotations), so a "
+                             "split would put rotations of one character on both sides (test characters leaking "
+                             "into training); split the unrotated store and call with_rotations() on each part "
+                             "(load_omniglot(split, rotations=True) does this)")
         sizes = [int(s) for s in sizes]
         if not sizes:
             raise ValueError("ClassStore.split: sizes must hold at least one entry")

@@ -15,7 +15,10 @@ Two read paths, chosen by ``reader``:
 
 Caveat: TFDS decodes 1-bit PNGs (e.g. ``omniglot``) to ``{0, 255}`` with
 TensorFlow but to ``{0, 1}`` with Pillow; pass ``binary_to_255=True`` to
-rescale images whose maximum is 1.
+rescale images whose maximum is 1. TFDS's ``omniglot`` also has the source's
+white background and three channels, unlike :func:`jmeta.data.load_omniglot`
+(ink = 255 on 0, one channel): invert and take one channel before mixing the
+two backends.
 """
 
 from __future__ import annotations

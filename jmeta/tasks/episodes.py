@@ -18,7 +18,10 @@ Per task:
    never share an image;
 3. optionally a random rotation by a multiple of 90 degrees per class (the
    same for all images of that class in the episode), a common Omniglot
-   augmentation on top of :meth:`ClassStore.with_rotations`;
+   augmentation and an *alternative* to :meth:`ClassStore.with_rotations`:
+   on a store that already holds the rotations as classes, class ``c + n``
+   turned a further 270 degrees is class ``c``, so an episode could hold one
+   character under two labels (3% of 20-way Omniglot episodes);
 4. normalisation on the device: ``x / 255`` (``scale``), then
    ``(x - mean) / std`` if given, cast to ``dtype``.
 
@@ -80,12 +83,19 @@ def _check_int(name: str, v: Any, lo: int) -> None:
         raise ValueError(f"EpisodeSampler.{name} must be an integer >= {lo}, got {v!r}")
 
 
-def _as_tuple(v: Any) -> tuple[float, ...] | None:
+def _as_tuple(name: str, v: Any) -> tuple[float, ...] | None:
+    """A scalar or per-channel sequence (Python, numpy or a jax array, e.g. computed from data) as floats."""
     if v is None:
         return None
-    if isinstance(v, (int, float)):
-        return (float(v),)
-    return tuple(float(x) for x in v)
+    try:
+        arr = np.asarray(v, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"EpisodeSampler.{name} must be a number or a sequence of per-channel numbers, "
+                         f"got {v!r}") from e
+    if arr.ndim > 1 or arr.size == 0 or not np.all(np.isfinite(arr)):
+        raise ValueError(f"EpisodeSampler.{name} must be a finite number or a non-empty sequence of finite "
+                         f"per-channel numbers, got {v!r}")
+    return tuple(float(x) for x in arr.reshape(-1))
 
 
 def _check_num_tasks(num_tasks) -> None:
@@ -102,7 +112,8 @@ class EpisodeSampler:
       k_shot: support examples per class ``K`` (``>= 1``).
       q_query: query examples per class ``Q`` (``>= 1``).
       rotate: rotate every class of an episode by a random multiple of 90
-        degrees (needs square images).
+        degrees (needs square images); not on a store built with
+        ``rotations=True`` / ``with_rotations`` (see the module docstring).
       shuffle: shuffle the order of examples within the support set and within
         the query set (default: grouped by label).
       dtype: dtype of the inputs, e.g. ``"float32"`` or ``"bfloat16"``.
@@ -127,8 +138,8 @@ class EpisodeSampler:
         _check_int("n_way", self.n_way, 1)
         _check_int("k_shot", self.k_shot, 1)
         _check_int("q_query", self.q_query, 1)
-        object.__setattr__(self, "mean", _as_tuple(self.mean))
-        object.__setattr__(self, "std", _as_tuple(self.std))
+        object.__setattr__(self, "mean", _as_tuple("mean", self.mean))
+        object.__setattr__(self, "std", _as_tuple("std", self.std))
         if self.std is not None and any(s <= 0 for s in self.std):
             raise ValueError(f"EpisodeSampler.std must be positive, got {self.std}")
         try:

@@ -197,6 +197,9 @@ def test_sample_indices_match_sample(device_images):
     (dict(n_way=0, k_shot=1, q_query=1), "n_way"), (dict(n_way=2, k_shot=True, q_query=1), "k_shot"),
     (dict(n_way=2, k_shot=1, q_query=0), "q_query"), (dict(n_way=2, k_shot=1, q_query=1, std=0.0), "std"),
     (dict(n_way=2, k_shot=1, q_query=1, dtype="notadtype"), "dtype"),
+    (dict(n_way=2, k_shot=1, q_query=1, std=float("nan")), "std must be a finite"),
+    (dict(n_way=2, k_shot=1, q_query=1, mean="grey"), "mean must be a number"),
+    (dict(n_way=2, k_shot=1, q_query=1, mean=[[0.5]]), "mean must be a finite number"),
 ])
 def test_bad_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -255,3 +258,14 @@ def test_subsets_and_orders_are_uniform():
     assert first.min() > 0.8 * 1000 and first.max() < 1.2 * 1000
     support = np.bincount(examples[:, :, 0].reshape(-1), minlength=5)  # the support example
     assert support.min() > 0.85 * 3600 and support.max() < 1.15 * 3600
+
+
+def test_mean_and_std_computed_from_data_are_accepted():
+    """numpy scalars and 0-d jax arrays (what x.mean() gives) are scalars, not sequences."""
+    import jax.numpy as jnp
+
+    for mean, std in ((np.float32(0.5), np.float64(0.25)), (jnp.float32(0.5), jnp.asarray(0.25)),
+                      (np.asarray([0.5]), [0.25])):
+        s = EpisodeSampler(2, 1, 1, mean=mean, std=std)
+        assert s.mean == (0.5,) and s.std == (0.25,)
+        hash(s)  # still a static argument of jit

@@ -98,3 +98,14 @@ def test_import_is_cheap():
             "bad = [m for m in sys.modules if m.split('.')[0] in "
             "('tensorflow', 'tensorflow_datasets')]; print(bad); assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_rotated_store_refuses_to_split():
+    """Rotations of one character are classes c, c+n, c+2n, c+3n: any split would put some on both sides."""
+    s = _store(c=4, h=5, w=5).with_rotations()
+    for sizes, seed in (([-1, 4], None), ([12, 4], 0)):
+        with pytest.raises(ValueError, match="rotations of one character on both sides"):
+            s.split(sizes, seed=seed)
+    a, b = _store(c=4).split([3, 1])  # the right order: split, then rotate each part
+    ra, rb = a.with_rotations(), b.with_rotations()
+    assert not {n.split("/")[0] for n in ra.class_names} & {n.split("/")[0] for n in rb.class_names}
