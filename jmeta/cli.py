@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "loader (load.py) that needs only jax and numpy.")
     x.add_argument("run_dir")
     x.add_argument("--out", default=None, help="artifact folder (default: RUN_DIR/export)")
-    x.add_argument("--steps", type=int, default=None, help="adaptation steps (default: algorithm.eval_steps)")
+    x.add_argument("--steps", type=int, default=None, help="adaptation steps (default: the run's eval.steps)")
     x.add_argument("--checkpoint", type=int, default=None, metavar="STEP", help="checkpoint step (default: latest)")
     x.add_argument("--platforms", default="cpu,cuda,tpu",
                    help="comma-separated platforms to lower for, or 'native' (default: cpu,cuda,tpu)")

@@ -64,10 +64,17 @@ class AlgorithmConfig:
     """The meta-learning algorithm and its inner loop.
 
     Attributes:
-      name: one of :data:`ALGORITHMS`.
+      name: one of :data:`ALGORITHMS`. ``"mamlpp"`` is MAML with MAML++'s
+        options on: the multi-step loss always, ``learn_lr`` defaulting to
+        ``"per_layer_per_step"`` (for ablations of single components use
+        ``"maml"`` with ``multi_step_loss``/``learn_lr``/``bn_mode``);
+        ``"metasgd"`` defaults ``learn_lr`` to ``"per_param"``. Options of the
+        MAML inner loop set for an algorithm without one are refused.
       inner_lr: inner learning rate (initial value when learned).
       inner_steps: inner steps during meta-training.
-      eval_steps: inner steps at evaluation.
+      eval_steps: inner steps at evaluation; an override of it or of
+        ``eval.steps`` sets both (the evaluation, ``jmeta eval`` and
+        ``jmeta export`` adapt ``eval.steps`` steps).
       first_order: drop second-order terms.
       inner_optimizer: ``"sgd"`` or ``"adam"`` (Adam with ``eps_root=1e-8``).
       learn_lr: ``None`` or a learned-lr kind (``"scalar"``, ``"per_layer"``,
@@ -120,7 +127,9 @@ class TrainConfig:
         ``lr_boundaries[i]`` the learning rate is multiplied by ``lr_scales[i]``.
       grad_clip: clip the meta-gradient to this global norm before the
         meta-optimizer (0: no clipping; the Meta-LSTM's code uses 0.25).
-      seed: the run's seed (tasks, initialisation, evaluation).
+      seed: the run's seed (tasks, evaluation, and the initialisation of
+        image models; the sinusoid MLP's initialisation is fixed, key 0, so
+        that seeds share one program in a vectorised sweep).
       log_every: meta-steps between metric records.
       checkpoint_every: meta-steps between checkpoints (0: only at the end).
       keep_checkpoints: how many checkpoints to keep.
@@ -161,7 +170,8 @@ class EvalConfig:
         validation characters are part of the usual 1,200 training ones).
       n_way: classes per evaluation episode (0: ``task.n_way``; metric and
         closed-form heads may train with more ways than they test).
-      k_query: query examples per class of evaluation episodes (0: ``task.k_query``).
+      k_query: query examples per class of evaluation episodes (0: ``task.k_query``);
+        sinusoid: query points per evaluation task (0: ``max(task.k_query, 10)``).
     """
 
     split: str = "test"
@@ -384,8 +394,25 @@ def apply_overrides(cfg: Config, assignments) -> Config:
     ``eval.report_steps=[1,20]`` may be given in either order.
     """
     d = cfg.to_dict()
+    assignments = list(assignments)
     for a in assignments:
         _parse_assignment(d, a)
+    # algorithm.eval_steps and eval.steps name one thing (the inner steps of the evaluation, of `jmeta eval`
+    # and of `jmeta export`): an override of one carries the other along; contradicting ones are refused.
+    given = {a.split("=", 1)[0].strip() for a in assignments}
+    if "algorithm.eval_steps" in given and "eval.steps" in given:
+        if d["algorithm"]["eval_steps"] != d["eval"]["steps"]:
+            raise ConfigError(f"algorithm.eval_steps={d['algorithm']['eval_steps']!r} and eval.steps="
+                              f"{d['eval']['steps']!r} must agree (both are the evaluation's inner steps)")
+    elif "algorithm.eval_steps" in given:
+        d["eval"]["steps"] = d["algorithm"]["eval_steps"]
+    elif "eval.steps" in given:
+        d["algorithm"]["eval_steps"] = d["eval"]["steps"]
+    steps, report = d["eval"]["steps"], d["eval"]["report_steps"]
+    if "eval.report_steps" not in given and isinstance(steps, int) and not isinstance(steps, bool) \
+            and isinstance(report, (list, tuple)) and any(isinstance(r, int) and r > steps for r in report):
+        # fewer evaluation steps than reported ones: report what is left and the last step (as `jmeta eval --steps`)
+        d["eval"]["report_steps"] = sorted({r for r in report if r <= steps} | {steps})
     return from_dict(d)
 
 

@@ -90,9 +90,10 @@ def _build_algorithm(cfg: Config, apply: Callable, *, loss: str, n_way: int | No
         return A.GradientLearner(**common, first_order=a.first_order or a.name == "fomaml", learn_lr=learn_lr,
                                  adapt_params=adapt, multi_step_loss=a.multi_step_loss or a.name == "mamlpp",
                                  msl_anneal_steps=a.msl_anneal_steps)
-    if a.name == "reptile":
-        return A.Reptile(**common, adapt_params=adapt)
+    if a.name == "reptile":  # Reptile refuses learned rates and a multi-step loss itself
+        return A.Reptile(**common, adapt_params=adapt, learn_lr=a.learn_lr, multi_step_loss=a.multi_step_loss)
     n_way = cfg.task.n_way if n_way is None else n_way
+    _refuse_unused(cfg)
     if a.name == "imaml":
         # custom_vjp convolutions (patches_vjp, "auto" on the CPU) have no forward mode
         hvp = "reverse" if conv_impl == "patches_vjp" else "forward"
@@ -120,6 +121,24 @@ def _build_algorithm(cfg: Config, apply: Callable, *, loss: str, n_way: int | No
 
 # Algorithms whose model is an embedding (no classification layer): the head is fitted per task.
 HEAD_ALGORITHMS = ("protonet", "r2d2", "metaoptnet-svm", "metaoptnet-rr")
+
+# Options of the differentiated inner loop (MAML family) that other algorithms do not have, with their defaults:
+# a config setting one of them for such an algorithm would be saved in config.json but change nothing.
+_INNER_LOOP_OPTIONS = {"learn_lr": None, "multi_step_loss": False, "remat": None, "first_order": False}
+_UNUSED = {"imaml": ("learn_lr", "multi_step_loss", "remat", "first_order"),
+           **{h: ("learn_lr", "multi_step_loss", "remat", "first_order", "adapt_params") for h in HEAD_ALGORITHMS},
+           "meta-lstm": ("learn_lr", "multi_step_loss", "remat", "adapt_params")}
+
+
+def _refuse_unused(cfg: Config) -> None:
+    """A :class:`ConfigError` for an algorithm option set away from its default that ``cfg``'s algorithm
+    does not use (iMAML's inner loop is not differentiated; the heads and the Meta-LSTM have no MAML loop)."""
+    a = cfg.algorithm
+    for key in _UNUSED.get(a.name, ()):
+        value, default = getattr(a, key), _INNER_LOOP_OPTIONS.get(key)
+        if value != default and not (key == "remat" and value == "none"):
+            raise ConfigError(f"algorithm.{key}={value!r} is not used by algorithm.name={a.name!r}; leave it at "
+                              f"{default!r}")
 
 
 def adapts_conv_kernels(cfg: Config, params) -> bool:
@@ -240,7 +259,8 @@ def _build_sinusoid(cfg: Config) -> Experiment:
         model = mlp(1, tuple(cfg.model.hidden), 1, activation=cfg.model.activation)
     algo = build_algorithm(cfg, model.apply, loss="mse")
     train = Sinusoid(cfg.task.k_support, cfg.task.k_query)
-    evals = {k: Sinusoid(k, max(cfg.task.k_query, 10)).sample for k in cfg.eval.shots}
+    eval_query = cfg.eval.k_query or max(cfg.task.k_query, 10)  # 0: at least 10 query points
+    evals = {k: Sinusoid(k, eval_query).sample for k in cfg.eval.shots}
     tp = cfg.train.task_parallel
     return Experiment(model, algo, build_meta_optimizer(cfg), train.sample, evals, task_kind="regression",
                       task_parallel="vmap" if tp == "auto" else tp)
@@ -316,6 +336,9 @@ def _build_images(cfg: Config, *, data_dir=None) -> Experiment:
         if cfg.model.name == "resnet12":
             from jmeta.models.resnet import resnet12
 
+            if (cfg.model.filters, cfg.model.pool) != (64, "max"):
+                raise ConfigError(f"model.filters={cfg.model.filters} / model.pool={cfg.model.pool!r} are conv4's; "
+                                  "resnet12 has widths 64-160-320-640 and max-pools (leave them at 64 / 'max')")
             with _as_config_error("model"):
                 return resnet12(out_way, input_shape=shape, conv_impl=conv_impl, key=key)
         raise ConfigError(f"model.name={cfg.model.name!r} cannot classify images; valid: ['conv4', 'resnet12']")

@@ -6,7 +6,7 @@ The exported function is *adapt, then predict* on one task::
         adapted = algorithm.adapt(meta_params, model_state, support_x, support_y, num_steps=N)
         outputs = algorithm.predict(meta_params, adapted, model_state, query_x, num_steps=N)
 
-with ``N`` the algorithm's evaluation steps (``algorithm.eval_steps``), the
+with ``N`` the run's evaluation steps (``eval.steps``, what ``eval.json`` reports), the
 parameters of a run's checkpoint as inputs, serialized with
 :mod:`jax.export` (StableHLO; loadable by any later jax, without jmeta,
 without the Python code of the model or the algorithm). The numbers of
@@ -122,7 +122,7 @@ def export_run(run_dir, out_dir=None, *, num_steps: int | None = None, step: int
     Args:
       run_dir: a jmeta run folder.
       out_dir: the artifact folder (default ``RUN_DIR/export``).
-      num_steps: adaptation steps (default the algorithm's ``eval_steps``).
+      num_steps: adaptation steps (default the run's ``eval.steps``, as in its ``eval.json``).
       step: the checkpoint (default the latest complete one).
       platforms: platforms to lower for (``None``: the current backend only).
       data_dir: dataset root (image families).
@@ -138,10 +138,8 @@ def export_run(run_dir, out_dir=None, *, num_steps: int | None = None, step: int
     from jmeta.experiment import load_run
 
     cfg, exp, state = load_run(run_dir, step=step, data_dir=data_dir)
-    if num_steps is None:
-        num_steps = getattr(exp.eval_algorithm, "eval_steps", None)
-        if num_steps is None:
-            num_steps = cfg.algorithm.eval_steps
+    if num_steps is None:  # the run's evaluation (what eval.json reports)
+        num_steps = cfg.eval.steps
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
         raise ValueError(f"num_steps must be an integer >= 0, got {num_steps!r}")
     out = pathlib.Path(out_dir) if out_dir is not None else pathlib.Path(run_dir) / "export"

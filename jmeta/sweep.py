@@ -374,17 +374,19 @@ def _check_vectorizable(base: Config, trials: list[dict]) -> None:
     if bad:
         raise ConfigError(f"--vectorize can sweep only {sorted(VECTOR_KEYS)} (they do not change the compiled "
                           f"program); {bad} need separate runs (drop --vectorize)")
-    if "algorithm.inner_lr" in keys and base.algorithm.learn_lr is not None:
-        raise ConfigError("--vectorize cannot sweep algorithm.inner_lr with algorithm.learn_lr set (the learned "
-                          "rates are initialised from it); drop --vectorize")
+    if "algorithm.inner_lr" in keys and (base.algorithm.learn_lr is not None
+                                         or base.algorithm.name in ("metasgd", "mamlpp")):
+        raise ConfigError("--vectorize cannot sweep algorithm.inner_lr with learned inner rates (algorithm.learn_lr "
+                          "set, or metasgd/mamlpp, which always learn them; the rates are initialised from it); "
+                          "drop --vectorize")
     if "algorithm.inner_lr" in keys and base.algorithm.name not in ("maml", "fomaml", "anil", "metasgd",
                                                                      "mamlpp", "reptile", "imaml"):
         raise ConfigError(f"--vectorize: algorithm {base.algorithm.name!r} has no inner_lr to sweep")
     t = base.train
     if "train.meta_lr" in keys and (t.meta_optimizer not in ("adam", "sgd") or t.lr_boundaries or
-                                    t.lr_decay_every or t.weight_decay):
+                                    t.lr_decay_every or t.weight_decay or t.grad_clip):
         raise ConfigError("--vectorize can sweep train.meta_lr only with train.meta_optimizer 'adam' or 'sgd', "
-                          "no schedule and no weight decay; drop --vectorize")
+                          "no schedule, no weight decay and no train.grad_clip; drop --vectorize")
     if "train.seed" in keys and base.task.family != "sinusoid":
         raise ConfigError("--vectorize can sweep train.seed only on the sinusoid family (image models are "
                           "initialised from the seed); drop --vectorize")

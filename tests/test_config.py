@@ -82,3 +82,67 @@ def test_anil_without_head_is_a_clear_error():
     cfg = C.apply_override(C.load(None), "algorithm.name=anil")
     with pytest.raises(C.ConfigError, match="adapt_params must name the head"):
         build(cfg)
+
+
+def test_eval_steps_are_one_setting():
+    """algorithm.eval_steps and eval.steps are the evaluation's inner steps: setting one sets both (the
+    evaluation used eval.steps while `jmeta export` used algorithm.eval_steps), report steps follow a lower
+    count, contradicting values are refused."""
+    base = C.load("sinusoid-maml")
+    for key in ("algorithm.eval_steps", "eval.steps"):
+        cfg = C.apply_override(base, f"{key}=3")
+        assert (cfg.algorithm.eval_steps, cfg.eval.steps, cfg.eval.report_steps) == (3, 3, (1, 3))
+    cfg = C.apply_override(base, "eval.steps=20")
+    assert (cfg.algorithm.eval_steps, cfg.eval.report_steps) == (20, (1, 10))
+    cfg = C.apply_overrides(base, ["eval.steps=4", "eval.report_steps=[2]"])
+    assert (cfg.algorithm.eval_steps, cfg.eval.report_steps) == (4, (2,))
+    with pytest.raises(C.ConfigError, match="must agree"):
+        C.apply_overrides(base, ["eval.steps=4", "algorithm.eval_steps=5"])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["algorithm.name=imaml", "algorithm.remat=full"], "algorithm.remat='full' is not used by algorithm.name='imaml'"),
+    (["algorithm.name=imaml", "algorithm.learn_lr=scalar"], "algorithm.learn_lr='scalar' is not used"),
+    (["algorithm.name=reptile", "algorithm.learn_lr=scalar"], "Reptile cannot learn inner learning rates"),
+    (["algorithm.name=reptile", "algorithm.multi_step_loss=true"], "Reptile has no query loss"),
+])
+def test_options_the_algorithm_does_not_use_are_refused(overrides, message):
+    """They were saved in config.json and changed nothing."""
+    from jmeta.experiment import build
+
+    with pytest.raises(C.ConfigError, match=message):
+        build(C.apply_overrides(C.load("sinusoid-maml"), overrides))
+
+
+def test_head_and_resnet_options_are_refused_before_any_data_is_read():
+    from jmeta.experiment import _refuse_unused
+
+    cfg = C.apply_overrides(C.load("miniimagenet-5w1s-protonet"), ["algorithm.first_order=true"])
+    with pytest.raises(C.ConfigError, match="first_order=True is not used by algorithm.name='protonet'"):
+        _refuse_unused(cfg)
+    for name in C.PRESETS:  # every preset leaves them alone
+        _refuse_unused(C.load(name))
+
+
+def test_resnet12_refuses_conv4_widths(tmp_path, monkeypatch):
+    import numpy as np
+
+    from jmeta import experiment
+    from jmeta.data import ClassStore
+
+    store = ClassStore(np.zeros((6, 30, 84, 84, 3), np.uint8), [f"c{i}" for i in range(6)], "toy")
+    monkeypatch.setattr(experiment, "load_image_data", lambda cfg, data_dir=None: (store, store))
+    cfg = C.apply_overrides(C.load("miniimagenet-5w1s-r2d2"), ["model.filters=32"])
+    with pytest.raises(C.ConfigError, match="resnet12 has widths 64-160-320-640"):
+        experiment.build(cfg)
+
+
+def test_sinusoid_eval_k_query_reaches_the_evaluation_tasks():
+    import jax
+
+    from jmeta.experiment import build
+
+    exp = build(C.apply_overrides(C.load("sinusoid-maml"), ["eval.k_query=100"]))
+    assert exp.eval_samples[5](jax.random.key(0), 2).query_x.shape == (2, 100, 1)
+    default = build(C.load("sinusoid-maml-k5"))
+    assert default.eval_samples[5](jax.random.key(0), 2).query_x.shape == (2, 10, 1)

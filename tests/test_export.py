@@ -111,6 +111,18 @@ def test_export_steps_override_and_missing_checkpoint(run_dir, tmp_path):
 
     out = export_run(run_dir, tmp_path / "a", num_steps=1, platforms=None)
     assert json.loads((out / "export.json").read_text())["adaptation_steps"] == 1
+    # The default is the run's evaluation (eval.steps, what eval.json reports), also in a config file whose
+    # algorithm.eval_steps says otherwise (written before the two were tied, or by hand).
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(run_dir, other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["eval"].update(steps=2, report_steps=[1, 2])
+    assert cfg["algorithm"]["eval_steps"] == 3
+    (other / "config.json").write_text(json.dumps(cfg))
+    out = export_run(other, tmp_path / "c", platforms=None)
+    assert json.loads((out / "export.json").read_text())["adaptation_steps"] == 2
     with pytest.raises(ValueError, match="num_steps must be an integer >= 0"):
         export_run(run_dir, tmp_path / "b", num_steps=-1)
     empty = tmp_path / "empty"

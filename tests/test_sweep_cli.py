@@ -128,6 +128,20 @@ def test_vectorize_refuses_structural_keys(tmp_path, capsys):
     assert code == 2 and "algorithm.inner_steps" in err and "--vectorize" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("extra, grid, fragment", [
+    (["--set", "train.grad_clip=0.01"], "train.meta_lr=0.001,0.01", "no train.grad_clip"),
+    (["--set", "algorithm.name=metasgd"], "algorithm.inner_lr=0.01,0.02", "metasgd/mamlpp, which always learn"),
+    (["--set", "algorithm.name=mamlpp"], "algorithm.inner_lr=0.01,0.02", "metasgd/mamlpp, which always learn"),
+])
+def test_vectorize_refuses_what_one_program_cannot_hold(tmp_path, capsys, extra, grid, fragment):
+    """A meta_lr sweep rebuilt the optimizer without the clip (other numbers than sequential runs, and trial
+    checkpoints of another structure); learned-rate algorithms crashed with a traceback."""
+    code = main(["sweep", "--config", "sinusoid-maml", *extra, "--grid", grid, "--vectorize", "--steps", "2",
+                 "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert code == 2 and fragment in err and "Traceback" not in err
+
+
 def test_log_range_of_integers_is_log_uniform():
     rng = S.parse_range("train.steps=1:1000:log")
     assert rng == ("train.steps", 1.0, 1000.0, True, True)
