@@ -168,6 +168,8 @@ def build_meta_optimizer(cfg: Config) -> optax.GradientTransformation:
                                                            zip(t.lr_boundaries, t.lr_scales)})
     elif t.lr_decay_every:
         lr = optax.exponential_decay(t.meta_lr, t.lr_decay_every, t.lr_decay, staircase=True)
+    elif t.lr_cosine:
+        lr = optax.cosine_decay_schedule(t.meta_lr, max(t.steps, 1), alpha=t.lr_min / t.meta_lr)
     if t.meta_optimizer == "adam":
         opt = optax.adam(lr)
     elif t.meta_optimizer == "sgd":

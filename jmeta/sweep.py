@@ -384,7 +384,7 @@ def _check_vectorizable(base: Config, trials: list[dict]) -> None:
         raise ConfigError(f"--vectorize: algorithm {base.algorithm.name!r} has no inner_lr to sweep")
     t = base.train
     if "train.meta_lr" in keys and (t.meta_optimizer not in ("adam", "sgd") or t.lr_boundaries or
-                                    t.lr_decay_every or t.weight_decay or t.grad_clip):
+                                    t.lr_decay_every or t.lr_cosine or t.weight_decay or t.grad_clip):
         raise ConfigError("--vectorize can sweep train.meta_lr only with train.meta_optimizer 'adam' or 'sgd', "
                           "no schedule, no weight decay and no train.grad_clip; drop --vectorize")
     if "train.seed" in keys and base.task.family != "sinusoid":

@@ -146,3 +146,30 @@ def test_sinusoid_eval_k_query_reaches_the_evaluation_tasks():
     assert exp.eval_samples[5](jax.random.key(0), 2).query_x.shape == (2, 100, 1)
     default = build(C.load("sinusoid-maml-k5"))
     assert default.eval_samples[5](jax.random.key(0), 2).query_x.shape == (2, 10, 1)
+
+
+def test_cosine_meta_lr_schedule_and_the_mamlpp_preset():
+    """MAML++ cosine-anneals Adam's rate to 1e-5 over training and uses the multi-step loss for 10 epochs of
+    500 iterations (the authors' omniglot_maml++ config)."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jmeta.experiment import build_meta_optimizer
+
+    cfg = C.apply_overrides(C.load("sinusoid-maml"), ["train.steps=100", "train.lr_cosine=true",
+                                                      "train.lr_min=1e-5", "train.meta_optimizer=sgd"])
+    opt = build_meta_optimizer(cfg)
+    params, grads = {"w": jnp.zeros(())}, {"w": jnp.ones(())}
+    state, lrs = opt.init(params), []
+    for _ in range(101):
+        u, state = opt.update(grads, state, params)
+        lrs.append(-float(u["w"]))
+    np.testing.assert_allclose([lrs[0], lrs[50], lrs[100]], [1e-3, (1e-3 + 1e-5) / 2, 1e-5], rtol=1e-5)
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    for bad, message in ((["train.lr_cosine=true", "train.lr_decay_every=10"], "schedule of its own"),
+                         (["train.lr_min=0.01"], r"train.lr_min must be in \[0, train.meta_lr")):
+        with pytest.raises(C.ConfigError, match=message):
+            C.apply_overrides(C.load("sinusoid-maml"), bad)
+    pp = C.load("omniglot-5w1s-mamlpp")
+    assert (pp.train.lr_cosine, pp.train.lr_min, pp.algorithm.msl_anneal_steps) == (True, 1e-5, 5_000)
+    assert (pp.train.steps, pp.train.meta_batch_size, pp.train.meta_lr) == (50_000, 8, 1e-3)

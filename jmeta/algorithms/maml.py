@@ -44,16 +44,23 @@ def msl_weights(num_steps: int, step, anneal_steps: int):
     """Per-step query-loss weights of MAML++'s multi-step loss.
 
     All steps start equally weighted (``1/K``); over ``anneal_steps`` meta-steps
-    the weights of the non-final steps decay linearly to ``0.03/K`` and the
-    final step's weight grows to ``1 - (K-1) 0.03/K`` (Antoniou et al. 2019,
-    ``get_per_step_loss_importance_vector``).
+    the weights of the non-final steps decay linearly towards ``0.03/K`` and
+    the final step's weight grows towards ``1 - (K-1) 0.03/K`` (Antoniou et al.
+    2019, ``get_per_step_loss_importance_vector``); from ``anneal_steps`` on,
+    only the final step's loss counts (weights ``[0, ..., 0, 1]``), as in the
+    authors' code, which stops using the multi-step loss after
+    ``multi_step_loss_num_epochs``. (Their weights change once per epoch of
+    500 iterations; here every meta-step.)
     """
     k = num_steps
-    t = jnp.clip(jnp.asarray(step, jnp.float32) / max(anneal_steps, 1), 0.0, 1.0)
+    s = jnp.asarray(step, jnp.float32)
+    t = jnp.clip(s / max(anneal_steps, 1), 0.0, 1.0)
     lo = 0.03 / k
     nonfinal = jnp.maximum(1.0 / k - t / k, lo)
     final = jnp.minimum(1.0 / k + t * (k - 1) / k, 1.0 - (k - 1) * lo)
-    return jnp.concatenate([jnp.full((k - 1,), nonfinal), final[None]])
+    annealing = jnp.concatenate([jnp.full((k - 1,), nonfinal), final[None]])
+    last_only = jnp.zeros((k,), jnp.float32).at[k - 1].set(1.0)
+    return jnp.where(s >= anneal_steps, last_only, annealing)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
