@@ -208,3 +208,13 @@ def test_sinusoid_sample_with_params_is_sample_plus_its_parameters():
     np.testing.assert_allclose(tasks.support_y, Sinusoid.function(amp[:, None, None], phase[:, None, None],
                                                                   tasks.support_x), rtol=1e-6)
     assert amp.shape == phase.shape == (4,)
+
+
+def test_evaluate_refuses_data_its_sample_fn_would_ignore():
+    """make_meta_step's step refuses data for a (key, num_tasks) sampler; evaluate() ignored it silently, so a
+    held-out dataset passed there was never evaluated."""
+    model = mlp()
+    algo = MAML(model.apply, inner_lr=0.01, num_steps=1)
+    with pytest.raises(TypeError, match="sample_fn takes only \\(key, num_tasks\\)"):
+        evaluate(algo, algo.init(model.params), model.state, Sinusoid(5, 5).sample, jax.random.key(0),
+                 num_tasks=4, data=jnp.zeros((3,)))

@@ -207,7 +207,10 @@ def Conv4(n_way: int | None = 5, *, input_shape: Sequence[int] = (28, 28, 1), hi
             self.bn = nnx.BatchNorm(hidden, momentum=bn_momentum, epsilon=bn_epsilon, rngs=rngs)
 
         def __call__(self, x):
-            x = jax.nn.relu(self.bn(self.conv(x)))
+            y = self.conv(x)
+            # float32 running statistics (mixed precision keeps the model state in float32) promote the
+            # normalised output; the block's activations stay in the compute dtype
+            x = jax.nn.relu(self.bn(y).astype(y.dtype))
             return max_pool_2x2(x) if pool == "max" else x
 
     class _Conv4(nnx.Module):

@@ -104,10 +104,15 @@ def ResNet12(n_way: int | None = None, *, input_shape: Sequence[int] = (84, 84, 
             self.shortcut_bn = bn(cout)
 
         def __call__(self, x):
-            h = act(self.bn1(self.conv1(x)))
-            h = act(self.bn2(self.conv2(h)))
-            h = self.bn3(self.conv3(h))
-            h = act(h + self.shortcut_bn(self.shortcut_conv(x)))
+            # BatchNorm outputs in the input's dtype: float32 running statistics (mixed precision keeps the
+            # model state in float32) would promote them
+            def norm(layer, y):
+                return layer(y).astype(y.dtype)
+
+            h = act(norm(self.bn1, self.conv1(x)))
+            h = act(norm(self.bn2, self.conv2(h)))
+            h = norm(self.bn3, self.conv3(h))
+            h = act(h + norm(self.shortcut_bn, self.shortcut_conv(x)))
             return max_pool_2x2(h)
 
     class _ResNet12(nnx.Module):

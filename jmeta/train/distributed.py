@@ -133,6 +133,9 @@ def replicate(tree: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
         if not hasattr(x, "shape"):
             return x
         if jax.process_count() > 1:
+            if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):  # np.asarray refuses typed keys
+                data = jax.make_array_from_process_local_data(sharding, np.asarray(jax.random.key_data(x)))
+                return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
             return jax.make_array_from_process_local_data(sharding, np.asarray(x))
         return jax.device_put(x, sharding)
 

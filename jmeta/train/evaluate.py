@@ -106,6 +106,9 @@ def evaluate(algorithm, meta_params: PyTree, model_state: PyTree, sample_fn: Cal
         raise ValueError(f"task_parallel must be 'vmap' or 'map', got {task_parallel!r}")
     bs = min(batch_size, num_tasks)
     takes_data = _takes_data(sample_fn)
+    if data is not None and not takes_data:
+        raise TypeError("evaluate() got data, but sample_fn takes only (key, num_tasks): the data would be "
+                        "ignored; give a sample_fn(key, num_tasks, data) or drop data")
 
     @jax.jit
     def run(mp, ms, ks, ke, d):

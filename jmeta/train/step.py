@@ -109,9 +109,14 @@ def _resolve_chunk(task_parallel, batch_size: int) -> int:
 
 
 def _mean_state(states, old):
-    """Mean of per-task model states over the leading axis, keeping dtypes."""
-    return jax.tree.map(lambda s, o: jnp.mean(s.astype(jnp.float32), axis=0).astype(o.dtype)
-                        if jnp.issubdtype(o.dtype, jnp.floating) else s[-1], states, old)
+    """Mean of per-task model states over the leading axis, keeping dtypes (accumulated in at least float32:
+    float64 states stay float64); other leaves (counters, PRNG keys) take the last task's."""
+    def mean(s, o):
+        if not jnp.issubdtype(o.dtype, jnp.floating):
+            return s[-1]
+        return jnp.mean(s, axis=0, dtype=jnp.promote_types(s.dtype, jnp.float32)).astype(o.dtype)
+
+    return jax.tree.map(mean, states, old)
 
 
 # -- memory ------------------------------------------------------------------------------------------------------
@@ -366,9 +371,17 @@ def _shard_tasks(x, mesh, axes):
 
 
 def _cross_device_state(state, axes):
-    """Mean of float model-state leaves across devices; max of the rest (counters)."""
-    return jax.tree.map(lambda s: jax.lax.pmean(s, axes) if jnp.issubdtype(s.dtype, jnp.floating)
-                        else jax.lax.pmax(s, axes), state)
+    """Mean of float model-state leaves across devices; max of the rest (counters, and PRNG keys, e.g. an
+    ``nnx.Dropout`` stream, through their key data)."""
+    def reduce(s):
+        if jnp.issubdtype(s.dtype, jnp.floating):
+            return jax.lax.pmean(s, axes)
+        if jax.dtypes.issubdtype(s.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(jax.lax.pmax(jax.random.key_data(s), axes),
+                                            impl=jax.random.key_impl(s))
+        return jax.lax.pmax(s, axes)
+
+    return jax.tree.map(reduce, state)
 
 
 def sharded_loss_and_grad(algorithm, meta_params, model_state, tasks: TaskBatch, keys, step, *, mesh,

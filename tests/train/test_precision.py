@@ -99,3 +99,60 @@ def test_mixed_precision_task_loss_contract(problem):
     obj, aux = jax.jit(f)(alg.init(model.params), model.state, task)
     assert obj.dtype == jnp.float32 and aux["metrics"]["loss"].dtype == jnp.float32
     assert aux["model_state"]["mean"].dtype == jnp.float32
+
+
+def test_bf16_keeps_the_model_state_in_float32():
+    """A running statistic updated by small increments (momentum 0.9, inputs of mean 1.03 from 1.0) stalled at
+    1.001 when the state was cast to bfloat16 (increments below its spacing rounded away); the state now stays
+    float32 and follows float32 up to the bf16 rounding of the inputs (1.03 -> 1.0312)."""
+    from jmeta.algorithms import MAML
+    from jmeta.models import from_apply
+    from jmeta.tasks.base import TaskBatch
+    from jmeta.train.step import init_train_state, make_meta_step
+
+    def apply(params, state, x, *, train):
+        if train:
+            state = {"mean": 0.9 * state["mean"] + 0.1 * jnp.mean(x)}
+        return x @ params["w"], state
+
+    model = from_apply(apply, {"w": jnp.ones((1, 1))}, {"mean": jnp.ones(())})
+    algo = MAML(model.apply, inner_lr=0.01, num_steps=1)
+
+    def sample(key, n):
+        x = 1.03 + 0.01 * jax.random.normal(key, (n, 10, 1))
+        return TaskBatch(x, x, x, x)
+
+    opt = optax.sgd(0.0)
+    means = {}
+    for cd in (None, "bfloat16"):
+        step = make_meta_step(algo, sample, opt, meta_batch_size=4, compute_dtype=cd)
+        st = init_train_state(algo, model.params, model.state, opt)
+        for _ in range(100):
+            st, _ = step(st, jax.random.key(0))
+        assert st.model_state["mean"].dtype == jnp.float32
+        means[cd] = float(st.model_state["mean"])
+    assert abs(means[None] - 1.0302) < 1e-3 and abs(means["bfloat16"] - means[None]) < 2e-3, means
+
+
+def test_conv4_and_resnet12_activations_stay_bf16_with_a_float32_state():
+    from jmeta.models import conv4
+    from jmeta.models.resnet import resnet12
+
+    for model, shape in ((conv4(5, input_shape=(28, 28, 1)), (2, 28, 28, 1)),
+                         (resnet12(5, input_shape=(16, 16, 3), widths=(4, 4, 4, 4)), (2, 16, 16, 3))):
+        params = precision.cast_floating(model.params, jnp.bfloat16)
+        for train in (True, False):
+            out, new_state = model.apply(params, model.state, jnp.ones(shape, jnp.bfloat16), train=train)
+            assert out.dtype == jnp.bfloat16
+            assert {x.dtype for x in jax.tree.leaves(new_state)} == {jnp.dtype(jnp.float32)}
+
+
+def test_float64_model_state_is_averaged_in_float64(x64):
+    """Per-task states were averaged in float32: a float64 running mean lost its last digits."""
+    from jmeta.train.step import _mean_state
+
+    old = {"m": jnp.ones((), jnp.float64), "n": jnp.zeros((), jnp.int32)}
+    states = {"m": jnp.full((4,), 1.0 + 1e-9, jnp.float64), "n": jnp.arange(4, dtype=jnp.int32)}
+    new = _mean_state(states, old)
+    assert new["m"].dtype == jnp.float64 and abs(float(new["m"]) - (1.0 + 1e-9)) < 1e-15
+    assert int(new["n"]) == 3
