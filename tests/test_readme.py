@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import pathlib
 import re
 
 import numpy as np
 
-from conftest import REPO
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _python_blocks() -> list[str]:
@@ -36,9 +37,8 @@ def test_readme_sinusoid_example_runs_and_learns():
     assert loss[10] < 0.7 * loss[1], loss
 
 
-def test_readme_omniglot_example_runs(data_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("JMETA_DATA_DIR", str(data_dir))
-    monkeypatch.setenv("JMETA_CACHE_DIR", str(tmp_path / "cache"))
+def test_readme_omniglot_example_runs(data_dir, monkeypatch):
+    monkeypatch.setenv("JMETA_DATA_DIR", str(data_dir))  # the decoded cache is the one the other image tests use
     ns: dict = {}
     # The second block continues the first (it uses its `import`s and `key`), as a reader runs them.
     exec(compile("import jax, optax, jmeta\nkey = jax.random.key(0)\n", "README.md[prelude]", "exec"), ns)

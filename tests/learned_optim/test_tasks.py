@@ -171,8 +171,6 @@ def test_loss_curves_compile_once_across_calls():
 @pytest.mark.parametrize("family", [MLPFamily, ConvFamily])
 def test_image_tasks_explicit_uint8_batch_and_float64(family):
     """The stored uint8 images passed as ``(x, y)`` give the keyed path's loss; float64 runs (lax.conv too)."""
-    from conftest import x64_enabled
-
     _digits_or_skip()
     fam = family(image_size=14, batch_size=8)
     task = fam.sample(jax.random.key(0))
@@ -182,9 +180,13 @@ def test_image_tasks_explicit_uint8_batch_and_float64(family):
     assert x.dtype == np.uint8
     np.testing.assert_allclose(task.loss(params, (x, y)), task.loss(params, (x.astype(np.float32) / 255.0, y)),
                                rtol=1e-6)
-    with x64_enabled():
+    old = bool(jax.config.jax_enable_x64)
+    jax.config.update("jax_enable_x64", True)
+    try:
         p64 = task.init(jax.random.key(1))
         assert p64[next(iter(p64))]["w"].dtype == jnp.float64
         loss = task.loss(p64, jax.random.key(2))
         g = jax.grad(task.loss)(p64, jax.random.key(2))
+    finally:
+        jax.config.update("jax_enable_x64", old)
     assert np.isfinite(float(loss)) and all(np.all(np.isfinite(v)) for v in jax.tree.leaves(g))

@@ -141,8 +141,9 @@ def test_conv4_and_resnet12_activations_stay_bf16_with_a_float32_state():
     for model, shape in ((conv4(5, input_shape=(28, 28, 1)), (2, 28, 28, 1)),
                          (resnet12(5, input_shape=(16, 16, 3), widths=(4, 4, 4, 4)), (2, 16, 16, 3))):
         params = precision.cast_floating(model.params, jnp.bfloat16)
-        for train in (True, False):
-            out, new_state = model.apply(params, model.state, jnp.ones(shape, jnp.bfloat16), train=train)
+        for train in (True, False):  # dtypes only: traced, not run
+            out, new_state = jax.eval_shape(functools.partial(model.apply, train=train), params, model.state,
+                                            jax.ShapeDtypeStruct(shape, jnp.bfloat16))
             assert out.dtype == jnp.bfloat16
             assert {x.dtype for x in jax.tree.leaves(new_state)} == {jnp.dtype(jnp.float32)}
 
