@@ -351,8 +351,8 @@ def train(cfg: Config, out_dir, *, resume: bool = False, progress: bool = True, 
                 _save(ckpt, out, s, state, carry)
                 last_ckpt = s
         if s == t.steps and carry.steps:
-            # Resumed at the final step from a checkpoint inside a logging window (train.steps raised to
-            # that step): nothing ran, but the uninterrupted run logs that window here.
+            # Resumed from a checkpoint inside a logging window with train.steps equal to its step: nothing
+            # ran, but a run of that many steps logs the window here.
             write_record()
             if s == last_ckpt and s:
                 _save_carry(ckpt, out, s, carry)
