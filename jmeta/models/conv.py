@@ -54,9 +54,12 @@ def _check_pos_int(name, v):
         raise ValueError(f"{name} must be a positive integer, got {v!r}")
 
 
-def _as_float(x):
+def _as_float(x, dtype=jnp.float32):
+    """Images as the model's float dtype: integers (uint8) scaled to [0, 1] in ``dtype`` (the first kernel's:
+    bfloat16 under mixed precision); NumPy arrays canonicalised as JAX would (float64 -> float32 without x64)."""
+    x = jnp.asarray(x)
     if jnp.issubdtype(x.dtype, jnp.integer):
-        return x.astype(jnp.float32) / 255.0
+        return x.astype(dtype) / 255.0
     return x
 
 
@@ -221,7 +224,7 @@ def Conv4(n_way: int | None = 5, *, input_shape: Sequence[int] = (28, 28, 1), hi
             self.head = nnx.Linear(feat, n_way, rngs=rngs) if n_way is not None else None
 
         def embed(self, x):
-            x = _as_float(x)
+            x = _as_float(x, self.block_0.conv.kernel[...].dtype)
             if pool == "max":   # flattened: the feature width depends on H and W
                 _check_input(x, in_channels, "Conv4", (*image_hw, in_channels), "pool='max'")
             else:               # spatial mean: any image size works

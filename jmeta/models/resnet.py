@@ -125,7 +125,7 @@ def ResNet12(n_way: int | None = None, *, input_shape: Sequence[int] = (84, 84, 
             self.head = nnx.Linear(feat, n_way, rngs=rngs) if n_way is not None else None
 
         def embed(self, x):
-            x = _as_float(x)
+            x = _as_float(x, self.block_0.conv1.kernel[...].dtype)
             if output == "flatten":   # the feature width depends on H and W
                 _check_input(x, in_channels, "ResNet12", (*image_hw, in_channels), "output='flatten'")
             else:                     # spatial mean: any image size works

@@ -62,6 +62,7 @@ from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 CONV_IMPLS = ("auto", "lax", "patches_vjp", "patches")
@@ -295,6 +296,10 @@ def conv2d(x, w, *, stride=1, padding="SAME", impl: str = "auto"):
       >>> jax.grad(lambda w: jax.grad(lambda w: conv2d(x, w).sum() ** 2)(w).sum())(w)
     """
     impl = resolve_conv_impl(impl)
+    if isinstance(x, np.ndarray):  # canonical dtypes, as under jit (NumPy float64 is float32 without x64)
+        x = jnp.asarray(x)
+    if isinstance(w, np.ndarray):
+        w = jnp.asarray(w)
     if getattr(x, "ndim", None) != 4:
         raise ValueError(f"conv2d expects x of shape [N, H, W, C_in], got shape {getattr(x, 'shape', None)}")
     if getattr(w, "ndim", None) != 4:

@@ -259,3 +259,27 @@ def test_module_is_a_plain_nnx_module():
     mod = Conv4(5, rngs=nnx.Rngs(1))
     assert isinstance(mod, nnx.Module)
     assert mod(_images(2)).shape == (2, 5)
+
+
+def test_numpy_float64_and_integer_images_follow_the_model_dtype():
+    """NumPy float64 images were refused outside jit (float32 inside); uint8 images were scaled in float32 and
+    refused by a bfloat16 model (mixed precision casts only float task leaves)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jmeta.models import conv4
+    from jmeta.models.resnet import resnet12
+    from jmeta.train.precision import cast_floating
+
+    m = conv4(5)
+    x64 = np.random.default_rng(0).random((2, 28, 28, 1))
+    np.testing.assert_allclose(m(x64), jax.jit(lambda x: m(x))(x64), rtol=1e-5, atol=1e-6)
+    for model, shape in ((m, (2, 28, 28, 1)), (resnet12(5, input_shape=(16, 16, 3), widths=(4, 4, 4, 4)),
+                                                (2, 16, 16, 3))):
+        out, _ = jax.eval_shape(lambda p, s, x: model.apply(p, s, x, train=True),
+                                cast_floating(model.params, jnp.bfloat16), model.state,
+                                jax.ShapeDtypeStruct(shape, jnp.uint8))
+        assert out.dtype == jnp.bfloat16
+    u8 = (x64 * 255).astype(np.uint8)
+    np.testing.assert_allclose(m(u8), m(u8.astype(np.float32) / 255.0), rtol=1e-6, atol=1e-6)
