@@ -83,7 +83,22 @@ def load_theta(path: Path, like):
 # ---------------------------------------------------------------------------
 
 
+def _strict(obj):
+    """Standard JSON: non-finite floats (a median of diverged tasks, a ratio to one) as null."""
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
 def summarize(curves: np.ndarray) -> dict:
+    """Medians and quartiles over tasks; a diverged task (NaN/inf loss) ranks worst (+inf), as in
+    ``tune_learning_rate``, so one divergence does not turn a median into NaN (or rank a baseline best)."""
+    frac_nonfinite = float(np.mean(~np.isfinite(curves[:, -1])))
+    curves = np.where(np.isfinite(curves), curves, np.inf)
     finals = curves[:, -1]
     return {
         "median_curve": np.median(curves, axis=0).tolist(),
@@ -92,7 +107,7 @@ def summarize(curves: np.ndarray) -> dict:
         "median_final": float(np.median(finals)),
         "q25_final": float(np.quantile(finals, 0.25)),
         "q75_final": float(np.quantile(finals, 0.75)),
-        "frac_nonfinite": float(np.mean(~np.isfinite(finals))),
+        "frac_nonfinite": frac_nonfinite,
     }
 
 
@@ -355,7 +370,7 @@ def main(argv=None):
         headline["mlp_T100_target_met"] = n is not None and n < horizon
     results["headline"] = headline
     results["total_wall_s"] = time.perf_counter() - t_start
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "results.json").write_text(json.dumps(_strict(results), indent=1))
     log("headline: " + json.dumps(headline, indent=1))
     log(f"wrote {out / 'results.json'}")
     return results
