@@ -1,6 +1,7 @@
 """Per-episode cost of MetaOptNet's SVM head (and the ridge heads) vs a ProtoNets-style head, same embedding.
 
-Command (repo root; about 2-4 minutes on 2 CPU cores with the default Conv4 on Omniglot-shaped input):
+Command (repo root; the default embedding, ``--model auto``, is ResNet-12 on Omniglot-shaped input, and the
+JSON's ``embedding`` names the one used; ``--model conv4`` for the smaller Conv4):
 
     python benchmarks/svm_overhead.py --out runs/bench/svm_overhead.json
 
