@@ -47,6 +47,7 @@ import optax
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jmeta.learned_optim.tasks import load_digits  # noqa: E402
+from jmeta.train.logging import atomic_write_json  # noqa: E402
 from jmeta.learned_optim import (  # noqa: E402
     LSTMOptimizer,
     MLPFamily,
@@ -81,17 +82,6 @@ def load_theta(path: Path, like):
 # ---------------------------------------------------------------------------
 # One comparison
 # ---------------------------------------------------------------------------
-
-
-def _strict(obj):
-    """Standard JSON: non-finite floats (a median of diverged tasks, a ratio to one) as null."""
-    if isinstance(obj, dict):
-        return {k: _strict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_strict(v) for v in obj]
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
 
 
 def summarize(curves: np.ndarray) -> dict:
@@ -370,7 +360,7 @@ def main(argv=None):
         headline["mlp_T100_target_met"] = n is not None and n < horizon
     results["headline"] = headline
     results["total_wall_s"] = time.perf_counter() - t_start
-    (out / "results.json").write_text(json.dumps(_strict(results), indent=1))
+    atomic_write_json(out / "results.json", results)  # standard JSON (non-finite -> null), written atomically
     log("headline: " + json.dumps(headline, indent=1))
     log(f"wrote {out / 'results.json'}")
     return results

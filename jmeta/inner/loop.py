@@ -19,6 +19,7 @@ trading compute for memory.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -135,8 +136,6 @@ def update_opposes_gradient(transform: optax.GradientTransformation) -> bool:
 
 def check_inner_transform(owner: str, transform, *, differentiated: bool, stacklevel: int = 4) -> None:
     """Warns about an ``inner_transform`` that ascends or whose derivative is NaN at zero."""
-    import warnings
-
     if transform is None:
         return
     if update_opposes_gradient(transform):
