@@ -336,7 +336,7 @@ def main(argv=None):
                       "timing": "round-robin: each round runs one step of every form, so all forms share "
                                 "the same background load; medians over rounds"},
            "machine": {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
-                       "device_kind": jax.devices()[0].device_kind,
+                       "device_kind": jax.devices()[0].device_kind, "xla_flags": os.environ.get("XLA_FLAGS", ""),
                        "cpu_count": os.cpu_count(), "jax": jax.__version__,
                        "loadavg_start": os.getloadavg()}}
     runners, infos = {}, {}
