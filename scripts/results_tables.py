@@ -28,15 +28,17 @@ RESULTS = REPO / "results"
 README = REPO / "README.md"
 RUN_FILES = ("config.json", "eval.json", "metrics.jsonl", "stage.json", "omniglot_step.json")
 # Published numbers (5-way unless the preset says otherwise), as the papers print them.
-# In the priority order of scripts/gpu_tables.py.
+# By stage name (the folder name under results/gpu/), in the priority order of scripts/gpu_tables.py.
 PAPER = {
     "omniglot-5w1s-maml": "98.7 ± 0.4",
     "omniglot-5w1s-protonet": "98.8",
+    "omniglot-5w1s-protonet-20way": "96.0 (20-way)",
     "omniglot-20w1s-maml": "95.8 ± 0.3",
     "omniglot-5w1s-imaml": "99.16 ± 0.35",
     "miniimagenet-5w1s-protonet": "49.42 ± 0.78",
 }
-PROTOCOL_NOTE = {"miniimagenet-5w1s-protonet": "our training split has 100 of the 600 images per class"}
+PROTOCOL_NOTE = {"miniimagenet-5w1s-protonet": "our training split has 100 of the 600 images per class",
+                 "omniglot-5w1s-protonet-20way": "the `omniglot-5w1s-protonet` run, tested 20-way"}
 MISSING_NOTE = "not run yet: needs the GPU machine (`bash scripts/gpu_tables.sh`)"
 
 
@@ -51,8 +53,14 @@ def _metrics(path: pathlib.Path) -> list[dict]:
 
 
 def runs(root: pathlib.Path = RESULTS) -> list[pathlib.Path]:
-    """Run folders under ``root`` (those with an ``eval.json``), sorted by path."""
-    return sorted(p.parent for p in root.rglob("eval.json"))
+    """Run folders under ``root`` (those with an ``eval.json``): by top folder, then in the stages' order."""
+    order = list(PAPER)
+
+    def key(run):
+        rel = run.relative_to(root)
+        return rel.parts[0], order.index(run.name) if run.name in order else len(order), rel.as_posix()
+
+    return sorted((p.parent for p in root.rglob("eval.json")), key=key)
 
 
 def accuracy_row(run: pathlib.Path, root: pathlib.Path = RESULTS) -> dict:
@@ -71,13 +79,13 @@ def accuracy_row(run: pathlib.Path, root: pathlib.Path = RESULTS) -> dict:
     reduced = ev["step"] < protocol
     wall = f"{recs[-1]['time']:.0f} s" if recs else "—"
     return {
-        "preset": cfg["name"], "run": run.relative_to(root).as_posix(),
+        "preset": cfg["name"], "stage": stage.get("stage", run.name), "run": run.relative_to(root).as_posix(),
         "device": stage.get("machine") or ev.get("device", "?"),
         "steps": f"{ev['step']:,} of {protocol:,}" + (" (**reduced budget**)" if reduced else ""),
         "wall": wall,
         "accuracy": f"{100 * acc['mean']:.2f} ± {100 * acc['ci95']:.2f}% ({n_way}-way {shots}-shot, "
                     f"{ev['num_tasks']} test episodes" + (f", {steps} steps" if steps else "") + ")",
-        "paper": PAPER.get(cfg["name"], stage.get("paper", "—")),
+        "paper": PAPER.get(stage.get("stage", run.name), PAPER.get(cfg["name"], "—")),
         "note": stage.get("note", ""), "reduced": reduced, "seconds_per_step": _seconds_per_step(recs),
         "protocol": protocol, "machine": stage.get("machine") or ev.get("device", "?"),
     }
@@ -101,10 +109,11 @@ def accuracy_table(root: pathlib.Path = RESULTS) -> str:
         note = f"`{r['run']}`" + (f"; {r['note']}" if r["note"] else "")
         lines.append(f"| `{r['preset']}` | {r['device']} | {r['steps']} | {r['wall']} | {r['accuracy']} | "
                      f"{r['paper']} | {note} |")
-    done_on_gpu = {r["preset"] for r in rows if "cpu" not in r["device"].lower()}
-    for preset, paper in PAPER.items():
-        if preset not in done_on_gpu:
-            note = MISSING_NOTE + (f"; {PROTOCOL_NOTE[preset]}" if preset in PROTOCOL_NOTE else "")
+    done_on_gpu = {r["stage"] for r in rows if "cpu" not in r["device"].lower()}
+    for name, paper in PAPER.items():
+        if name not in done_on_gpu:
+            note = MISSING_NOTE + (f"; {PROTOCOL_NOTE[name]}" if name in PROTOCOL_NOTE else "")
+            preset = name.removesuffix("-20way")
             lines.append(f"| `{preset}` | H200 | — | — | not measured | {paper} | {note} |")
     return "\n".join(lines)
 
@@ -170,6 +179,9 @@ def import_gpu(src: pathlib.Path, dest: pathlib.Path) -> list[pathlib.Path]:
     out = []
     for archive in sorted(src.glob("*.tar.gz")):
         with tarfile.open(archive) as tar:
+            stage = next((m for m in tar.getmembers() if m.name.endswith("/stage.json")), None)
+            if stage is not None and json.loads(tar.extractfile(stage).read()).get("rehearsal"):
+                raise ValueError(f"{archive} is from a rehearsal (gpu_tables.py --rehearse): not a result")
             for m in tar.getmembers():
                 parts = pathlib.PurePosixPath(m.name).parts
                 if len(parts) != 2 or not m.isfile() or parts[1] not in RUN_FILES or ".." in parts:

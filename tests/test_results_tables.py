@@ -38,7 +38,7 @@ def _run(root, name, *, preset, step, protocol, device, acc=0.987, ci=0.004, tim
     (run / "eval.json").write_text(json.dumps(ev))
     (run / "metrics.jsonl").write_text("".join(json.dumps({"step": 100 * (i + 1), "time": t}) + "\n"
                                                for i, t in enumerate(times)))
-    (run / "stage.json").write_text(json.dumps({"protocol_steps": protocol, "note": "a note"}))
+    (run / "stage.json").write_text(json.dumps({"stage": run.name, "protocol_steps": protocol, "note": "a note"}))
     return run
 
 
@@ -97,6 +97,20 @@ def test_import_gpu_keeps_the_small_files_of_each_stage(tmp_path):
     files = rt.import_gpu(src, tmp_path / "results" / "gpu")
     assert sorted(f.name for f in files) == ["eval.json", "stage.json"]
     assert (tmp_path / "results" / "gpu" / "summary.txt").read_text() == "omniglot-5w1s-maml: ok\n"
+
+
+def test_import_gpu_refuses_a_rehearsal(tmp_path):
+    import pytest
+
+    src = tmp_path / "out"
+    src.mkdir()
+    with tarfile.open(src / "01-x.tar.gz", "w:gz") as tar:
+        data = json.dumps({"stage": "x", "rehearsal": True}).encode()
+        info = tarfile.TarInfo("x/stage.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(ValueError, match="rehearsal"):
+        rt.import_gpu(src, tmp_path / "results")
 
 
 def test_render_refuses_a_readme_without_its_markers():
