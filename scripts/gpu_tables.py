@@ -22,7 +22,7 @@ holds at most 8 files, what the device tool brings back.
 
 Prepare the carried folder here, once (copies the Omniglot npz, mini-ImageNet's ``train.zip`` and a
 ``test.zip`` cut to the first 200 images per class, and the pure-Python code of ``higher`` and of
-learn2learn's MAML; about 60 MiB, under the tool's 64 MiB):
+learn2learn's MAML; 48 MiB, with the 1 MiB tree under the tool's 64 MiB):
 
     python scripts/gpu_tables.py --prepare            # writes .devdata/ (ignored by git)
 
@@ -30,9 +30,15 @@ Rehearse every stage on the CPU with tiny step counts (a few minutes on 2 cores)
 
     PYTHONPATH=$PWD python scripts/gpu_tables.py --rehearse --out /tmp/gpu_tables_rehearsal
 
-Then, with the device tool (one call, about 9.5 minutes):
+Then, with the device tool (one call, about 9.5 minutes; the tool sends the checkout the session was started
+in, so this script and ``.devdata/`` must be there):
 
     run(command="bash scripts/gpu_tables.sh", carry=[".devdata"], timeout_s=600)
+
+Budgets (seconds on the GPU, deadline 540 for all): 180 + 45 for the first stage (about 73 s of steps at the
+1.21 ms per meta-step measured on an H200, plus start-up, compilation, checkpoints and evaluation), then
+90 + 40, 40, 110 + 40, 80, 60 + 40, 60 + 60, each cut to what is left before the deadline; a stage given
+under 20 s is skipped with a line saying so.
 
 and unpack what came back into ``results/`` with ``python scripts/results_tables.py --import-gpu DIR``.
 """
