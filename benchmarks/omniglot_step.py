@@ -26,8 +26,12 @@ Forms measured for jmeta (``task_parallel`` + ``conv_impl``):
 
 PyTorch peers (same network, same data shapes; only if ``torch`` is installed, which jmeta never
 needs): ``torch_loop`` (a Python loop over tasks, ``torch.autograd.grad(create_graph=True)``,
-functional forward: what learn2learn does, without the library) and ``learn2learn``
-(``l2l.algorithms.MAML`` clone/adapt). learn2learn's package ``__init__`` imports torchvision and
+functional forward: what learn2learn does, without the library), ``learn2learn``
+(``l2l.algorithms.MAML`` clone/adapt) and ``higher`` (``higher.innerloop_ctx`` with a
+differentiable SGD step), each where importable (else the JSON says why it was skipped). They run
+on ``--torch-device`` (``auto``: CUDA when torch sees a GPU, as jmeta then runs on it too); on a
+GPU every timed torch step ends with ``torch.cuda.synchronize()``, as every jmeta step ends with
+``block_until_ready``. learn2learn's package ``__init__`` imports torchvision and
 gym for its datasets; when that import fails (no CPU torchvision wheel matches torch 2.13 on PyPI)
 its MAML code (``learn2learn.algorithms.maml`` and ``learn2learn.utils``, which need only torch) is
 imported without running the package ``__init__``: the timed code is learn2learn's own.
@@ -156,7 +160,7 @@ def jmeta_runners(forms, images, seed, tasks):
 
 
 # -- PyTorch peers ----------------------------------------------------------------------------
-def _torch_data(torch, images, seed, tasks):
+def _torch_data(torch, images, seed, tasks, device):
     rng = np.random.default_rng(seed)
     c = images.shape[0]
     sx, sy, qx, qy = [], [], [], []
@@ -173,21 +177,33 @@ def _torch_data(torch, images, seed, tasks):
         qy.append(np.repeat(np.arange(N_WAY), Q_QUERY))
     f = lambda a: torch.from_numpy(np.stack(a).astype(np.float32) / 255.0).permute(0, 1, 4, 2, 3).contiguous()  # noqa: E731
     lab = lambda a: torch.from_numpy(np.stack(a).astype(np.int64))  # noqa: E731
-    return f(sx), lab(sy), f(qx), lab(qy)
+    return tuple(t.to(device) for t in (f(sx), lab(sy), f(qx), lab(qy)))
 
 
-def _torch_model(torch):
+def _torch_model(torch, device):
     nn = torch.nn
     layers = []
     for i in range(4):
         layers += [nn.Conv2d(1 if i == 0 else 64, 64, 3, padding=1), nn.BatchNorm2d(64, track_running_stats=False),
                    nn.ReLU(), nn.MaxPool2d(2)]
-    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(64, N_WAY))
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(64, N_WAY)).to(device)
 
 
-def torch_loop_runner(torch, data, tasks):
+def _synchronized(torch, device, step):
+    """``step`` followed by ``torch.cuda.synchronize()`` on a GPU, so that a timed step includes its kernels."""
+    if torch.device(device).type != "cuda":
+        return step
+
+    def run():
+        step()
+        torch.cuda.synchronize(device)
+
+    return run
+
+
+def torch_loop_runner(torch, data, tasks, device):
     F = torch.nn.functional
-    model = _torch_model(torch)
+    model = _torch_model(torch, device)
     params = [p for p in model.parameters()]
     opt = torch.optim.Adam(params, lr=META_LR)
 
@@ -212,6 +228,7 @@ def torch_loop_runner(torch, data, tasks):
             (F.cross_entropy(forward(fast, qx[t]), qy[t]) / tasks).backward()
         opt.step()
 
+    step = _synchronized(torch, device, step)
     step()
     return step, {}
 
@@ -237,10 +254,10 @@ def _import_l2l_maml():
         return maml.MAML, f"learn2learn.algorithms.maml without package __init__ ({type(e).__name__}: {e})"
 
 
-def l2l_runner(torch, data, tasks):
+def l2l_runner(torch, data, tasks, device):
     MAML, how = _import_l2l_maml()
     F = torch.nn.functional
-    model = _torch_model(torch)
+    model = _torch_model(torch, device)
     maml = MAML(model, lr=INNER_LR, first_order=False)
     opt = torch.optim.Adam(maml.parameters(), lr=META_LR)
     sx, sy, qx, qy = data
@@ -253,8 +270,37 @@ def l2l_runner(torch, data, tasks):
             (F.cross_entropy(learner(qx[t]), qy[t]) / tasks).backward()
         opt.step()
 
+    step = _synchronized(torch, device, step)
     step()
     return step, {"import": how}
+
+
+def higher_runner(torch, data, tasks, device):
+    """``higher``'s MAML pattern: a functional copy of the model per task, one differentiable SGD step."""
+    try:
+        import higher
+    except Exception as e:  # noqa: BLE001 - any import failure is a reason to skip, reported in the JSON
+        raise ImportError(f"higher is not importable ({type(e).__name__}: {e})") from e
+    F = torch.nn.functional
+    model = _torch_model(torch, device)
+    inner_opt = torch.optim.SGD(model.parameters(), lr=INNER_LR)
+    opt = torch.optim.Adam(model.parameters(), lr=META_LR)
+    sx, sy, qx, qy = data
+
+    def step():
+        opt.zero_grad()
+        for t in range(tasks):
+            with higher.innerloop_ctx(model, inner_opt, copy_initial_weights=False) as (fmodel, diffopt):
+                diffopt.step(F.cross_entropy(fmodel(sx[t]), sy[t]))
+                (F.cross_entropy(fmodel(qx[t]), qy[t]) / tasks).backward()
+        opt.step()
+
+    step = _synchronized(torch, device, step)
+    step()
+    return step, {"version": getattr(higher, "__version__", "unknown")}
+
+
+TORCH_PEERS = ("torch_loop", "learn2learn", "higher")
 
 
 def main(argv=None):
@@ -269,6 +315,8 @@ def main(argv=None):
     ap.add_argument("--torch-threads", type=int, default=0,
                     help="torch.set_num_threads (0: os.cpu_count()); on a shared, busy CPU 1 avoids "
                          "OpenMP oversubscription")
+    ap.add_argument("--torch-device", default="auto",
+                    help="device of the PyTorch peers: auto (cuda when torch sees a GPU), cpu, cuda or cuda:N")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/bench/omniglot_step.json")
     args = ap.parse_args(argv)
@@ -288,6 +336,7 @@ def main(argv=None):
                       "timing": "round-robin: each round runs one step of every form, so all forms share "
                                 "the same background load; medians over rounds"},
            "machine": {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+                       "device_kind": jax.devices()[0].device_kind, "xla_flags": os.environ.get("XLA_FLAGS", ""),
                        "cpu_count": os.cpu_count(), "jax": jax.__version__,
                        "loadavg_start": os.getloadavg()}}
     runners, infos = {}, {}
@@ -295,19 +344,37 @@ def main(argv=None):
         import torch
     except ImportError:
         torch = None
+    if torch is None and not args.no_torch:
+        for name in TORCH_PEERS:
+            infos[name] = {"skipped": "torch is not installed"}
     if torch is not None and not args.no_torch:
         threads = args.torch_threads or os.cpu_count() or 1
         torch.set_num_threads(threads)
+        device = args.torch_device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            device = str(torch.device(device))
+        except RuntimeError as e:
+            ap.error(f"--torch-device must be auto, cpu, cuda or cuda:N, got {args.torch_device!r} ({e})")
         out["machine"]["torch"] = torch.__version__
         out["machine"]["torch_threads"] = threads
+        out["machine"]["torch_device"] = device
+        if device.startswith("cuda"):
+            out["machine"]["torch_device_name"] = torch.cuda.get_device_name(torch.device(device))
+            out["machine"]["torch_tf32"] = {"cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
+                                            "cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32}
         torch.manual_seed(args.seed)
-        data = _torch_data(torch, images, args.seed, tasks)
-        runners["torch_loop"], infos["torch_loop"] = torch_loop_runner(torch, data, tasks)
-        try:
-            runners["learn2learn"], infos["learn2learn"] = l2l_runner(torch, data, tasks)
-        except ImportError as e:
-            infos["learn2learn"] = {"skipped": str(e)}
-        print("torch peers ready", flush=True)
+        data = _torch_data(torch, images, args.seed, tasks, device)
+        peers = {"torch_loop": torch_loop_runner, "learn2learn": l2l_runner, "higher": higher_runner}
+        for name, make in peers.items():
+            try:
+                runners[name], infos[name] = make(torch, data, tasks, device)
+            except ImportError as e:
+                if name == "torch_loop":
+                    raise
+                infos[name] = {"skipped": str(e)}
+        print("torch peers ready: " + ", ".join(sorted(n for n in peers if n in runners)), flush=True)
 
     jr, ji, sampling_s = jmeta_runners(forms, images, args.seed, tasks)
     runners.update(jr)
@@ -335,12 +402,13 @@ def main(argv=None):
         if holder is not None and holder["metrics"] is not None:
             info["loss_after"] = float(holder["metrics"]["loss"])
         res[name] = info
-    refs = {k: res[k]["median_step_s"] for k in ("learn2learn", "torch_loop") if "median_step_s" in res.get(k, {})}
+    refs = {k: res[k]["median_step_s"] for k in TORCH_PEERS if "median_step_s" in res.get(k, {})}
     for name, r in res.items():
-        if name in ("learn2learn", "torch_loop") or "median_step_s" not in r:
+        if name in TORCH_PEERS or "median_step_s" not in r:
             continue
         for ref, t in refs.items():
             r[f"ratio_to_{ref}"] = r["median_step_s"] / t
+            r[f"speedup_over_{ref}"] = t / r["median_step_s"]
         r["sampling_fraction"] = sampling_s / r["median_step_s"]
     out["results"] = res
     out["sampling_median_s"] = sampling_s
