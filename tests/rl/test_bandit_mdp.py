@@ -12,12 +12,23 @@ from jmeta.rl.envs import BernoulliBandit, RandomTabularMDP, check_env, index_ta
 ENVS = [BernoulliBandit(num_arms=4, horizon=3), RandomTabularMDP(num_states=4, num_actions=3, horizon=5)]
 
 
+_JITTED = {}
+
+
+def _jitted(env):
+    """``(reset, step)`` of ``env``, jitted once per environment (tests stay fast on a loaded CPU)."""
+    if env not in _JITTED:
+        _JITTED[env] = (jax.jit(env.reset), jax.jit(env.step))
+    return _JITTED[env]
+
+
 def _episode(env, task, key, actions):
     """A Python-loop episode: the observations and rewards of ``actions``."""
-    state, obs = env.reset(key, task)
+    reset, step = _jitted(env)
+    state, obs = reset(key, task)
     obs_seq, rewards = [obs], []
     for a in actions:
-        state, obs, r, done = env.step(state, jnp.int32(a), task)
+        state, obs, r, done = step(state, jnp.int32(a), task)
         assert not bool(done)
         obs_seq.append(obs)
         rewards.append(r)
@@ -61,6 +72,7 @@ def test_vmap_over_tasks_equals_a_loop(env):
         return obs0, obs1, obs2, jnp.stack([r1, r2])
 
     batched = jax.jit(jax.vmap(one))(tasks, keys, actions)
+    one = jax.jit(one)
     for i in range(n):
         single = one(index_task(tasks, i), keys[i], actions[i])
         for b, s in zip(batched, single):
@@ -81,8 +93,9 @@ def test_bandit_task_distribution_and_rewards():
         return env.step(state, a, task)[2]
 
     keys = jax.random.split(jax.random.key(1), 4000)
+    pulls = jax.jit(jax.vmap(pull, (0, None)))
     for a in range(5):
-        r = np.asarray(jax.jit(jax.vmap(pull, (0, None)))(keys, jnp.int32(a)))
+        r = np.asarray(pulls(keys, jnp.int32(a)))
         assert set(np.unique(r)) <= {0.0, 1.0}
         pa = float(task["p"][a])
         assert abs(r.mean() - pa) < 5 * np.sqrt(pa * (1 - pa) / 4000), (a, r.mean(), pa)
@@ -101,7 +114,7 @@ def test_tabular_task_distribution_transitions_and_rewards():
     assert abs(R.mean() - 1.0) < 0.03 and abs(R.std() - 1.0) < 0.03
     # one step from state 0 (every episode starts there): next state ~ P[0, a], reward ~ N(R[0, a], 1)
     task = index_task(tasks, 0)
-    state, obs = env.reset(jax.random.key(1), task)
+    state, obs = jax.jit(env.reset)(jax.random.key(1), task)
     np.testing.assert_array_equal(obs, np.eye(10)[0])
 
     def one_step(key, a):
@@ -122,7 +135,7 @@ def test_tabular_task_distribution_transitions_and_rewards():
 @pytest.mark.parametrize("env", ENVS, ids=["bandit", "tabular"])
 def test_bad_actions_one_clear_error_each(env):
     task = index_task(env.sample_tasks(jax.random.key(0), 2), 0)
-    state, _ = env.reset(jax.random.key(1), task)
+    state, _ = _jitted(env)[0](jax.random.key(1), task)
     with pytest.raises(TypeError, match=r"action must be an int32 scalar .* got dtype float32"):
         env.step(state, jnp.float32(1.0), task)
     with pytest.raises(TypeError, match="action must be an int32 scalar .* got a boolean"):
@@ -132,8 +145,9 @@ def test_bad_actions_one_clear_error_each(env):
     # the same checks hold under jit (they are static: dtype and shape)
     with pytest.raises(TypeError, match="action must be an int32 scalar"):
         jax.jit(lambda a: env.step(state, a, task))(jnp.float32(0.0))
-    env.step(state, 1, task)  # a Python int is a valid action
-    env.step(state, np.int64(1), task)
+    step = _jitted(env)[1]
+    step(state, 1, task)  # a Python int is a valid action
+    step(state, np.int64(1), task)
 
 
 def test_bad_sizes_one_clear_error_each():

@@ -19,6 +19,7 @@ Reinforcement Learning", 2016 (S=10, A=5, horizon 10, trials of n = 10 ... 100 e
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import NamedTuple
 
 import jax
@@ -36,6 +37,16 @@ class TabularState(NamedTuple):
     s: jax.Array
     key: jax.Array
     t: jax.Array
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _sample_mdps(key, n, S, A):
+    kp, kr = jax.random.split(key)
+    # Dirichlet(1, ..., 1) = normalised i.i.d. Exponential(1) draws (exact, and cheaper than gamma).
+    e = jax.random.exponential(kp, (n, S, A, S), jnp.float32)
+    P = e / jnp.sum(e, axis=-1, keepdims=True)
+    R = 1.0 + jax.random.normal(kr, (n, S, A), jnp.float32)
+    return {"P": P, "R": R}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,13 +82,7 @@ class RandomTabularMDP:
     def sample_tasks(self, key: jax.Array, n: int) -> dict:
         """``{"P": [n, S, A, S] transition probabilities, "R": [n, S, A] mean rewards}`` (float32)."""
         n = validate.integer("n", n, min=1)
-        kp, kr = jax.random.split(key)
-        S, A = self.num_states, self.num_actions
-        # Dirichlet(1, ..., 1) = normalised i.i.d. Exponential(1) draws (exact, and cheaper than gamma).
-        e = jax.random.exponential(kp, (n, S, A, S), jnp.float32)
-        P = e / jnp.sum(e, axis=-1, keepdims=True)
-        R = 1.0 + jax.random.normal(kr, (n, S, A), jnp.float32)
-        return {"P": P, "R": R}
+        return _sample_mdps(key, n, self.num_states, self.num_actions)
 
     def _task(self, task):
         if not isinstance(task, dict) or "P" not in task or "R" not in task:
