@@ -100,7 +100,8 @@ def main(argv=None):
         s = report["summary"]
         runs.append({"seed": seed, "compile_and_first_step_s": t1 - t0, "train_s": t2 - t1,
                      "trial_return": s["trial return"], "trial_return_ci95": s["trial return ci95"],
-                     "per_episode_mean": report["per_episode"]["mean"], "per_episode_ci95": report["per_episode"]["ci95"]})
+                     "per_episode_mean": report["per_episode"]["mean"],
+                     "per_episode_ci95": report["per_episode"]["ci95"]})
         print(json.dumps(runs[-1]), flush=True)
     ts, ts_ci = thompson_return(k, n)
     result = {"setting": {**vars(args), "device": jax.devices()[0].device_kind, "platform": platform.platform()},

@@ -5,7 +5,8 @@ behaviour policy, advantages, values, returns, entropies), so recurrent, Gaussia
 it. With ratio :math:`\rho_t = \exp(\log\pi_\theta(a_t|h_t) - \log\pi_{old}(a_t|h_t))`,
 
 .. math::
-   L(\theta) = -\frac{1}{\sum_t m_t}\sum_t m_t \min\big(\rho_t A_t,\ \mathrm{clip}(\rho_t, 1-\epsilon, 1+\epsilon) A_t\big)
+   L(\theta) = -\frac{1}{\sum_t m_t}\sum_t m_t
+       \min\big(\rho_t A_t,\ \mathrm{clip}(\rho_t, 1-\epsilon, 1+\epsilon) A_t\big)
      + c_v \frac{1}{\sum_t m_t}\sum_t m_t (V_\theta(h_t) - \hat R_t)^2 - c_H \frac{1}{\sum_t m_t}\sum_t m_t H_t,
 
 with an optional mask :math:`m_t` (1 for valid steps). :func:`ppo_update` runs ``epochs`` passes of

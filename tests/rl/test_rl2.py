@@ -202,7 +202,8 @@ def test_bad_inputs_one_clear_error_each(small):
         PPOConfig(learning_rate=0.0)
     with pytest.raises(ValueError, match="hidden_size must be an integer >= 1; got 0"):
         gru_policy(5, 3, hidden_size=0)
-    with pytest.raises(ValueError, match=r"policy input x must have shape \(6,\) for one time step of one trial; got \(3,\)"):
+    with pytest.raises(ValueError, match=r"policy input x must have shape \(6,\) for one time step of one trial; "
+                                         r"got \(3,\)"):
         policy.step(policy.params, policy.initial_hidden(), jnp.zeros(3))
     rl2 = RL2(env, policy, meta_batch_size=4, ppo=PPOConfig(num_minibatches=2))
     with pytest.raises(ValueError, match=r"task\['p'\] must have shape \(3,\) for one task; got \(5,\)"):
