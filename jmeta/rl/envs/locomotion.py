@@ -23,18 +23,23 @@ noise to ``qvel``. Observations: HalfCheetah ``[qpos[1:], qvel]`` (17); Ant ``[q
   the direction ``d`` in {-1, +1} (each with probability 1/2). This is ProMP's
   ``HalfCheetahRandDirecEnv`` (``goal_direction * (xposafter - xposbefore) / dt - 0.5 * 0.1 * ||a||^2``)
   and MAML-RL's ``half_cheetah_env_rand_direc.py`` (``goal_direction * comvel_x - 0.1 * 0.5 * ||a||^2``,
-  where MAML-RL measures the torso's centre-of-mass velocity and clips ``a`` to [-1, 1] first).
+  where MAML-RL measures the torso's centre-of-mass velocity, clips ``a`` to [-1, 1] first and draws the
+  direction as ``sign(U(0, 2) - 1)``).
 * :class:`HalfCheetahVelocity` (MAML's "half-cheetah goal velocity"): ``-|v - v_goal| - 0.05 ||a||^2`` with
   ``v_goal ~ U(0, 2)`` as in MAML-RL's ``half_cheetah_env_rand.py`` (``-(|comvel_x - goal_vel| +
-  0.1 * 0.5 * ||a||^2)``) and ProMP's ``HalfCheetahRandVelEnv``.
+  0.1 * 0.5 * ||a||^2)``); ProMP's ``HalfCheetahRandVelEnv`` has the same reward with ``v_goal ~ U(0, 3)``
+  (``max_velocity=3.0``).
 * :class:`AntDirection` (MAML's "ant forward/backward"): ``d * v - 0.5 ||a||^2 + 1`` (ProMP's
   ``AntRandDirecEnv``: forward reward, control cost 0.5 ||a||^2, survive bonus 1.0), ``done`` when the
-  torso height leaves [0.2, 1.0] or the state is not finite (gym's healthy range). ProMP also subtracts a
+  torso height ``qpos[2]`` leaves ProMP's [0, 1] or the state is not finite (gym's ``Ant`` and MAML-RL use
+  [0.2, 1.0]: ``min_z=0.2``). ProMP takes ``x`` from ``get_body_com("torso")`` (MuJoCo's ``xpos``, which
+  lags one physics step behind ``qpos``); here ``x`` is the torso's free-joint ``qpos[0]``. ProMP also subtracts a
   contact cost ``5e-4 ||clip(cfrc_ext, -1, 1)||^2`` and observes the clipped external contact forces; it is
   left out here as in gym ``Ant-v4``'s default (``use_contact_forces=False``): MJX keeps ``cfrc_ext`` only
   in a private field, and under mujoco >= 2.0 gym's ``Ant-v2`` read ``cfrc_ext`` as all zeros anyway
-  (openai/gym#1541), so the term was zero in most published reruns. MAML-RL's rllab Ant used other weights
-  (control 0.005, survive 0.05); the fields ``ctrl_cost_weight``/``survive_bonus`` select either.
+  (openai/gym#1541), so the term was zero in most published reruns. MAML-RL's ``ant_env_rand_direc.py``
+  (rllab's own Ant model and observations) used control ``0.005 ||a / scaling||^2`` and survive bonus 0.05;
+  the fields ``ctrl_cost_weight``/``survive_bonus`` approximate it on gym's model.
 
 **Horizon**: 200 by default, the MAML paper's locomotion horizon ("H = 200" for all locomotion tasks);
 ProMP's configurations use 100 (pass ``horizon=100``).
@@ -310,18 +315,18 @@ class AntDirection(_Locomotion):
     """Ant forward/backward (MAML, ProMP): reward ``d * v - ctrl_cost_weight * ||a||^2 + survive_bonus``.
 
     Task: ``{"direction": float32 [n]}`` in {-1, +1}. ``done`` when the torso height ``qpos[2]`` leaves
-    ``[min_z, max_z]`` or the state is not finite (gym's healthy range); the caller masks the rest.
+    ``[min_z, max_z]`` or the state is not finite; the caller masks the rest of the episode.
 
     Args:
       horizon, frame_skip, reset_noise_scale: as :class:`HalfCheetahDirection`.
       ctrl_cost_weight: ProMP/gym's 0.5.
       survive_bonus: ProMP/gym's 1.0.
-      min_z, max_z: the healthy torso height range (0.2, 1.0).
+      min_z, max_z: the healthy torso height range (ProMP's (0, 1); gym's and MAML-RL's (0.2, 1.0)).
     """
 
     ctrl_cost_weight: float = 0.5
     survive_bonus: float = 1.0
-    min_z: float = 0.2
+    min_z: float = 0.0
     max_z: float = 1.0
 
     _xml: ClassVar[str] = "ant.xml"
