@@ -3,5 +3,7 @@
 # This is the README's test command; .ci/run calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+# The `mjx` extra (MuJoCo MJX + gymnasium's MJCF models) is installed here rather than folded into `test`,
+# so `.[test]` stays free of MuJoCo for whoever wants it; the locomotion tests skip without it.
+python -m pip install --quiet --disable-pip-version-check -e ".[test,mjx]"
 exec python -m pytest -q "$@"
