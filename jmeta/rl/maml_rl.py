@@ -25,6 +25,7 @@ differences (the DiCE magic box equals these ratios, with all their derivatives,
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -415,6 +416,11 @@ class MAMLRL:
         keys = jax.random.split(key, task_axis_size(tasks))
         return jax.vmap(one)(tasks, keys)
 
+    @functools.lru_cache(maxsize=8)  # noqa: B019 (instances hash by identity; a few compiled programs each)
+    def _evaluate_fn(self, num_steps, num_episodes):
+        return jax.jit(lambda p, t, k: self.evaluate_returns(p, t, k, num_steps=num_steps,
+                                                             num_episodes=num_episodes))
+
     def evaluate(self, meta_params, key, *, num_tasks: int = 40, num_steps: int | None = None,
                  num_episodes: int | None = None, tasks=None) -> dict:
         """Average return over held-out tasks before adaptation and after each inner step (host-side summary).
@@ -439,8 +445,7 @@ class MAMLRL:
             tasks = self.env.sample_tasks(k_tasks, num_tasks)
         num_steps = self.num_inner_steps if num_steps is None else validate.integer("num_steps", num_steps, min=0)
         n = self.check_tasks(tasks)
-        f = jax.jit(lambda p, t, k: self.evaluate_returns(p, t, k, num_steps=num_steps, num_episodes=num_episodes))
-        rets = np.asarray(f(meta_params, tasks, k_roll))
+        rets = np.asarray(self._evaluate_fn(num_steps, num_episodes)(meta_params, tasks, k_roll))
         stats = task_statistics(rets, higher_is_better=True)
         summary = {f"return after {k} step(s)": {m: stats[m][k] for m in ("mean", "ci95", "median", "nonfinite")}
                    for k in range(num_steps + 1)}
