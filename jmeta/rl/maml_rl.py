@@ -110,6 +110,9 @@ class MAMLRL:
       num_inner_steps: policy-gradient steps of the inner loop (>= 1).
       inner_lr: inner step size (>= 0).
       learn_inner_lr: Meta-SGD: learn a per-parameter inner step size, initialised at ``inner_lr``.
+      adapt_params: ANIL-style partial adaptation: path prefixes (``"/"``-joined dict keys of the policy
+        parameters, e.g. ``("mean/layers_2", "log_std")`` for the head and the log-std of a 2-hidden-layer MLP)
+        of the parameters the inner step updates; the others keep their meta-values. ``None``: all.
       estimator: ``"dice"``, ``"lvc"``, ``"reinforce"`` (MAML-RL's original surrogate, differentiated through) or
         ``"first_order"`` (REINFORCE with the inner gradient stop-gradiented).
       outer: ``"trpo"`` or ``"ppo"``.
@@ -131,6 +134,7 @@ class MAMLRL:
     num_inner_steps: int = 1
     inner_lr: float = 0.1
     learn_inner_lr: bool = False
+    adapt_params: tuple[str, ...] | None = None
     estimator: str = "dice"
     outer: str = "trpo"
     gamma: float = 0.99
@@ -158,6 +162,7 @@ class MAMLRL:
         validate.integer("num_inner_steps", self.num_inner_steps, min=1)
         validate.number("inner_lr", self.inner_lr, min=0)
         validate.flag("learn_inner_lr", self.learn_inner_lr)
+        self._adapt_mask()
         validate.choice("estimator", self.estimator, ESTIMATORS)
         validate.choice("outer", self.outer, ("trpo", "ppo"))
         validate.number("gamma", self.gamma, min=0, max=1)
@@ -178,6 +183,24 @@ class MAMLRL:
             raise ValueError(f"inner_kl_penalty (ProMP) needs outer='ppo'; got outer={self.outer!r}")
 
     # ------------------------------------------------------------------ state
+    def _adapt_mask(self):
+        """Pytree of bools over the policy parameters: which ones the inner step updates."""
+        params = self.policy.init()
+        if self.adapt_params is None:
+            return jax.tree.map(lambda _: True, params)
+        prefixes = self.adapt_params
+        if isinstance(prefixes, str) or not all(isinstance(p, str) and p for p in prefixes):
+            raise ValueError(f"adapt_params must be a tuple of parameter path prefixes such as ('mean/layers_2', "
+                             f"'log_std'), or None; got {prefixes!r}")
+        paths = ["/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+                 for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+        for pre in prefixes:
+            if not any(p == pre or p.startswith(pre.rstrip("/") + "/") for p in paths):
+                raise ValueError(f"adapt_params entry {pre!r} matches no policy parameter; the parameters are "
+                                 f"{paths}")
+        flags = [any(p == pre or p.startswith(pre.rstrip("/") + "/") for pre in prefixes) for p in paths]
+        return jax.tree.unflatten(jax.tree.structure(params), flags)
+
     def _optimizer(self):
         return optax.adam(self.outer_lr)
 
@@ -225,6 +248,8 @@ class MAMLRL:
         g = jax.grad(self.inner_objective)(policy_params, traj, proc)
         if self.estimator == "first_order":
             g = jax.lax.stop_gradient(g)
+        if self.adapt_params is not None:
+            g = jax.tree.map(lambda d, m: d if m else jnp.zeros_like(d), g, self._adapt_mask())
         lr = meta_params["inner_lr"] if self.learn_inner_lr else self.inner_lr
         if self.learn_inner_lr:
             return jax.tree.map(lambda p, a, d: p + a * d, policy_params, lr, g)

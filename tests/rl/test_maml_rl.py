@@ -168,3 +168,17 @@ def test_bad_input_one_clear_error_each(trpo_run):
         algo.evaluate(algo.init().params, jax.random.key(0), tasks={"target": jnp.zeros((5, 2))})
     with pytest.raises(ValueError, match="estimator must be one of"):
         MAMLRL(env, gaussian_mlp_policy(2, 2, (4,)), estimator="vpg")
+
+
+def test_anil_adapts_only_the_named_parameters():
+    env = envs.Nav2D(horizon=6)
+    pol = gaussian_mlp_policy(2, 2, (5,), key=jax.random.key(1))
+    algo = MAMLRL(env, pol, num_tasks=2, num_episodes=3, adapt_params=("mean/layers_1", "log_std"))
+    params = algo.init().params
+    data, old, _ = jax.jit(algo.sample)(params, jax.random.key(7))
+    adapted = old[1]
+    np.testing.assert_array_equal(adapted["mean"]["layers_0"]["kernel"][0], params["policy"]["mean"]["layers_0"]["kernel"])
+    assert not np.allclose(adapted["mean"]["layers_1"]["kernel"][0], params["policy"]["mean"]["layers_1"]["kernel"])
+    assert not np.allclose(adapted["log_std"][0], params["policy"]["log_std"])
+    with pytest.raises(ValueError, match="adapt_params entry 'mean/head' matches no policy parameter"):
+        MAMLRL(env, pol, adapt_params=("mean/head",))
