@@ -177,7 +177,8 @@ def test_anil_adapts_only_the_named_parameters():
     params = algo.init().params
     data, old, _ = jax.jit(algo.sample)(params, jax.random.key(7))
     adapted = old[1]
-    np.testing.assert_array_equal(adapted["mean"]["layers_0"]["kernel"][0], params["policy"]["mean"]["layers_0"]["kernel"])
+    np.testing.assert_array_equal(adapted["mean"]["layers_0"]["kernel"][0],
+                                  params["policy"]["mean"]["layers_0"]["kernel"])
     assert not np.allclose(adapted["mean"]["layers_1"]["kernel"][0], params["policy"]["mean"]["layers_1"]["kernel"])
     assert not np.allclose(adapted["log_std"][0], params["policy"]["log_std"])
     with pytest.raises(ValueError, match="adapt_params entry 'mean/head' matches no policy parameter"):
