@@ -39,7 +39,7 @@ from jmeta.rl.envs.base import check_env, task_axis_size
 from jmeta.rl.estimators import ESTIMATORS, dice_surrogate, lvc_surrogate, reinforce_surrogate
 from jmeta.rl.returns import (discounted_returns, fit_linear_baseline, gae, linear_baseline_values,
                               normalize_advantages)
-from jmeta.rl.rollout import Trajectories, check_policy_env, episode_returns, rollout
+from jmeta.rl.rollout import Trajectories, check_policy_env, check_tasks, episode_returns, rollout
 
 PyTree = Any
 
@@ -414,16 +414,7 @@ class MAMLRL:
     # ------------------------------------------------------------------ evaluation
     def check_tasks(self, tasks) -> int:
         """The number of tasks in ``tasks``, or a ``ValueError`` if its structure/shapes are not the env's."""
-        n = task_axis_size(tasks, "tasks")
-        ref = jax.eval_shape(lambda k: self.env.sample_tasks(k, n), jax.random.key(0))
-        if jax.tree.structure(ref) != jax.tree.structure(tasks):
-            raise ValueError(f"tasks must have the structure of {type(self.env).__name__}.sample_tasks: "
-                             f"{jax.tree.structure(ref)}; got {jax.tree.structure(tasks)}")
-        for path, r, t in zip(jax.tree_util.tree_leaves_with_path(ref), jax.tree.leaves(ref), jax.tree.leaves(tasks)):
-            if tuple(r.shape) != tuple(np.shape(t)):
-                raise ValueError(f"tasks{jax.tree_util.keystr(path[0])} has shape {tuple(np.shape(t))}; "
-                                 f"{type(self.env).__name__} tasks have shape {tuple(r.shape)} for {n} tasks")
-        return n
+        return check_tasks(self.env, tasks)
 
     def evaluate_returns(self, meta_params, tasks, key, *, num_steps: int | None = None,
                          num_episodes: int | None = None):

@@ -23,7 +23,7 @@ from jmeta.rl.envs.base import check_env, task_axis_size
 
 PyTree = Any
 
-__all__ = ["Trajectories", "rollout", "rollout_tasks", "episode_returns", "check_policy_env"]
+__all__ = ["Trajectories", "rollout", "rollout_tasks", "episode_returns", "check_policy_env", "check_tasks"]
 
 
 class Trajectories(NamedTuple):
@@ -57,6 +57,21 @@ def check_policy_env(policy, env) -> None:
     if getattr(policy, "discrete", env.discrete) != env.discrete:
         raise ValueError(f"policy is {'discrete' if policy.discrete else 'continuous'} but env "
                          f"{type(env).__name__} has discrete={env.discrete}")
+
+
+def check_tasks(env, tasks: PyTree) -> int:
+    """The number of tasks in a batched ``tasks`` pytree, or one ``ValueError`` when its structure or leaf shapes
+    are not those of ``env.sample_tasks`` (shapes are compared with ``jax.eval_shape``; nothing is sampled)."""
+    n = task_axis_size(tasks, "tasks")
+    ref = jax.eval_shape(lambda k: env.sample_tasks(k, n), jax.random.key(0))
+    if jax.tree.structure(ref) != jax.tree.structure(tasks):
+        raise ValueError(f"tasks must have the structure of {type(env).__name__}.sample_tasks: "
+                         f"{jax.tree.structure(ref)}; got {jax.tree.structure(tasks)}")
+    for (path, r), t in zip(jax.tree_util.tree_leaves_with_path(ref), jax.tree.leaves(tasks)):
+        if tuple(r.shape) != tuple(jnp.shape(t)):
+            raise ValueError(f"tasks{jax.tree_util.keystr(path)} has shape {tuple(jnp.shape(t))}; "
+                             f"{type(env).__name__} tasks have shape {tuple(r.shape)} for {n} tasks")
+    return n
 
 
 def rollout(env, policy, params: PyTree, task: PyTree, key: jax.Array, *, num_episodes: int) -> Trajectories:
@@ -102,7 +117,7 @@ def rollout_tasks(env, policy, params: PyTree, tasks: PyTree, key: jax.Array, *,
       params_per_task: ``params`` has a leading task axis (one parameter set per task) instead of being shared.
       Others as in :func:`rollout`; task ``i`` uses ``jax.random.split(key, n)[i]``.
     """
-    n = task_axis_size(tasks, "tasks")
+    n = check_tasks(env, tasks)
     if params_per_task:
         sizes = {getattr(a, "shape", (None,))[:1] for a in jax.tree.leaves(params)}
         if sizes != {(n,)}:

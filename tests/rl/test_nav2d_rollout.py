@@ -153,3 +153,11 @@ def test_returns_gae_and_baseline(x64):
     target = 0.3 * obs[..., 0] - 2 * obs[..., 1] ** 2 + 5 * t + 1.5
     c = fit_linear_baseline(obs, target, mask, reg_coeff=1e-12)
     np.testing.assert_allclose(linear_baseline_values(c, obs, mask), target, atol=1e-6)
+
+
+def test_rollout_tasks_refuses_tasks_of_the_wrong_shape(setup):
+    env, policy, params = setup
+    with pytest.raises(ValueError, match=r"tasks\['goal'\] has shape \(3, 3\); Nav2D tasks have shape \(3, 2\)"):
+        rollout_tasks(env, policy, params, {"goal": jnp.zeros((3, 3))}, jax.random.key(0), num_episodes=2)
+    with pytest.raises(ValueError, match="leading task axis"):
+        rollout_tasks(env, policy, params, {"goal": jnp.zeros(())}, jax.random.key(0), num_episodes=2)
