@@ -2,11 +2,22 @@
 meta-batches of rollouts, inner adaptation and outer updates inside one compiled step."""
 
 from jmeta.rl import envs
-
-__all__ = ["envs"]
-from jmeta.rl.ppo import PPOConfig, clip_surrogate, normalize_advantages, ppo_loss, ppo_update
+from jmeta.rl.estimators import dice_surrogate, lvc_surrogate, magic_box, reinforce_surrogate
+from jmeta.rl.maml_rl import MAMLRL, MetaRLState, conjugate_gradient, promp
+from jmeta.rl.policies import GaussianPolicy, gaussian_entropy, gaussian_kl, gaussian_log_prob, gaussian_mlp_policy
+from jmeta.rl.ppo import PPOConfig, clip_surrogate, ppo_loss, ppo_update
 from jmeta.rl.recurrent import RecurrentPolicy, gru_policy
+from jmeta.rl.returns import (discounted_returns, fit_linear_baseline, gae, linear_baseline_values,
+                              normalize_advantages)
 from jmeta.rl.rl2 import RL2, RL2State, Trial, rl2_input, rl2_input_size, rollout_trial, trial_gae
+from jmeta.rl.rollout import Trajectories, check_policy_env, check_tasks, episode_returns, rollout, rollout_tasks
 
-__all__ += ["PPOConfig", "clip_surrogate", "normalize_advantages", "ppo_loss", "ppo_update", "RecurrentPolicy",
-            "gru_policy", "RL2", "RL2State", "Trial", "rl2_input", "rl2_input_size", "rollout_trial", "trial_gae"]
+__all__ = ["envs",
+           "dice_surrogate", "lvc_surrogate", "magic_box", "reinforce_surrogate",
+           "MAMLRL", "MetaRLState", "conjugate_gradient", "promp",
+           "GaussianPolicy", "gaussian_entropy", "gaussian_kl", "gaussian_log_prob", "gaussian_mlp_policy",
+           "PPOConfig", "clip_surrogate", "ppo_loss", "ppo_update",
+           "RecurrentPolicy", "gru_policy",
+           "discounted_returns", "fit_linear_baseline", "gae", "linear_baseline_values", "normalize_advantages",
+           "RL2", "RL2State", "Trial", "rl2_input", "rl2_input_size", "rollout_trial", "trial_gae",
+           "Trajectories", "check_policy_env", "check_tasks", "episode_returns", "rollout", "rollout_tasks"]

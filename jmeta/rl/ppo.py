@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import optax
 
 from jmeta import validate
+from jmeta.rl.returns import normalize_advantages  # re-exported: one implementation for MAML-RL and PPO
 
 PyTree = Any
 
@@ -81,14 +82,6 @@ def _masked_mean(x, mask):
         return jnp.mean(x)
     mask = mask.astype(x.dtype)
     return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-
-
-def normalize_advantages(advantages: jax.Array, mask: jax.Array | None = None, eps: float = 1e-8) -> jax.Array:
-    """``(A - mean) / (std + eps)`` over the (masked) entries; masked entries become 0."""
-    mean = _masked_mean(advantages, mask)
-    std = jnp.sqrt(_masked_mean(jnp.square(advantages - mean), mask))
-    out = (advantages - mean) / (std + eps)
-    return out if mask is None else jnp.where(mask, out, 0.0)
 
 
 def clip_surrogate(log_probs: jax.Array, old_log_probs: jax.Array, advantages: jax.Array, *, clip_eps: float,

@@ -1,0 +1,105 @@
+"""Returns, advantages and the linear feature baseline (all masked, all along the last = time axis).
+
+* :func:`discounted_returns`: ``G_t = sum_{t' >= t} gamma^{t'-t} r_t'`` within the episode.
+* :func:`gae`: generalized advantage estimation (Schulman et al. 2016) with values ``V(s_t)`` and a zero
+  value after the last step (rllab's convention: paths end at the horizon or at ``done``).
+* :func:`normalize_advantages`: ``(A - mean) / (std + eps)`` over the valid steps (rllab's ``center_adv``).
+* :func:`fit_linear_baseline` / :func:`linear_baseline_values`: the linear feature baseline of Duan et al.
+  (2016) as rllab's ``LinearFeatureBaseline``: features ``[o, o^2, t/100, (t/100)^2, (t/100)^3, 1]`` with
+  ``o = clip(obs, -10, 10)``, least squares on the discounted returns of one task's episodes, ridge
+  ``reg_coeff = 1e-5`` (multiplied by 10, up to 5 times, while the solution is not finite).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["discounted_returns", "gae", "normalize_advantages", "baseline_features", "fit_linear_baseline",
+           "linear_baseline_values"]
+
+
+def _reverse_scan(f, init, xs):
+    """``lax.scan`` of ``f`` over the last axis of each ``xs`` leaf, from the end."""
+    xs_t = jax.tree.map(lambda a: jnp.moveaxis(a, -1, 0), xs)
+    _, ys = jax.lax.scan(f, init, xs_t, reverse=True)
+    return jnp.moveaxis(ys, 0, -1)
+
+
+def discounted_returns(rewards, mask, gamma: float):
+    """Discounted reward-to-go of each step; 0 at masked steps. Shapes ``[..., T]``."""
+    r = rewards * mask
+
+    def f(g, x):
+        r_t, m_t = x
+        g = r_t + gamma * g * m_t
+        return g, g
+
+    return _reverse_scan(f, jnp.zeros(r.shape[:-1], r.dtype), (r, mask))
+
+
+def gae(rewards, values, mask, gamma: float, lam: float):
+    """Generalized advantage estimates ``A_t = sum_k (gamma lam)^k delta_{t+k}``; 0 at masked steps.
+
+    ``delta_t = r_t + gamma V(s_{t+1}) - V(s_t)`` with ``V = 0`` after the last valid step. With ``lam = 1``,
+    ``A_t = G_t - V(s_t)``.
+    """
+    r, v = rewards * mask, values * mask
+    v_next = jnp.concatenate([v[..., 1:] * mask[..., 1:], jnp.zeros_like(v[..., :1])], axis=-1)
+    delta = (r + gamma * v_next - v) * mask
+
+    def f(a, x):
+        d_t, m_next = x
+        a = d_t + gamma * lam * a * m_next
+        return a, a
+
+    m_next = jnp.concatenate([mask[..., 1:], jnp.zeros_like(mask[..., :1])], axis=-1)
+    return _reverse_scan(f, jnp.zeros(r.shape[:-1], r.dtype), (delta, m_next)) * mask
+
+
+def normalize_advantages(adv, mask=None, eps: float = 1e-8):
+    """``(adv - mean) / (std + eps)`` over all valid entries of ``adv`` (masked entries become 0).
+
+    ``mask`` (bool or 0/1, the shape of ``adv``) marks the valid entries; ``None``: all of them.
+    """
+    if mask is None:
+        mask = jnp.ones_like(adv)
+    mask = jnp.asarray(mask, adv.dtype)
+    n = jnp.maximum(jnp.sum(mask), 1.0)
+    mean = jnp.sum(adv * mask) / n
+    var = jnp.sum(((adv - mean) * mask) ** 2) / n
+    return (adv - mean) / (jnp.sqrt(var) + eps) * mask
+
+
+def baseline_features(obs, mask):
+    """rllab's features ``[o, o^2, t/100, (t/100)^2, (t/100)^3, 1]`` of ``obs [..., T, obs_size]``, masked."""
+    o = jnp.clip(obs, -10.0, 10.0)
+    t = jnp.arange(obs.shape[-2], dtype=o.dtype) / 100.0
+    t = jnp.broadcast_to(t[:, None], (*obs.shape[:-1], 1))
+    feats = jnp.concatenate([o, o * o, t, t ** 2, t ** 3, jnp.ones_like(t)], axis=-1)
+    return feats * mask[..., None]
+
+
+def fit_linear_baseline(obs, returns, mask, reg_coeff: float = 1e-5):
+    """Coefficients of the linear feature baseline fitted to ``returns [E, T]`` of one task (closed form).
+
+    Args:
+      obs: ``[E, T, obs_size]`` observations of the task's episodes.
+      returns: ``[E, T]`` discounted returns (the regression targets).
+      mask: ``[E, T]`` valid steps (masked steps do not enter the fit).
+      reg_coeff: ridge term; as in rllab it is multiplied by 10 (at most 5 tries) while the solution has NaNs.
+    """
+    f = baseline_features(obs, mask).reshape(-1, obs.shape[-1] * 2 + 4)
+    y = (returns * mask).reshape(-1)
+    ftf, fty = f.T @ f, f.T @ y
+    eye = jnp.eye(ftf.shape[0], dtype=ftf.dtype)
+    coeffs = jnp.linalg.solve(ftf + reg_coeff * eye, fty)
+    for i in range(1, 5):
+        retry = jnp.linalg.solve(ftf + reg_coeff * 10.0 ** i * eye, fty)
+        coeffs = jnp.where(jnp.all(jnp.isfinite(coeffs)), coeffs, retry)
+    return jax.lax.stop_gradient(coeffs)
+
+
+def linear_baseline_values(coeffs, obs, mask):
+    """Baseline values ``[..., T]`` of the fitted coefficients (0 at masked steps)."""
+    return baseline_features(obs, mask) @ coeffs

@@ -1,0 +1,185 @@
+"""MAML-RL / ProMP: one compiled meta-step, TRPO's KL bound, meta-gradients against finite differences,
+evaluation keys and bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from finite_differences import fd_relative_error
+
+from jmeta.rl import MAMLRL, envs, gaussian_mlp_policy, promp
+from jmeta.rl.maml_rl import conjugate_gradient
+
+
+@pytest.fixture(scope="module")
+def trpo_run():
+    """Three TRPO meta-steps of a tiny nav2d MAML-RL through one jitted function that counts its traces."""
+    env = envs.Nav2D(horizon=10)
+    algo = MAMLRL(env, gaussian_mlp_policy(2, 2, (8,), key=jax.random.key(0)), num_tasks=3, num_episodes=4)
+    traces = []
+
+    def step(state, key):
+        traces.append(1)
+        return algo.meta_step(state, key)
+
+    f = jax.jit(step)
+    state = algo.init()
+    history = []
+    for i in range(3):
+        key = jax.random.key(100 + i)
+        new, m = f(state, key)
+        history.append((state, key, new, jax.device_get(m)))
+        state = new
+    return algo, traces, history
+
+
+def test_meta_step_compiles_once(trpo_run):
+    _, traces, history = trpo_run
+    assert len(traces) == 1
+    assert [int(h[2].step) for h in history] == [1, 2, 3]
+
+
+def test_trpo_step_satisfies_kl_bound_and_improves(trpo_run):
+    algo, _, history = trpo_run
+    terms = jax.jit(algo.outer_terms)
+    sample = jax.jit(algo.sample)
+    for state, key, new, m in history:
+        assert bool(m["accepted"])
+        data, old, _ = sample(state.params, key)  # the same samples as the step (same key)
+        s0, kl0, _ = terms(state.params, data, old)
+        s1, kl1, _ = terms(new.params, data, old)
+        assert float(kl0) < 1e-6
+        assert 0 < float(kl1) <= algo.max_kl
+        np.testing.assert_allclose(kl1, m["kl"], rtol=1e-4)
+        assert float(s1) > float(s0)
+        # the step moved the parameters
+        d = jax.tree.leaves(jax.tree.map(lambda a, b: jnp.max(jnp.abs(a - b)), state.params, new.params))
+        assert max(float(x) for x in d) > 0
+
+
+def test_conjugate_gradient_solves_spd_system(x64):
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(6, 6))
+    a = a @ a.T + 6 * np.eye(6)
+    b = rng.normal(size=6)
+    x = jax.jit(lambda b: conjugate_gradient(lambda v: jnp.asarray(a) @ v, b, iters=20))(jnp.asarray(b))
+    np.testing.assert_allclose(x, np.linalg.solve(a, b), rtol=1e-8)
+
+
+@pytest.mark.parametrize("estimator,learn_lr,steps", [("dice", False, 1), ("lvc", False, 1), ("reinforce", True, 1),
+                                                      ("dice", False, 2)])
+def test_meta_gradient_matches_finite_differences(x64, estimator, learn_lr, steps):
+    """Samples fixed (drawn once), the outer surrogate is a function of theta through the inner step(s); its
+    jax.grad (second order through the inner policy gradient) against float64 central differences."""
+    env = envs.Nav2D(horizon=6)
+    pol = gaussian_mlp_policy(2, 2, (5,), activation="tanh", key=jax.random.key(1))
+    algo = MAMLRL(env, pol, num_tasks=2, num_episodes=3, estimator=estimator, learn_inner_lr=learn_lr,
+                  num_inner_steps=steps, inner_lr=0.3)
+    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), algo.init().params)
+    data, old, _ = jax.jit(algo.sample)(params, jax.random.key(7))
+    err, g = fd_relative_error(lambda p: algo.outer_objective(p, data, old), params, eps=1e-5, n_dirs=3)
+    assert err < 1e-5, err
+    # the inner step matters: the meta-gradient differs from the gradient at the adapted parameters
+    gnorm = float(jnp.sqrt(sum(jnp.sum(a * a) for a in jax.tree.leaves(g))))
+    assert gnorm > 1e-4
+
+
+def test_first_order_meta_gradient_is_the_post_update_gradient(x64):
+    env = envs.Nav2D(horizon=6)
+    pol = gaussian_mlp_policy(2, 2, (5,), activation="tanh", key=jax.random.key(1))
+    algo = MAMLRL(env, pol, num_tasks=2, num_episodes=3, estimator="first_order", inner_lr=0.3)
+    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), algo.init().params)
+    data, old, _ = jax.jit(algo.sample)(params, jax.random.key(7))
+    g = jax.grad(lambda p: algo.outer_objective(p, data, old))(params)
+    # route 2: per task, the gradient of the post-update surrogate with respect to the adapted parameters
+    adapted = old[1]
+
+    def post(p_task, traj, proc):
+        lp = pol.log_prob(p_task, traj.obs, traj.actions)
+        return jnp.sum(jnp.exp(lp - traj.log_probs) * proc.advantages * traj.mask) / jnp.sum(traj.mask)
+
+    per_task = jax.vmap(jax.grad(post))(adapted, *data[1])
+    expected = jax.tree.map(lambda a: jnp.mean(a, 0), per_task)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12), g["policy"], expected)
+
+
+def test_promp_and_ppo_steps_run_and_adapt_the_penalty():
+    env = envs.Nav2D(horizon=8)
+    algo = promp(env, gaussian_mlp_policy(2, 2, (8,), key=jax.random.key(0)), num_tasks=2, num_episodes=3)
+    assert algo.estimator == "lvc" and algo.outer == "ppo"
+    state = algo.init()
+    new, m = jax.jit(algo.meta_step)(state, jax.random.key(0))
+    # the penalty coefficient halves or doubles (or stays) according to the measured inner KL
+    ikl, c0, c1 = float(m["inner_kl"][0]), float(state.inner_kl_coef[0]), float(new.inner_kl_coef[0])
+    expected = c0 / 2 if ikl < 0.01 / 1.5 else (c0 * 2 if ikl > 0.015 else c0)
+    np.testing.assert_allclose(c1, expected, rtol=1e-6)
+    assert float(m["surrogate_gain"]) > 0
+
+
+def test_evaluate_summary_keys(trpo_run):
+    algo, _, history = trpo_run
+    ev = algo.evaluate(history[-1][2].params, jax.random.key(3), num_tasks=4, num_steps=2, num_episodes=2)
+    assert ev["num_tasks"] == 4 and ev["num_steps"] == 2
+    assert list(ev["summary"]) == ["return after 0 step(s)", "return after 1 step(s)", "return after 2 step(s)"]
+    for v in ev["summary"].values():
+        assert np.isfinite(v["mean"]) and v["ci95"] > 0 and v["nonfinite"] == 0
+    # explicit tasks give the same numbers as the tasks the key would draw
+    k_tasks, _ = jax.random.split(jax.random.key(3))
+    ev2 = algo.evaluate(history[-1][2].params, jax.random.key(3), num_steps=2, num_episodes=2,
+                        tasks=algo.env.sample_tasks(k_tasks, 4))
+    np.testing.assert_allclose(ev2["return"]["mean"], ev["return"]["mean"], rtol=1e-6)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ZeroHorizon:
+    obs_size: int = 2
+    action_size: int = 2
+    horizon: int = 0
+    discrete: bool = False
+
+    def sample_tasks(self, key, n):
+        return {"goal": jnp.zeros((n, 2))}
+
+    def reset(self, key, task):
+        return jnp.zeros(2), jnp.zeros(2)
+
+    def step(self, state, action, task):
+        return state, state, jnp.zeros(()), jnp.zeros((), bool)
+
+
+def test_bad_input_one_clear_error_each(trpo_run):
+    algo = trpo_run[0]
+    env = envs.Nav2D(horizon=10)
+    with pytest.raises(ValueError, match=r"policy.action_size is 3 but env.action_size is 2"):
+        MAMLRL(env, gaussian_mlp_policy(2, 3, (4,)))
+    with pytest.raises(ValueError, match=r"env.horizon must be an integer >= 1; got 0"):
+        MAMLRL(_ZeroHorizon(), gaussian_mlp_policy(2, 2, (4,)))
+    with pytest.raises(ValueError, match=r"horizon must be an integer >= 1; got 0"):
+        envs.Nav2D(horizon=0)
+    with pytest.raises(ValueError, match=r"inner_lr must be a number >= 0; got -0.1"):
+        MAMLRL(env, gaussian_mlp_policy(2, 2, (4,)), inner_lr=-0.1)
+    with pytest.raises(ValueError, match=r"tasks\['goal'\] has shape \(5, 3\); Nav2D tasks have shape \(5, 2\)"):
+        algo.evaluate(algo.init().params, jax.random.key(0), tasks={"goal": jnp.zeros((5, 3))})
+    with pytest.raises(ValueError, match="tasks must have the structure"):
+        algo.evaluate(algo.init().params, jax.random.key(0), tasks={"target": jnp.zeros((5, 2))})
+    with pytest.raises(ValueError, match="estimator must be one of"):
+        MAMLRL(env, gaussian_mlp_policy(2, 2, (4,)), estimator="vpg")
+
+
+def test_anil_adapts_only_the_named_parameters():
+    env = envs.Nav2D(horizon=6)
+    pol = gaussian_mlp_policy(2, 2, (5,), key=jax.random.key(1))
+    algo = MAMLRL(env, pol, num_tasks=2, num_episodes=3, adapt_params=("mean/layers_1", "log_std"))
+    params = algo.init().params
+    data, old, _ = jax.jit(algo.sample)(params, jax.random.key(7))
+    adapted = old[1]
+    np.testing.assert_array_equal(adapted["mean"]["layers_0"]["kernel"][0],
+                                  params["policy"]["mean"]["layers_0"]["kernel"])
+    assert not np.allclose(adapted["mean"]["layers_1"]["kernel"][0], params["policy"]["mean"]["layers_1"]["kernel"])
+    assert not np.allclose(adapted["log_std"][0], params["policy"]["log_std"])
+    with pytest.raises(ValueError, match="adapt_params entry 'mean/head' matches no policy parameter"):
+        MAMLRL(env, pol, adapt_params=("mean/head",))
