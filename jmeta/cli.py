@@ -219,13 +219,15 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    from jmeta.train.interrupt import StopSignals
     from jmeta.train.lock import RunLock
 
     run = pathlib.Path(args.run_dir)
     if not (run / "config.json").is_file():
         raise CLIError(f"{run}: no config.json there (not a jmeta run folder)")
-    # Locked (no run writes it meanwhile) and found writable before the long evaluation.
-    with RunLock(run, "jmeta eval"):
+    # Locked (no run writes it meanwhile) and found writable before the long evaluation; SIGINT and SIGTERM
+    # stop it alike, leaving the files as they were.
+    with RunLock(run, "jmeta eval"), StopSignals("interrupted ({signal}) while evaluating; nothing was written"):
         return _eval_locked(args, run)
 
 
@@ -273,8 +275,11 @@ def cmd_export(args) -> int:
     valid = ("cpu", "cuda", "rocm", "tpu")
     if plats is not None and (not plats or any(p not in valid for p in plats)):
         raise CLIError(f"--platforms must be 'native' or a comma-separated list of {list(valid)}, got {args.platforms!r}")
-    out = export_run(run, args.out, num_steps=args.steps, step=args.checkpoint, platforms=plats,
-                     data_dir=args.data_dir)
+    from jmeta.train.interrupt import StopSignals
+
+    with StopSignals("interrupted ({signal}) while exporting; an earlier export there is left as it was"):
+        out = export_run(run, args.out, num_steps=args.steps, step=args.checkpoint, platforms=plats,
+                         data_dir=args.data_dir)
     meta = json.loads((out / "export.json").read_text())
     print(f"jmeta: exported {meta['algorithm']} (checkpoint step {meta['checkpoint_step']}, "
           f"{meta['adaptation_steps']} adaptation steps, platforms {meta['platforms']}) -> {out}")

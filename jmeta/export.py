@@ -142,11 +142,18 @@ def export_run(run_dir, out_dir=None, *, num_steps: int | None = None, step: int
     """
     run = pathlib.Path(run_dir)
     out = pathlib.Path(out_dir) if out_dir is not None else run / "export"
+    new = not out.exists()
     with contextlib.ExitStack() as stack:
         if (run / "config.json").is_file():
             _lock_run(run, out, stack)
             check_writable(out)  # before loading and lowering: a read-only or full disk fails at once
-        return _export(run_dir, out, num_steps=num_steps, step=step, platforms=platforms, data_dir=data_dir)
+        try:
+            return _export(run_dir, out, num_steps=num_steps, step=step, platforms=platforms, data_dir=data_dir)
+        except BaseException:
+            if new:  # the folder made for the write test, left empty
+                with contextlib.suppress(OSError):
+                    out.rmdir()
+            raise
 
 
 def _lock_run(run: pathlib.Path, out: pathlib.Path, stack: contextlib.ExitStack) -> None:

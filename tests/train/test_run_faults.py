@@ -91,13 +91,16 @@ try:
 except lock.RunLockedError:
     print("refused", flush=True)
     sys.exit(3)
-time.sleep(float(sys.argv[3]))
+import os.path
+deadline = time.time() + 600
+while not os.path.exists(sys.argv[3]) and time.time() < deadline:  # held until the parent says so
+    time.sleep(0.05)
 l.release()
 """
 
 
-def _holder(folder, seconds=600.0):
-    return subprocess.Popen([sys.executable, "-c", _HOLDER, _lock_module(), str(folder), str(seconds)],
+def _holder(folder, release):
+    return subprocess.Popen([sys.executable, "-c", _HOLDER, _lock_module(), str(folder), str(release)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -113,7 +116,7 @@ def test_lock_is_exclusive_released_on_exit_and_a_killed_owner_is_taken_over(tmp
             RunLock(d).acquire()  # a second open file description: refused even in one process
     assert not (d / LOCK_NAME).exists()  # released and removed
     # Another process holds it: refused, naming that process; SIGKILL leaves the file, and the next taker says so.
-    child = _holder(d)
+    child = _holder(d, tmp_path / "never")
     try:
         assert child.stdout.readline().strip() == "locked"
         with pytest.raises(RunLockedError) as e:
@@ -136,8 +139,11 @@ def test_lock_is_exclusive_released_on_exit_and_a_killed_owner_is_taken_over(tmp
 
 def test_processes_racing_for_one_folder_exactly_one_wins(tmp_path):
     d = tmp_path / "run"
-    children = [_holder(d, seconds=3.0) for _ in range(4)]
-    outs = [c.communicate(timeout=120)[0].strip() for c in children]
+    children = [_holder(d, tmp_path / "release") for _ in range(4)]
+    outs = [c.stdout.readline().strip() for c in children]  # the winner holds on until all have tried
+    (tmp_path / "release").touch()
+    for c in children:
+        c.communicate(timeout=120)
     assert sorted(outs) == ["locked", "refused", "refused", "refused"], outs
     assert not (d / ".jmeta.lock").exists()
 
@@ -319,6 +325,21 @@ def test_disk_full_in_the_metrics_flush_is_one_line_naming_the_file(tmp_path, ca
     assert [r["step"] for r in _records(run)] == [10] and not (run / ".jmeta.lock").exists()
 
 
+def test_disk_full_in_tensorboard_names_the_event_file(tmp_path):
+    from jmeta.train.tensorboard import TensorBoardSink
+
+    sink = TensorBoardSink(tmp_path)
+    sink.write(1, {"loss": 1.0})
+    size = sink.path.stat().st_size
+    sink._f = _FailingFile(sink._f)
+    with pytest.raises(OSError) as e:
+        sink.write(2, {"loss": 0.5})
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(sink.path)
+    sink._f = sink._f._f
+    sink.close()
+    assert sink.path.stat().st_size == size  # the records written before are intact
+
+
 def test_read_only_png_is_one_line_naming_it_after_the_numbers(tmp_path, capsys, monkeypatch):
     """Simulated in-process (runs everywhere): matplotlib cannot write; the evaluation was printed first."""
     pytest.importorskip("matplotlib")
@@ -463,6 +484,21 @@ def evaluated(tmp_path_factory):
     assert main(["train", "--out", str(run), "--steps", "10", *SMALL_CLI, "--set", "eval.num_tasks=5",
                  "--set", "eval.shots=[5]", "--no-progress", "--no-tensorboard"]) == 0
     return run
+
+
+def test_sigterm_during_eval_is_one_line_and_leaves_the_folder_as_it_was(evaluated, capsys, monkeypatch):
+    from jmeta.train import runner
+
+    before = (evaluated / "eval.json").read_bytes()
+
+    def killed(*a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)
+        pytest.fail("SIGTERM did not stop the evaluation")
+
+    monkeypatch.setattr(runner, "evaluate_run", killed)
+    assert main(["eval", str(evaluated), "--no-progress"]) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.strip() == "jmeta: interrupted (SIGTERM) while evaluating; nothing was written"
+    assert (evaluated / "eval.json").read_bytes() == before and not (evaluated / ".jmeta.lock").exists()
 
 
 def test_full_disk_in_eval_and_plots_prints_the_numbers_and_keeps_the_old_files(tmpfs, evaluated, capsys,
