@@ -11,8 +11,9 @@ moment (the last checkpoint). ``jmeta`` prints the message as one line and
 exits with status ``128 + signal`` (130 for SIGINT, 143 for SIGTERM).
 
 Handlers are installed only in the main thread (Python delivers signals
-there); elsewhere :class:`StopSignals` does nothing and signals keep their
-usual effect.
+there) and only for signals that are not ignored (a background job's
+SIGINT stays ignored); elsewhere :class:`StopSignals` does nothing and
+signals keep their usual effect.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ class StopSignals:
     def __enter__(self) -> "StopSignals":
         if threading.current_thread() is threading.main_thread():
             for s in SIGNALS:
-                self._old[s] = signal.signal(s, self._handle)
+                if signal.getsignal(s) is not signal.SIG_IGN:  # e.g. SIGINT of a background job stays ignored
+                    self._old[s] = signal.signal(s, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:

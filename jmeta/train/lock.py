@@ -10,9 +10,9 @@ for one checkpoint step.
 
 How the lock holds: the owner keeps the file open with an exclusive
 ``fcntl.flock``. The kernel drops that lock when the process ends in any way,
-SIGKILL and power loss of a local disk included, so a lock can never outlive
-its owner; the file itself stays behind after a kill, and the next process
-takes it over with a one-line notice naming the dead owner. On a normal exit
+SIGKILL and crashes included, so a lock can never outlive its owner; the
+file itself stays behind after a kill, and the next process takes it over
+with a one-line notice naming the dead owner. On a normal exit
 (also after an exception or SIGINT/SIGTERM) the owner removes the file.
 Where ``flock`` is not available (no ``fcntl``, or a file system that refuses
 it), the file is created with ``O_CREAT | O_EXCL`` and a lock whose owner on
