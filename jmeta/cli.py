@@ -4,7 +4,7 @@
 
     jmeta train [--config NAME_OR_PATH] [--algorithm NAME] [--steps N] [--seed S] [--out DIR]
                 [--set section.key=value ...] [--resume RUN_DIR] [--no-progress] [--no-eval] [--no-plots]
-                [--no-tensorboard] [--wandb [--wandb-project P] [--wandb-mode online|offline]]
+                [--no-tensorboard] [--allow-pickle] [--wandb [--wandb-project P] [--wandb-mode online|offline]]
     jmeta eval RUN_DIR [--num-tasks N] [--steps N] [--no-progress]
     jmeta export RUN_DIR [--out DIR] [--steps N] [--checkpoint STEP] [--platforms cpu,cuda,tpu|native]
     jmeta sweep [--config NAME_OR_PATH] --grid section.key=v1,v2,... [--random N --range section.key=lo:hi[:log]]
@@ -19,8 +19,11 @@ runs``; ``--no-tensorboard`` to skip them; no TensorFlow needed).
 
 Exit status: 0 on success; 1 when training stopped on a non-finite loss or
 ran out of memory; 2 on a user error (bad argument, config key or value,
-missing run folder or checkpoint). Every command has ``--help``; errors are
-printed as one line starting with ``error:``, without a traceback.
+missing run folder or checkpoint), a run folder locked by another process,
+or an output that cannot be written (disk full, read-only, no permission);
+128 + the signal on SIGINT/SIGTERM (130, 143), after a final checkpoint.
+Every command has ``--help``; errors are printed as one line starting with
+``error:``, without a traceback.
 """
 
 from __future__ import annotations
@@ -51,6 +54,9 @@ def _train_args(p):
                    help="override any config key, e.g. --set algorithm.inner_lr=0.02 (repeatable)")
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     p.add_argument("--data-dir", default=None, help="dataset root (default: $JMETA_DATA_DIR)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="allow a mini-ImageNet pickle (mini-imagenet-cache-*.pkl) as the data source; unpickling "
+                        "runs arbitrary code, so only for files you trust (sets task.allow_pickle=true)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -122,7 +128,7 @@ def _resolve_config(args):
         if not (run / "config.json").is_file():
             raise CLIError(f"--resume {run}: no config.json there (not a jmeta run folder)")
         cfg = C.load(str(run))
-        if args.config or args.algorithm or args.set or args.seed is not None:
+        if args.config or args.algorithm or args.set or args.seed is not None or args.allow_pickle:
             raise CLIError("--resume continues a run as configured; only --steps may be given with it")
         if args.out and pathlib.Path(args.out).resolve() != run.resolve():
             raise CLIError(f"--resume continues the run in its own folder {run}; drop --out {args.out}")
@@ -137,6 +143,8 @@ def _resolve_config(args):
         overrides.append(f"train.steps={args.steps}")
     if args.seed is not None:
         overrides.append(f"train.seed={args.seed}")
+    if args.allow_pickle:
+        overrides.append("task.allow_pickle=true")
     cfg = C.apply_overrides(cfg, [*overrides, *args.set])
     out = pathlib.Path(args.out) if args.out else _new_run_dir(pathlib.Path("runs"), cfg.name)
     return cfg, out
@@ -193,28 +201,42 @@ def cmd_train(args) -> int:
                                    mode=args.wandb_mode))
         except ImportError as e:
             raise CLIError(str(e)) from None
+
+    def on_eval(ev):  # printed as soon as eval.json is written, before the plots
+        print(f"jmeta: evaluation over {cfg.eval.num_tasks} held-out tasks (mean ± 95% CI):")
+        _print_eval(ev)
+        sys.stdout.flush()
+
     try:
         summary = train(cfg, out, resume=bool(args.resume), progress=not args.no_progress, data_dir=args.data_dir,
                         evaluate_at_end=not args.no_eval, sinks=sinks, tensorboard=not args.no_tensorboard,
-                        plots=not args.no_plots)
+                        plots=not args.no_plots, on_eval=on_eval)
     finally:
         for s in sinks:
             s.close()
     print(f"jmeta: {summary['steps']} meta-steps, {summary['wall_time_s']} s; run folder {out}")
-    if "eval" in summary:
-        print(f"jmeta: evaluation over {cfg.eval.num_tasks} held-out tasks (mean ± 95% CI):")
-        _print_eval(summary["eval"])
     return 0
 
 
 def cmd_eval(args) -> int:
-    from jmeta import config as C
-    from jmeta.experiment import load_run
-    from jmeta.train.runner import EVAL_JSON, evaluate_run, run_keys
+    from jmeta.train.interrupt import StopSignals
+    from jmeta.train.lock import RunLock
 
     run = pathlib.Path(args.run_dir)
     if not (run / "config.json").is_file():
         raise CLIError(f"{run}: no config.json there (not a jmeta run folder)")
+    # Locked (no run writes it meanwhile) and found writable before the long evaluation; SIGINT and SIGTERM
+    # stop it alike, leaving the files as they were.
+    with RunLock(run, "jmeta eval"), StopSignals("interrupted ({signal}) while evaluating; nothing was written"):
+        return _eval_locked(args, run)
+
+
+def _eval_locked(args, run: pathlib.Path) -> int:
+    from jmeta import config as C
+    from jmeta.experiment import load_run
+    from jmeta.train.logging import atomic_write_json
+    from jmeta.train.runner import EVAL_JSON, evaluate_run, run_keys
+
     cfg = C.load(str(run))
     _determinism(cfg)
     own = cfg.eval
@@ -232,9 +254,11 @@ def cmd_eval(args) -> int:
     # --no-eval run); other settings go beside it, so a quick look never replaces the run's result.
     same = (e.num_tasks, e.steps, tuple(e.report_steps)) == (own.num_tasks, own.steps, tuple(own.report_steps))
     name = EVAL_JSON if same else f"eval-{e.num_tasks}tasks-{e.steps}steps.json"
-    ev = evaluate_run(cfg, exp, state, k_eval, run, progress=not args.no_progress, filename=name)
+    ev = evaluate_run(cfg, exp, state, k_eval, None, progress=not args.no_progress)
     print(f"jmeta: {run} at meta-step {ev['step']}, {cfg.eval.num_tasks} held-out tasks (mean ± 95% CI):")
     _print_eval(ev)
+    sys.stdout.flush()  # the numbers are shown even if the file cannot be written
+    atomic_write_json(run / name, ev)
     print(f"jmeta: wrote {run / name}")
     return 0
 
@@ -251,8 +275,11 @@ def cmd_export(args) -> int:
     valid = ("cpu", "cuda", "rocm", "tpu")
     if plats is not None and (not plats or any(p not in valid for p in plats)):
         raise CLIError(f"--platforms must be 'native' or a comma-separated list of {list(valid)}, got {args.platforms!r}")
-    out = export_run(run, args.out, num_steps=args.steps, step=args.checkpoint, platforms=plats,
-                     data_dir=args.data_dir)
+    from jmeta.train.interrupt import StopSignals
+
+    with StopSignals("interrupted ({signal}) while exporting; an earlier export there is left as it was"):
+        out = export_run(run, args.out, num_steps=args.steps, step=args.checkpoint, platforms=plats,
+                         data_dir=args.data_dir)
     meta = json.loads((out / "export.json").read_text())
     print(f"jmeta: exported {meta['algorithm']} (checkpoint step {meta['checkpoint_step']}, "
           f"{meta['adaptation_steps']} adaptation steps, platforms {meta['platforms']}) -> {out}")
@@ -326,17 +353,28 @@ def main(argv=None) -> int:
     except CLIError as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        from jmeta.train.interrupt import Interrupted
+
+        if isinstance(e, Interrupted):  # SIGINT/SIGTERM in a run: what was saved, and how to resume
+            print(f"jmeta: {_one_line(e)}", file=sys.stderr)
+            return 128 + e.signum
         print("error: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # user-facing errors as one line; bugs keep their traceback
+        from jmeta._io import output_error_message
         from jmeta.config import ConfigError
         from jmeta.data.errors import DataError
         from jmeta.train.checkpoint import CheckpointError
+        from jmeta.train.lock import RunLockedError
         from jmeta.train.runner import NonFiniteError
 
+        disk = output_error_message(e)  # a full disk, a read-only folder: the path and the cause
+        if disk is not None:
+            print(f"error: {_one_line(disk)}", file=sys.stderr)
+            return 2
         known = (ConfigError, CheckpointError, DataError, NonFiniteError, FileNotFoundError, FileExistsError,
-                 NotADirectoryError, MemoryError)
+                 NotADirectoryError, MemoryError, RunLockedError)
         if isinstance(e, known):
             print(f"error: {_one_line(e)}", file=sys.stderr)
             return 1 if isinstance(e, (NonFiniteError, MemoryError)) else 2

@@ -32,6 +32,10 @@ class TaskConfig:
       n_way: classes per episode (classification).
       rotations: Omniglot rotation augmentation as extra classes.
       image_size: image side length (classification).
+      allow_pickle: allow loading mini-ImageNet from a pickle
+        (``mini-imagenet-cache-*.pkl``) when no zip or npz is there; unpickling
+        can run arbitrary code, so only for files you trust
+        (``jmeta train --allow-pickle``).
     """
 
     family: str = "sinusoid"
@@ -40,6 +44,7 @@ class TaskConfig:
     n_way: int = 5
     rotations: bool = True
     image_size: int = 28
+    allow_pickle: bool = False
 
 
 @dataclasses.dataclass

@@ -290,8 +290,19 @@ def load_image_data(cfg: Config, *, data_dir=None):
     elif t.family == "miniimagenet":
         from jmeta.data import load_miniimagenet
 
-        train = load_miniimagenet("train", data_dir=data_dir, image_size=t.image_size)
-        held = load_miniimagenet(cfg.eval.split, data_dir=data_dir, image_size=t.image_size)
+        from jmeta.data.errors import PickleNotAllowedError
+
+        try:
+            train = load_miniimagenet("train", data_dir=data_dir, image_size=t.image_size,
+                                      allow_pickle=t.allow_pickle)
+            held = load_miniimagenet(cfg.eval.split, data_dir=data_dir, image_size=t.image_size,
+                                     allow_pickle=t.allow_pickle)
+        except PickleNotAllowedError as e:  # name the config key and the flag, not the loader's argument
+            raise PickleNotAllowedError(
+                f"the mini-ImageNet data {e.path} is a pickle; unpickling can execute arbitrary code, so it needs "
+                f"the explicit opt-in `jmeta train --allow-pickle` (config key task.allow_pickle=true), only for "
+                f"a file you trust; or convert it once to an .npz (jmeta.data.load_miniimagenet's docs)",
+                path=e.path) from None
     else:
         raise ConfigError(f"task.family={t.family!r} is not an image family; valid: ['omniglot', 'miniimagenet']")
     return train, held

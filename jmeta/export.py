@@ -33,6 +33,7 @@ or from the shell: ``python ARTIFACT/load.py ARTIFACT inputs.npz outputs.npy``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
 import textwrap
@@ -40,6 +41,8 @@ from typing import Any
 
 import jax
 import numpy as np
+
+from jmeta._io import atomic_write, atomic_write_text, check_writable
 
 FORMAT = "jmeta-export/1"
 PROGRAM = "predict.jaxexport"
@@ -134,7 +137,43 @@ def export_run(run_dir, out_dir=None, *, num_steps: int | None = None, step: int
       FileNotFoundError: ``run_dir`` is not a run folder.
       CheckpointError: no (complete) checkpoint to export.
       ValueError: a bad ``num_steps``, or parameters that are not plain arrays.
+      RunLockedError: another process is writing ``run_dir`` (it is locked while exporting).
+      OSError: the artifact folder cannot be written (read-only, disk full); it names the path.
     """
+    run = pathlib.Path(run_dir)
+    out = pathlib.Path(out_dir) if out_dir is not None else run / "export"
+    new = not out.exists()
+    with contextlib.ExitStack() as stack:
+        if (run / "config.json").is_file():
+            _lock_run(run, out, stack)
+            check_writable(out)  # before loading and lowering: a read-only or full disk fails at once
+        try:
+            return _export(run_dir, out, num_steps=num_steps, step=step, platforms=platforms, data_dir=data_dir)
+        except BaseException:
+            if new:  # the folder made for the write test, left empty
+                with contextlib.suppress(OSError):
+                    out.rmdir()
+            raise
+
+
+def _lock_run(run: pathlib.Path, out: pathlib.Path, stack: contextlib.ExitStack) -> None:
+    """Locks ``run`` until ``stack`` closes; a read-only run folder exported elsewhere is only checked to be
+    unlocked (no process here can be writing it)."""
+    from jmeta.train.lock import RunLock, RunLockedError, is_locked
+
+    try:
+        stack.enter_context(RunLock(run, "jmeta export"))
+    except OSError:
+        if out.resolve().is_relative_to(run.resolve()):
+            raise
+        owner = is_locked(run)
+        if owner is not None:
+            raise RunLockedError(f"{run} is in use by process {owner.get('pid', '?')} on {owner.get('host', '?')}; "
+                                 f"export it once that has finished") from None
+
+
+def _export(run_dir, out: pathlib.Path, *, num_steps, step, platforms, data_dir) -> pathlib.Path:
+    """:func:`export_run` with the run folder locked and ``out`` found writable."""
     from jmeta.experiment import load_run
 
     cfg, exp, state = load_run(run_dir, step=step, data_dir=data_dir)
@@ -142,8 +181,6 @@ def export_run(run_dir, out_dir=None, *, num_steps: int | None = None, step: int
         num_steps = cfg.eval.steps
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
         raise ValueError(f"num_steps must be an integer >= 0, got {num_steps!r}")
-    out = pathlib.Path(out_dir) if out_dir is not None else pathlib.Path(run_dir) / "export"
-    out.mkdir(parents=True, exist_ok=True)
 
     tree = (state.meta_params, state.model_state)
     with_paths, treedef = jax.tree_util.tree_flatten_with_path(tree)
@@ -175,8 +212,11 @@ def export_run(run_dir, out_dir=None, *, num_steps: int | None = None, step: int
         exported = jax.export.export(jax.jit(flat))(*args)
         print(f"jmeta: lowered for {exported.platforms} only ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
 
-    (out / PROGRAM).write_bytes(bytes(exported.serialize()))
-    np.savez(out / PARAMS, **{f"leaf_{i:04d}": x for i, x in enumerate(leaves)})
+    # Atomic writes: a full disk or a kill leaves an earlier export in place, never half a file.
+    with atomic_write(out / PROGRAM) as f:
+        f.write(bytes(exported.serialize()))
+    with atomic_write(out / PARAMS) as f:
+        np.savez(f, **{f"leaf_{i:04d}": x for i, x in enumerate(leaves)})
 
     def spec(x, n):
         return {"shape": [n, *map(int, x.shape[1:])], "dtype": str(x.dtype)}
@@ -200,8 +240,8 @@ def export_run(run_dir, out_dir=None, *, num_steps: int | None = None, step: int
         "jax_version": jax.__version__,
         "config": cfg.to_dict(),
     }
-    (out / META).write_text(json.dumps(meta, indent=2) + "\n")
-    (out / LOADER).write_text(LOADER_SOURCE)
+    atomic_write_text(out / META, json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(out / LOADER, LOADER_SOURCE)
     return out
 
 

@@ -5,10 +5,13 @@ Needs matplotlib (``pip install 'jmeta[plots]'``); imported lazily, Agg backend.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
 
 import numpy as np
+
+from jmeta._io import naming
 
 
 def _plt():
@@ -90,9 +93,16 @@ def _save(fig, plt, path) -> pathlib.Path:
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with naming(path):  # a full disk or read-only folder names the PNG
+            fig.savefig(tmp, dpi=110)
+            tmp.replace(path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -306,6 +306,17 @@ def _refuse_others(states, run_dirs, trials) -> None:
 
 def run(base: Config, trials: list[dict], out_dir, *, progress: bool = True, tensorboard: bool = True,
         metric: str | None = None, data_dir=None, log=print) -> dict:
+    """Runs the trials one after another (:func:`_run`) with the sweep folder locked (:mod:`jmeta.train.lock`;
+    each trial folder is locked while it trains)."""
+    from jmeta.train.lock import RunLock
+
+    with RunLock(out_dir, "jmeta sweep"):
+        return _run(base, trials, out_dir, progress=progress, tensorboard=tensorboard, metric=metric,
+                    data_dir=data_dir, log=log)
+
+
+def _run(base: Config, trials: list[dict], out_dir, *, progress: bool = True, tensorboard: bool = True,
+         metric: str | None = None, data_dir=None, log=print) -> dict:
     """Runs the trials one after another and writes the results table and plot.
 
     Returns:
@@ -394,6 +405,20 @@ def _check_vectorizable(base: Config, trials: list[dict]) -> None:
 
 def run_vectorized(base: Config, trials: list[dict], out_dir, *, progress: bool = True, tensorboard: bool = True,
                    metric: str | None = None, data_dir=None, log=print) -> dict:
+    """:func:`_run_vectorized` with the sweep folder locked, and each trial folder from when it is written
+    (:mod:`jmeta.train.lock`)."""
+    import contextlib
+
+    from jmeta.train.lock import RunLock
+
+    with contextlib.ExitStack() as locks:
+        locks.enter_context(RunLock(out_dir, "jmeta sweep --vectorize"))
+        return _run_vectorized(base, trials, out_dir, progress=progress, tensorboard=tensorboard, metric=metric,
+                               data_dir=data_dir, log=log, locks=locks)
+
+
+def _run_vectorized(base: Config, trials: list[dict], out_dir, *, progress: bool = True, tensorboard: bool = True,
+                    metric: str | None = None, data_dir=None, log=print, locks=None) -> dict:
     """Trains all trials in one vmapped program, then evaluates each into ``OUT/trial_NNN``.
 
     Each trial folder is a complete run (``config.json``, ``metrics.jsonl``,
@@ -422,6 +447,7 @@ def run_vectorized(base: Config, trials: list[dict], out_dir, *, progress: bool 
     from jmeta.train import sweep as VS
     from jmeta.train.checkpoint import Checkpointer
     from jmeta.train.determinism import nondeterminism_warning
+    from jmeta.train.lock import RunLock
     from jmeta.train.logging import MetricsLog, Progress, atomic_write_json
     from jmeta.train.runner import evaluate_run, run_keys
 
@@ -471,7 +497,7 @@ def run_vectorized(base: Config, trials: list[dict], out_dir, *, progress: bool 
                               task_parallel=exp.task_parallel)
     logs = []
     for cfg, d in zip(cfgs, run_dirs):  # every folder is "new": nothing of a run is overwritten
-        d.mkdir(parents=True, exist_ok=True)
+        locks.enter_context(RunLock(d, "jmeta sweep --vectorize"))  # creates d
         atomic_write_json(d / "config.json", cfg.to_dict())
         sinks = []
         if tensorboard:

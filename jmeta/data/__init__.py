@@ -17,7 +17,7 @@ Example:
 
 from jmeta.data.download import fetch, safe_extract
 from jmeta.data.errors import (ChecksumError, CorruptDataError, DataError, DataNotFoundError,
-                               DownloadError, UnsafeArchiveError)
+                               DownloadError, PickleNotAllowedError, UnsafeArchiveError)
 from jmeta.data.miniimagenet import MINIIMAGENET_CLASSES, MINIIMAGENET_SPLITS, load_miniimagenet
 from jmeta.data.omniglot import (OMNIGLOT_BASE_URL, OMNIGLOT_SHA256, OMNIGLOT_SPLITS,
                                  download_omniglot, load_omniglot)
@@ -40,6 +40,7 @@ __all__ = [
     "OMNIGLOT_BASE_URL",
     "OMNIGLOT_SHA256",
     "OMNIGLOT_SPLITS",
+    "PickleNotAllowedError",
     "UnsafeArchiveError",
     "default_data_dir",
     "download_omniglot",

@@ -14,6 +14,7 @@ __all__ = [
     "ChecksumError",
     "DownloadError",
     "UnsafeArchiveError",
+    "PickleNotAllowedError",
 ]
 
 
@@ -39,3 +40,15 @@ class DownloadError(DataError, OSError):
 
 class UnsafeArchiveError(DataError, ValueError):
     """An archive member would be written outside the extraction folder."""
+
+
+class PickleNotAllowedError(DataError, ValueError):
+    """A pickle file would be loaded without the explicit opt-in (unpickling can run arbitrary code).
+
+    Attributes:
+      path: the pickle file.
+    """
+
+    def __init__(self, message: str, path=None):
+        super().__init__(message)
+        self.path = path

@@ -16,7 +16,8 @@ classes in sorted WordNet-id order (the order of the usual
 * ``"pickle"``: ``mini-imagenet-cache-{split}.pkl``, a pickled dict with
   ``image_data`` ``[N, 84, 84, 3]`` uint8 and ``class_dict``
   ``{wnid: [indices]}``. Unpickling can run arbitrary code, so it needs the
-  explicit opt-in ``allow_pickle=True``; convert once with
+  explicit opt-in ``allow_pickle=True`` (``jmeta train --allow-pickle``, config
+  key ``task.allow_pickle``); convert once with
   ``save_store(load_miniimagenet(split, source="pickle", allow_pickle=True), path)``.
 * ``"auto"``: the first of zip, npz, pickle that exists.
 
@@ -38,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from jmeta.data import _cache, _decode
-from jmeta.data.errors import CorruptDataError, DataNotFoundError
+from jmeta.data.errors import CorruptDataError, DataNotFoundError, PickleNotAllowedError
 from jmeta.data.paths import PathLike, resolve_cache_dir, resolve_data_dir
 from jmeta.data.store import ClassStore, load_store
 
@@ -228,7 +229,8 @@ def load_miniimagenet(split: str, *, data_dir: PathLike | None = None, image_siz
 
     Raises:
       ValueError: bad ``split``, ``source``, ``image_size`` or
-        ``max_per_class``, or a pickle without ``allow_pickle=True``.
+        ``max_per_class``.
+      PickleNotAllowedError: (a ``ValueError``) a pickle without ``allow_pickle=True``.
       DataNotFoundError: no source file (the message lists the paths tried).
       CorruptDataError: a truncated or malformed file.
     """
@@ -257,11 +259,11 @@ def load_miniimagenet(split: str, *, data_dir: PathLike | None = None, image_siz
         raise DataNotFoundError(f"mini-ImageNet file {path} does not exist (source={source!r}); "
                                 f"set data_dir / JMETA_DATA_DIR to the folder that holds miniimagenet/.")
     if source == "pickle" and not allow_pickle:
-        raise ValueError(
+        raise PickleNotAllowedError(
             f"load_miniimagenet: {path} is a pickle; unpickling can execute arbitrary code, so it "
             f"needs the explicit opt-in allow_pickle=True (only for files you trust). To avoid "
             f"pickles afterwards, convert it once with jmeta.data.save_store(load_miniimagenet("
-            f"{split!r}, source='pickle', allow_pickle=True), '{paths['npz']}').")
+            f"{split!r}, source='pickle', allow_pickle=True), '{paths['npz']}').", path=path)
 
     info: dict[str, Any] = {"source": source, "file": str(path), "cache_path": None, "cache_hit": False}
     images = wnids = None

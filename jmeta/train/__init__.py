@@ -7,7 +7,8 @@
   bfloat16 compute; :mod:`.sweep` -- several configurations in one program.
 
 The run-level machinery (:mod:`.runner`, :mod:`.checkpoint`, :mod:`.logging`,
-:mod:`.tensorboard`) is imported on use.
+:mod:`.tensorboard`, the run-folder :mod:`.lock`, SIGINT/SIGTERM handling in
+:mod:`.interrupt`) is imported on use.
 """
 
 from jmeta.train.evaluate import evaluate, mean_ci95

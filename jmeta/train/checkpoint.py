@@ -24,6 +24,7 @@ to install, instead of saving checkpoints it would never find again.
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 import re
 import shutil
@@ -101,8 +102,18 @@ class Checkpointer:
     def save(self, step: int, tree: PyTree) -> None:
         """Writes ``tree`` as checkpoint ``step`` (atomically) and waits until it is on disk."""
         self._remove_incomplete(int(step))
-        self._manager.save(int(step), args=self._ocp.args.StandardSave(_encode(tree)), force=True)
-        self._manager.wait_until_finished()
+        try:
+            self._manager.save(int(step), args=self._ocp.args.StandardSave(_encode(tree)), force=True)
+            self._manager.wait_until_finished()
+        except Exception as e:  # a full disk / read-only folder: an OSError naming the checkpoint, not orbax's text
+            from jmeta._io import output_error
+
+            err = output_error(e, self.directory / str(int(step)))
+            if err is None:
+                raise
+            with contextlib.suppress(OSError):
+                self._remove_incomplete(int(step))  # give back the space the partial write took
+            raise err from e
 
     def restore(self, step: int | None, template: PyTree) -> PyTree:
         """Restores checkpoint ``step`` (default: the latest) into ``template``'s structure."""

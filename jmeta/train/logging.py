@@ -18,7 +18,7 @@ import sys
 import time
 from typing import Any, Iterable
 
-from jmeta._io import atomic_write_text
+from jmeta._io import atomic_write_text, naming
 
 
 def _jsonable(v):
@@ -52,17 +52,21 @@ class MetricsLog:
 
     def write(self, step: int, metrics: dict) -> dict:
         record = {"step": int(step), **{k: _jsonable(v) for k, v in metrics.items()}}
-        self._f.write(json.dumps(record) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        with naming(self.path):  # a full disk names this file
+            self._f.write(json.dumps(record) + "\n")
+            self._f.flush()
+            os.fsync(self._f.fileno())
         for s in self.sinks:
             s.write(int(step), record)
         return record
 
     def close(self) -> None:
-        self._f.close()
-        for s in self.sinks:
-            s.close()
+        try:
+            with naming(self.path):
+                self._f.close()
+        finally:
+            for s in self.sinks:
+                s.close()
 
     @staticmethod
     def truncate_after(path, step: int) -> int:

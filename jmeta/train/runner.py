@@ -14,6 +14,7 @@ The run folder (the contract other tools build on)::
                              a resumed run logs what an uninterrupted one would
       events.out.tfevents.*  the metrics for TensorBoard (``tensorboard --logdir RUN_DIR/..``)
       wandb/, wandb_id.txt   (with ``--wandb``) the Weights & Biases run
+      .jmeta.lock            while a process writes the folder: its owner (:mod:`jmeta.train.lock`)
 
 Non-finite values: with ``train.on_nan='stop'`` (default) the first meta-step
 whose objective or meta-gradient norm is NaN/Inf is not applied, no later
@@ -223,7 +224,7 @@ def _guarded_steps(step_fn, on_nan: str):
 
 def train(cfg: Config, out_dir, *, resume: bool = False, progress: bool = True, data_dir=None,
           sinks=(), evaluate_at_end: bool = True, stop_after: int | None = None, tensorboard: bool = True,
-          plots: bool = True) -> dict:
+          plots: bool = True, on_eval=None) -> dict:
     """Runs (or resumes) the experiment ``cfg`` into ``out_dir``.
 
     Args:
@@ -240,8 +241,19 @@ def train(cfg: Config, out_dir, *, resume: bool = False, progress: bool = True, 
       tensorboard: also write the metrics as a TensorBoard event file into
         ``out_dir`` (:mod:`jmeta.train.tensorboard`; no TensorFlow needed).
       plots: draw the PNGs at the end (needs matplotlib).
+      on_eval: called with the evaluation (as in ``eval.json``) once it is
+        written, before the PNGs are drawn (``jmeta train`` prints it there).
+
+    The run folder is locked while this runs (:mod:`jmeta.train.lock`), and
+    SIGINT/SIGTERM stop training with a final checkpoint
+    (:mod:`jmeta.train.interrupt`).
 
     Raises:
+      RunLockedError: another process is writing ``out_dir``.
+      Interrupted: SIGINT or SIGTERM; the message names the checkpoint and
+        the command that resumes the run.
+      OSError: an output cannot be written (disk full, read-only, no
+        permission); the error names the file.
       RunExistsError: ``resume=False`` but ``out_dir`` already holds a run
         (nothing of it is overwritten).
       NotADirectoryError: ``out_dir`` is a file.
@@ -253,6 +265,29 @@ def train(cfg: Config, out_dir, *, resume: bool = False, progress: bool = True, 
     Returns:
       A summary dict (``steps``, ``wall_time``, ``eval``).
     """
+    from jmeta.config import validate
+    from jmeta.train.interrupt import StopSignals
+    from jmeta.train.lock import RunLock
+
+    validate(cfg)
+    # The lock (which also finds a read-only or full disk) before anything is read or written.
+    with RunLock(out_dir, "jmeta train --resume" if resume else "jmeta train"), StopSignals() as stop:
+        return _train(cfg, out_dir, resume=resume, progress=progress, data_dir=data_dir, sinks=sinks,
+                      evaluate_at_end=evaluate_at_end, stop_after=stop_after, tensorboard=tensorboard,
+                      plots=plots, on_eval=on_eval, stop=stop)
+
+
+def resume_command(out, data_dir=None) -> str:
+    """The shell command that resumes the run in ``out`` (paths quoted for the shell)."""
+    import shlex
+
+    cmd = f"jmeta train --resume {shlex.quote(str(out))}"
+    return cmd + (f" --data-dir {shlex.quote(str(data_dir))}" if data_dir is not None else "")
+
+
+def _train(cfg: Config, out_dir, *, resume, progress, data_dir, sinks, evaluate_at_end, stop_after, tensorboard,
+           plots, on_eval, stop) -> dict:
+    """:func:`train` with the run folder locked; ``stop``: the :class:`~jmeta.train.interrupt.StopSignals`."""
     from jmeta.config import ConfigError, validate
     from jmeta.experiment import build
     from jmeta.train.checkpoint import CheckpointError, Checkpointer
@@ -261,8 +296,10 @@ def train(cfg: Config, out_dir, *, resume: bool = False, progress: bool = True, 
     validate(cfg)
     warning = nondeterminism_warning(cfg.train.deterministic)
     if warning:
-        warnings.warn(warning, stacklevel=2)
+        warnings.warn(warning, stacklevel=3)
     out = pathlib.Path(out_dir)
+    resume_cmd = resume_command(out, data_dir)
+    stop.message = f"interrupted ({{signal}}) before meta-training began; resume with `{resume_cmd}`"
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"the run folder {out} is a file; give a folder (new or a run to resume)")
     found = [] if resume else existing_run(out)
@@ -325,6 +362,13 @@ def train(cfg: Config, out_dir, *, resume: bool = False, progress: bool = True, 
         rec["time"] = round(time.perf_counter() - t0, 3)
         log.write(s, rec)
         bar.update(s, postfix=f"loss {rec.get('loss', float('nan')):.4f}")
+
+    def interrupted_now():  # a second signal (or one while a checkpoint is written): stop at once
+        where = f"from checkpoint {last_ckpt}" if last_ckpt else "no checkpoint yet: it starts over"
+        return f"interrupted ({{signal}}) again at once, before step {s} was checkpointed; " \
+               f"resume with `{resume_cmd}` ({where})"
+
+    stop.message, stop.deferring = interrupted_now, True  # the first signal stops at the next safe point
     try:
         while s < total:
             # Run up to the next logging / checkpoint / final step in one call.
@@ -350,6 +394,8 @@ def train(cfg: Config, out_dir, *, resume: bool = False, progress: bool = True, 
             if t.checkpoint_every and s % t.checkpoint_every == 0 and s < total:
                 _save(ckpt, out, s, state, carry)
                 last_ckpt = s
+            if stop.requested is not None and s < total:
+                break  # SIGINT/SIGTERM: checkpoint the step reached (below) and stop
         if s == t.steps and carry.steps:
             # Resumed from a checkpoint inside a logging window with train.steps equal to its step: nothing
             # ran, but a run of that many steps logs the window here.
@@ -358,11 +404,17 @@ def train(cfg: Config, out_dir, *, resume: bool = False, progress: bool = True, 
                 _save_carry(ckpt, out, s, carry)
         if s != last_ckpt or s == 0:
             _save(ckpt, out, s, state, carry)
+            last_ckpt = s
+        stop.deferring = False
+        if stop.requested is not None:
+            raise stop.interrupted(f"interrupted ({{signal}}) at step {s}; checkpoint {s} written to "
+                                   f"{ckpt.directory}; resume with `{resume_cmd}`", s)
     except Exception as e:
         if _is_oom(e):
             raise MemoryError(OOM_HINT + f" (original error: {str(e).splitlines()[0][:300]})") from e
         raise
     finally:
+        stop.deferring = False
         bar.close()
         log.close()
         ckpt.close()
@@ -370,9 +422,13 @@ def train(cfg: Config, out_dir, *, resume: bool = False, progress: bool = True, 
     summary: dict = {"steps": s, "wall_time_s": round(wall, 2), "steps_run": s - start}
     if stop_after is not None and s < t.steps:
         return summary
+    stop.message = (f"interrupted ({{signal}}) after meta-training ended at step {s} (checkpointed), before the "
+                    f"evaluation and plots were written; `{resume_cmd}` writes them")
     if evaluate_at_end:
         summary["eval"] = evaluate_run(cfg, exp, state, k_eval, out, progress=progress,
                                        warn_nondeterminism=False)
+        if on_eval is not None:
+            on_eval(summary["eval"])
     if not plots:
         return summary
     try:
@@ -388,6 +444,8 @@ def train(cfg: Config, out_dir, *, resume: bool = False, progress: bool = True, 
 
 def _is_oom(e: Exception) -> bool:
     msg = str(e)
+    if "os_error_code=" in msg or "No space left on device" in msg:  # TensorStore's full disk: not the device
+        return False
     return "RESOURCE_EXHAUSTED" in msg or "Out of memory" in msg or "out of memory" in msg
 
 

@@ -42,6 +42,8 @@ import socket
 import struct
 import time
 
+from jmeta._io import naming
+
 FILE_VERSION = "brain.Event:2"
 
 # -- CRC-32C ------------------------------------------------------------------------------------------------------
@@ -169,21 +171,25 @@ class TensorBoardSink:
         self._emit(encode_event(wall_time=now, file_version=FILE_VERSION))
         if resume_step is not None:
             self._emit(encode_event(wall_time=now, step=int(resume_step) + 1, session_start=True))
-        self._f.flush()
+        with naming(self.path):
+            self._f.flush()
 
     def _emit(self, event: bytes) -> None:
-        self._f.write(tfrecord(event))
+        with naming(self.path):  # a full disk names this file
+            self._f.write(tfrecord(event))
 
     def write(self, step: int, record: dict) -> None:
         scalars = _scalars(record)
         if not scalars or self._f.closed:
             return
         self._emit(encode_event(wall_time=time.time(), step=int(step), scalars=scalars))
-        self._f.flush()
+        with naming(self.path):
+            self._f.flush()
 
     def close(self) -> None:
         if not self._f.closed:
-            self._f.close()
+            with naming(self.path):
+                self._f.close()
 
 
 __all__ = ["FILE_VERSION", "TensorBoardSink", "crc32c", "encode_event", "masked_crc32c", "tfrecord"]
