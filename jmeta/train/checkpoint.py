@@ -255,11 +255,11 @@ class Checkpointer:
                                       f"{', '.join(map(str, intact)) if intact else 'none'}")
             if checked == "unverified":
                 self._warn_fallback([], step, checked)
+        _quiet_closed_loop_noise()  # before: a failed read's stray callbacks can fire before the except below
         try:
             with _quiet_orbax_logs():
                 restored = self._manager.restore(step, args=self._ocp.args.StandardRestore(_encode(template)))
         except Exception as e:  # orbax raises several types: name the cause in one short line
-            _quiet_closed_loop_noise()
             first = " ".join(str(e).split())[:160]
             cause = f"could not be read by orbax ({type(e).__name__}: {first})"
             err = CheckpointError(f"cannot restore checkpoint {step} from {self.directory}: {cause}")
@@ -386,8 +386,8 @@ def _verify(d: pathlib.Path, step: int, template) -> tuple[str | None, dict | No
 def _shape_mismatch(saved: dict, want: dict) -> str | None:
     missing, extra = [k for k in want if k not in saved], [k for k in saved if k not in want]
     if missing or extra:
-        parts = ([f"{len(missing)} array(s) missing, e.g. {missing[0]}"] if missing else []) + \
-                ([f"{len(extra)} extra, e.g. {extra[0]}"] if extra else [])
+        parts = ([f"it lacks {len(missing)} array(s) of the config, e.g. {missing[0]}"] if missing else []) + \
+                ([f"it holds {len(extra)} array(s) the config has not, e.g. {extra[0]}"] if extra else [])
         return ", ".join(parts)
     for k, shape in want.items():
         if list(saved[k]) != list(shape):
@@ -424,8 +424,8 @@ def _quiet_closed_loop_noise() -> None:
     TensorStore still reads the others; their completion callbacks later call
     ``loop.call_soon_threadsafe`` on the closed loop from TensorStore's threads,
     and Python prints each failure (dozens of tracebacks, at random moments up
-    to interpreter exit). Installed once, after the first failed restore; any
-    other unraisable exception goes to the previous hook.
+    to interpreter exit). Installed once, before the first restore; any other
+    unraisable exception goes to the previous hook.
     """
     global _previous_unraisablehook
     if _previous_unraisablehook is not None:

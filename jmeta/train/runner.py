@@ -9,9 +9,13 @@ The run folder (the contract other tools build on)::
       learning_curves.png    training metrics
       adaptation_curves.png  query loss after 0..N steps, with CIs
       predictions.png        (sinusoid) adapted fits on held-out tasks
-      checkpoints/<step>/    orbax checkpoints (the last few; complete ones hold commit_success.txt)
+      checkpoints/<step>/    orbax checkpoints (the last few; complete ones hold commit_success.txt, and
+                             jmeta_checksums.json: every file's sha256, checked before use; see
+                             :mod:`jmeta.train.checkpoint`)
       runner_state.json      per checkpoint: the partial logging window and skipped-update count, so that
-                             a resumed run logs what an uninterrupted one would
+                             a resumed run logs what an uninterrupted one would (a checksummed copy is in
+                             each checkpoint's jmeta_checksums.json; without either, the next record holds
+                             ``steps_averaged``, the meta-steps it averages)
       events.out.tfevents.*  the metrics for TensorBoard (``tensorboard --logdir RUN_DIR/..``)
       wandb/, wandb_id.txt   (with ``--wandb``) the Weights & Biases run
 

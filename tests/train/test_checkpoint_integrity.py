@@ -179,9 +179,15 @@ def test_resume_after_a_bit_flip_falls_back_and_is_bit_identical(trained, run):
     assert _records(run) == before  # records 10 and 12 recomputed from step 8, equal
 
 
-def test_eval_falls_back_in_one_line_without_orbax_noise(run):
-    """A real `jmeta eval` process: one warning line, no TensorStore dump, no 'Event loop is closed'."""
-    _damage(_kind(run / "checkpoints/12", "ocdbt manifest"), "truncate")
+@pytest.mark.parametrize("checksums", [True, False])
+def test_eval_falls_back_in_one_line_without_orbax_noise(run, checksums):
+    """A real `jmeta eval` process: one warning line, no TensorStore dump, no 'Event loop is closed'. Without
+    checksum files (an older jmeta's run) orbax itself fails on the damaged file: its error is cut to one line
+    and the 13-40 'Event loop is closed' tracebacks it left in about one run of three are not shown."""
+    if not checksums:
+        for s in (4, 8, 12):
+            (run / "checkpoints" / str(s) / SUMS).unlink()
+    _damage(_kind(run / "checkpoints/12", "top manifest"), "truncate")
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, "-m", "jmeta", "eval", str(run), "--no-progress"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
@@ -189,7 +195,9 @@ def test_eval_falls_back_in_one_line_without_orbax_noise(run):
     err = [x for x in proc.stderr.splitlines() if x.strip()]
     assert len(err) == 1, proc.stderr[-3000:]
     assert err[0].startswith(f"warning: checkpoint 12 in {run / 'checkpoints'} ")
-    assert err[0].endswith("; using checkpoint 8 instead") and len(err[0]) < 400, err[0]
+    tail = "; using checkpoint 8 instead" + ("" if checksums else " (it has no checksum file: written by an older "
+                                                                 "jmeta or interrupted before it; loaded unverified)")
+    assert err[0].endswith(tail) and len(err[0]) < 600, err[0]
     assert "at meta-step 8" in proc.stdout
     assert json.loads((run / "eval.json").read_text())["step"] == 8
 
