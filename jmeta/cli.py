@@ -338,9 +338,29 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split("\n")).strip()
 
 
+def _one_line_checkpoint_warnings() -> None:
+    """Shows jmeta's checkpoint warnings (a checkpoint skipped or used unverified) as one ``warning:`` line."""
+    import warnings
+
+    if getattr(warnings.formatwarning, "_jmeta", False):
+        return
+    default = warnings.formatwarning
+
+    def fmt(message, category, filename, lineno, line=None):
+        from jmeta.train.checkpoint import CheckpointWarning
+
+        if issubclass(category, CheckpointWarning):
+            return f"warning: {_one_line(message)}\n"
+        return default(message, category, filename, lineno, line)
+
+    fmt._jmeta = True
+    warnings.formatwarning = fmt
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
+    _one_line_checkpoint_warnings()
     try:
         if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
             argv = ["train", *argv]  # `jmeta --steps 100` = `jmeta train --steps 100`

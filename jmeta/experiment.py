@@ -219,12 +219,15 @@ def load_run(run_dir, *, cfg: Config | None = None, step: int | None = None, dat
       run_dir: the run folder (``config.json`` and ``checkpoints/``).
       cfg: the config to build with (default: the folder's ``config.json``); pass a
         modified copy to evaluate differently (more tasks, more steps).
-      step: the checkpoint's meta-step (default: the latest complete one).
+      step: the checkpoint's meta-step (default: the newest intact one: a newer checkpoint that fails its
+        checksum or does not match ``cfg``'s shapes is named in a
+        :class:`~jmeta.train.checkpoint.CheckpointWarning` and skipped).
       data_dir: where the image datasets are (default: ``$JMETA_DATA_DIR``/the cache).
 
     Raises:
       FileNotFoundError: the folder has no ``config.json``.
-      jmeta.train.checkpoint.CheckpointError: no complete checkpoint (at ``step``).
+      jmeta.train.checkpoint.CheckpointError: no intact checkpoint; or ``step`` does not exist (the message
+        names the available steps) or fails its check.
     """
     import pathlib
 

@@ -9,9 +9,13 @@ The run folder (the contract other tools build on)::
       learning_curves.png    training metrics
       adaptation_curves.png  query loss after 0..N steps, with CIs
       predictions.png        (sinusoid) adapted fits on held-out tasks
-      checkpoints/<step>/    orbax checkpoints (the last few; complete ones hold commit_success.txt)
+      checkpoints/<step>/    orbax checkpoints (the last few; complete ones hold commit_success.txt, and
+                             jmeta_checksums.json: every file's sha256, checked before use; see
+                             :mod:`jmeta.train.checkpoint`)
       runner_state.json      per checkpoint: the partial logging window and skipped-update count, so that
-                             a resumed run logs what an uninterrupted one would
+                             a resumed run logs what an uninterrupted one would (a checksummed copy is in
+                             each checkpoint's jmeta_checksums.json; without either, the next record holds
+                             ``steps_averaged``, the meta-steps it averages)
       events.out.tfevents.*  the metrics for TensorBoard (``tensorboard --logdir RUN_DIR/..``)
       wandb/, wandb_id.txt   (with ``--wandb``) the Weights & Biases run
       .jmeta.lock            while a process writes the folder: its owner (:mod:`jmeta.train.lock`)
@@ -130,13 +134,42 @@ class _Carry:
         return {"window_sums": sums, "window_steps": self.steps, "skipped_updates": self.skipped}
 
 
+def _carry_problem(entry) -> str | None:
+    """Why ``entry`` (one step of ``runner_state.json``) is not a valid host carry, or None."""
+    if not isinstance(entry, dict):
+        return f"an entry is a {type(entry).__name__}, not an object"
+    if set(entry) != {"window_sums", "window_steps", "skipped_updates"}:
+        return f"an entry has the keys {sorted(entry)}"
+    sums = entry["window_sums"]
+    if not isinstance(sums, dict) or not all(
+            v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+            or v in ("inf", "-inf", "nan") for v in sums.values()):
+        return "window_sums is not an object of numbers"
+    for key in ("window_steps", "skipped_updates"):
+        if isinstance(entry[key], bool) or not isinstance(entry[key], int) or entry[key] < 0:
+            return f"{key} is {entry[key]!r}, not an integer >= 0"
+    return None
+
+
+def _read_runner_state(path: pathlib.Path) -> tuple[dict, str | None]:
+    """The valid entries of ``runner_state.json`` and, if any of it is missing or bad, why (a few words)."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}, "it is missing"
+    except (OSError, ValueError) as e:
+        return {}, f"it is unreadable ({type(e).__name__})"
+    if not isinstance(saved, dict):
+        return {}, f"it holds a {type(saved).__name__}, not an object"
+    good = {k: v for k, v in saved.items() if k.isdigit() and _carry_problem(v) is None}
+    bad = next((_carry_problem(v) or f"a key {k!r} is not a step" for k, v in saved.items() if k not in good), None)
+    return good, bad
+
+
 def _save_carry(ckpt, out: pathlib.Path, step: int, carry: _Carry) -> None:
     """Records the host carry of checkpoint ``step`` (dropping entries of checkpoints no longer kept)."""
     path = out / RUNNER_STATE
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        saved = {}
+    saved, _ = _read_runner_state(path)
     keep = {str(s) for s in ckpt.all_steps()} | {str(step)}
     saved = {k: v for k, v in saved.items() if k in keep}
     saved[str(step)] = carry.to_dict()
@@ -144,24 +177,78 @@ def _save_carry(ckpt, out: pathlib.Path, step: int, carry: _Carry) -> None:
 
 
 def _save(ckpt, out: pathlib.Path, step: int, state, carry: _Carry) -> None:
-    """Checkpoint ``step`` and, first, the host carry at that step (so a complete checkpoint always has it)."""
+    """Checkpoint ``step`` and, first, the host carry at that step (so a complete checkpoint always has it);
+    the checkpoint's checksum file holds a copy of the carry too (verified, it repairs ``runner_state.json``)."""
     _save_carry(ckpt, out, step, carry)
-    ckpt.save(step, state)
+    ckpt.save(step, state, extra={RUNNER_STATE: carry.to_dict()})
 
 
-def _restore_carry(out: pathlib.Path, step: int) -> _Carry:
-    """The host carry saved with checkpoint ``step``; for runs from before it was saved, the skipped-update
-    count of the last metrics record (and an empty window)."""
-    try:
-        entry = json.loads((out / RUNNER_STATE).read_text(encoding="utf-8")).get(str(step))
-    except (OSError, ValueError, AttributeError):
-        entry = None
-    if isinstance(entry, dict):
-        sums = {k: float("nan") if v is None else float(v) for k, v in (entry.get("window_sums") or {}).items()}
-        return _Carry(sums, entry.get("window_steps", 0), entry.get("skipped_updates", 0))  # null: a NaN sum
+def _update_carry(ckpt, out: pathlib.Path, step: int, carry: _Carry) -> None:
+    """A new host carry for the existing checkpoint ``step``: its checksum file's copy first (the copy wins)."""
+    if ckpt.check(step) is None:
+        ckpt.set_extra(step, {RUNNER_STATE: carry.to_dict()})
+    _save_carry(ckpt, out, step, carry)
+
+
+def _carry_from(entry: dict) -> _Carry:
+    sums = {k: float("nan") if v is None else float(v) for k, v in entry["window_sums"].items()}  # null: NaN
+    return _Carry(sums, entry["window_steps"], entry["skipped_updates"])
+
+
+def _restore_carry(out: pathlib.Path, step: int, extra: dict | None = None) -> _Carry:
+    """The host carry saved with checkpoint ``step``.
+
+    From ``runner_state.json``, checked against the copy in the checkpoint's
+    checksum file (``extra``): when the file is missing or bad (or disagrees),
+    the verified copy is used, with a one-line warning. A checkpoint without
+    that copy (an older jmeta) and no valid entry: the meta-steps of the
+    logging window before ``step`` are lost, so the next record averages only
+    the steps after the resume (it says so in ``steps_averaged``); warned when
+    that window is not empty. The skipped-update count then comes from the
+    last metrics record.
+    """
+    from jmeta.train.checkpoint import CheckpointWarning
+
+    path = out / RUNNER_STATE
+    saved, problem = _read_runner_state(path)
+    entry = saved.get(str(step))
+    if entry is None and problem is None:
+        problem = f"it has no entry for checkpoint {step}"
+    copy = (extra or {}).get(RUNNER_STATE)
+    if copy is not None and _carry_problem(copy) is None:
+        if entry != copy:
+            why = problem if entry is None else "its entry differs from the checkpoint's checksummed copy"
+            warnings.warn(f"{path}: {why}; using the copy in checkpoint {step}'s checksum file, so the logging "
+                          f"window continues exactly", CheckpointWarning, stacklevel=3)
+        return _carry_from(copy)
+    if entry is not None:
+        return _carry_from(entry)
     recs = [r for r in MetricsLog.read(out / "metrics.jsonl") if r.get("step", 0) <= step] \
         if (out / "metrics.jsonl").exists() else []
+    last = recs[-1].get("step", 0) if recs else 0
+    if step > last:
+        warnings.warn(f"{path}: {problem}, and checkpoint {step} holds no copy: the metrics of meta-steps "
+                      f"{last + 1}..{step} are lost, so the next record averages only the meta-steps after the "
+                      f"resume (its steps_averaged says how many)", CheckpointWarning, stacklevel=3)
     return _Carry(skipped=recs[-1].get("skipped_updates", 0) if recs else 0)
+
+
+def _last_record_step(out: pathlib.Path, step: int) -> int:
+    """The step of the last record in ``metrics.jsonl`` at or before ``step`` (0 if none)."""
+    path = out / "metrics.jsonl"
+    recs = [r for r in MetricsLog.read(path) if r.get("step", 0) <= step] if path.exists() else []
+    return int(recs[-1].get("step", 0)) if recs else 0
+
+
+def _remove_stale_tmp(out: pathlib.Path) -> None:
+    """Deletes the temporary files of atomic writes a killed process left (``.NAME.XXXX.tmp``) in the run folder
+    and its checkpoint folders."""
+    folders = [out] + ([p for p in (out / "checkpoints").iterdir() if p.is_dir()]
+                       if (out / "checkpoints").is_dir() else [])
+    for d in folders:
+        for p in d.glob(".*.tmp"):
+            if p.is_file():
+                p.unlink(missing_ok=True)
 
 
 def _lost_checkpoints(out: pathlib.Path, t) -> str | None:
@@ -313,12 +400,17 @@ def _train(cfg: Config, out_dir, *, resume, progress, data_dir, sinks, evaluate_
     out.mkdir(parents=True, exist_ok=True)
     t = cfg.train
     ckpt = Checkpointer(out / "checkpoints", keep=t.keep_checkpoints)  # first: refuses an unusable orbax at once
-    latest = ckpt.latest_step() if resume else None
+    _remove_stale_tmp(out)
+    latest = ckpt.latest_step() if resume else None  # the newest that passes its checksum
     if latest is not None and latest > t.steps:
         ckpt.close()
         raise ConfigError(f"train.steps={t.steps} is below the {latest} meta-steps this run has done; a resumed run "
                           f"can only train for longer (steps >= {latest})")
     if resume and latest is None:
+        unusable = ckpt.unusable()
+        if unusable:  # never start over on top of damaged checkpoints
+            ckpt.close()
+            raise CheckpointError(f"--resume {out}: {unusable}; nothing was resumed (train into another --out)")
         lost = _lost_checkpoints(out, t)
         if lost:
             ckpt.close()
@@ -330,9 +422,15 @@ def _train(cfg: Config, out_dir, *, resume, progress, data_dir, sinks, evaluate_
     k_train, k_eval, k_init = run_keys(t.seed)
     state = init_train_state(exp.algorithm, exp.model.params, exp.model.state, exp.meta_optimizer, key=k_init)
     start = 0
+    extra = None
     if resume:
         if latest is not None:
-            state = ckpt.restore(latest, state)
+            try:  # the newest intact checkpoint: damaged ones are named and skipped, in one warning
+                got = ckpt.load(None, state)
+            except CheckpointError as e:
+                ckpt.close()
+                raise CheckpointError(f"--resume {out}: {e}; nothing was resumed (train into another --out)") from None
+            state, extra = got.tree, got.extra
             start = int(state.step)
         MetricsLog.truncate_after(out / "metrics.jsonl", start)
     sinks = list(sinks)
@@ -346,7 +444,8 @@ def _train(cfg: Config, out_dir, *, resume, progress, data_dir, sinks, evaluate_
                              meta_batch_size=t.meta_batch_size, task_parallel=task_parallel, jit=False)
     guarded = _guarded_steps(step_fn, t.on_nan)
     bad = jnp.asarray(-1, jnp.int32)
-    carry = _restore_carry(out, start) if resume else _Carry()
+    carry = _restore_carry(out, start, extra) if resume else _Carry()
+    window_start = _last_record_step(out, start) if resume else 0  # a record covers (window_start, s]
     skipped = jnp.asarray(carry.skipped, jnp.int32)
     total = t.steps if stop_after is None else min(t.steps, start + stop_after)
     bar = Progress(t.steps, start=start, desc=cfg.name, enabled=progress)
@@ -356,7 +455,12 @@ def _train(cfg: Config, out_dir, *, resume, progress, data_dir, sinks, evaluate_
     metrics = None
 
     def write_record():
+        nonlocal window_start
+        n = carry.steps
         rec = carry.pop_mean()
+        if n != s - window_start:  # part of the window was lost with a bad runner_state.json
+            rec["steps_averaged"] = n
+        window_start = s
         if t.on_nan == "skip":
             rec["skipped_updates"] = carry.skipped
         rec["time"] = round(time.perf_counter() - t0, 3)
@@ -401,7 +505,7 @@ def _train(cfg: Config, out_dir, *, resume, progress, data_dir, sinks, evaluate_
             # ran, but a run of that many steps logs the window here.
             write_record()
             if s == last_ckpt and s:
-                _save_carry(ckpt, out, s, carry)
+                _update_carry(ckpt, out, s, carry)
         if s != last_ckpt or s == 0:
             _save(ckpt, out, s, state, carry)
             last_ckpt = s
