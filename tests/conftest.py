@@ -47,6 +47,16 @@ def data_dir() -> pathlib.Path:
     return d
 
 
+def pytest_collection_modifyitems(config, items):
+    """Under ``pytest -n N`` (pytest-xdist, ``--dist loadgroup``, as ``scripts/test.sh`` runs it) one test file runs
+    on one worker, so the module- and session-scoped fixtures that share compiled programs and decoded data are built
+    once, not once per worker. A test that already has an ``xdist_group`` keeps it (``tests/data`` puts its files in
+    one group: they share the decoded datasets). Without xdist the marker does nothing."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+
+
 @pytest.fixture(autouse=True)
 def _restore_xla_flags():
     """`jmeta train/eval/sweep` called in-process add the GPU determinism flag to XLA_FLAGS; keep tests apart."""

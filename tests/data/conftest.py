@@ -147,12 +147,26 @@ def _rebuild_script() -> Path | None:
     return script if script is not None and script.is_file() else None
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist the data-layer tests run on one worker: they share the session's decoded datasets,
+    rebuilt zips and loopback server (see ``tests/conftest.py``)."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents and item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group("tests/data"))
+
+
 def pytest_collection_finish(session):
     """Starts rebuilding the Omniglot zips in the background if a selected test needs them.
 
     ``rebuild_zips.py`` takes ~10 s of one core; started here it overlaps with
-    the tests that run before the first one that needs the zips.
+    the tests that run before the first one that needs the zips. An xdist
+    worker collects every test but runs only some: it rebuilds when a test of
+    its own asks for the zips.
     """
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
     if any("rebuilt_omniglot_zips" in getattr(item, "fixturenames", ()) for item in session.items):
         _start_rebuild()
 
