@@ -455,10 +455,10 @@ def test_full_disk_mid_run_loses_nothing_and_the_run_resumes(tmpfs, reference, c
     save = Checkpointer.save
     filled = contextlib.ExitStack()
 
-    def fill_before_20(self, step, tree):
+    def fill_before_20(self, step, tree, **kw):
         if step == 20:
             filled.enter_context(_disk_full(tmpfs))
-        return save(self, step, tree)
+        return save(self, step, tree, **kw)
 
     monkeypatch.setattr(Checkpointer, "save", fill_before_20)
     with filled:
