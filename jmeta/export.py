@@ -41,6 +41,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from jmeta import validate
+
 FORMAT = "jmeta-export/1"
 PROGRAM = "predict.jaxexport"
 PARAMS = "params.npz"
@@ -97,12 +99,12 @@ LOADER_SOURCE = textwrap.dedent('''\
 
 def _example_task(exp, cfg):
     """One task of the evaluation distribution (its shapes and dtypes define the inputs)."""
-    from jmeta.train.step import _takes_data
+    from jmeta.train.step import sample_fn_takes_data
 
     shots = cfg.eval.shots[0] if cfg.eval.shots else cfg.task.k_support
     sample = exp.eval_samples.get(shots) or next(iter(exp.eval_samples.values()))
     key = jax.random.key(0)
-    batch = sample(key, 1, exp.eval_data) if _takes_data(sample) else sample(key, 1)
+    batch = sample(key, 1, exp.eval_data) if sample_fn_takes_data(sample) else sample(key, 1)
     return jax.tree.map(lambda a: a[0], batch)
 
 
@@ -140,8 +142,7 @@ def export_run(run_dir, out_dir=None, *, num_steps: int | None = None, step: int
     cfg, exp, state = load_run(run_dir, step=step, data_dir=data_dir)
     if num_steps is None:  # the run's evaluation (what eval.json reports)
         num_steps = cfg.eval.steps
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
-        raise ValueError(f"num_steps must be an integer >= 0, got {num_steps!r}")
+    num_steps = validate.integer("num_steps", num_steps, min=0)
     out = pathlib.Path(out_dir) if out_dir is not None else pathlib.Path(run_dir) / "export"
     out.mkdir(parents=True, exist_ok=True)
 
