@@ -240,6 +240,16 @@ def _number(name: str, value) -> float:
         raise ConfigError(str(e)) from None
 
 
+def _all_ok(check, values, **bounds) -> bool:
+    """Whether every value passes ``check`` (:func:`jmeta.validate.integer` or ``number``) with ``bounds``."""
+    try:
+        for v in values:
+            check("value", v, **bounds)
+    except ValueError:
+        return False
+    return True
+
+
 def check_name(name) -> str:
     """A run name: non-empty, no path separators, not ``.`` or ``..`` (it names a folder under ``runs/``)."""
     if not isinstance(name, str) or not name.strip() or name in (".", "..") or "\0" in name \
@@ -322,10 +332,9 @@ def validate(cfg: Config) -> Config:
     if len(cfg.train.lr_boundaries) != len(cfg.train.lr_scales):
         raise ConfigError(f"train.lr_boundaries and train.lr_scales must have the same length, got "
                           f"{list(cfg.train.lr_boundaries)} and {list(cfg.train.lr_scales)}")
-    if any(isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= MAX_INT for b in cfg.train.lr_boundaries):
+    if not _all_ok(_validate.integer, cfg.train.lr_boundaries, min=1, max=MAX_INT):
         raise ConfigError(f"train.lr_boundaries must be positive integers, got {list(cfg.train.lr_boundaries)}")
-    if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf")
-           for v in cfg.train.lr_scales):
+    if not _all_ok(_validate.number, cfg.train.lr_scales, min=0, min_open=True):
         raise ConfigError(f"train.lr_scales must be positive finite numbers, got {list(cfg.train.lr_scales)}")
     if cfg.train.lr_cosine and (cfg.train.lr_boundaries or cfg.train.lr_decay_every):
         raise ConfigError("train.lr_cosine is a schedule of its own: leave train.lr_boundaries and "
@@ -362,14 +371,14 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"train.task_parallel={tp} (a chunk size) must divide train.meta_batch_size="
                           f"{cfg.train.meta_batch_size}")
     seed = cfg.train.seed
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:  # _coerce made it an int
+    if not _all_ok(_validate.integer, [seed], min=0, max=2**32 - 1):
         raise ConfigError(f"train.seed must be an integer in [0, 2**32), got {seed!r} (JAX keys hold 32 bits: larger "
                           "seeds would repeat smaller ones)")
     if cfg.model.name == "mlp":
         from jmeta.models.mlp import ACTIVATIONS
 
         choice("model.activation", cfg.model.activation, tuple(ACTIVATIONS))
-        if any(isinstance(h, bool) or not isinstance(h, int) or not 1 <= h <= MAX_INT for h in cfg.model.hidden):
+        if not _all_ok(_validate.integer, cfg.model.hidden, min=1, max=MAX_INT):
             raise ConfigError(f"model.hidden must be a list of positive integers, got {list(cfg.model.hidden)!r}")
     if cfg.model.conv_impl != "auto":  # the default needs no check (and no jax import)
         from jmeta.ops.conv import CONV_IMPLS
@@ -397,13 +406,11 @@ def validate(cfg: Config) -> Config:
                             ("eval.num_tasks", cfg.eval.num_tasks, 1), ("eval.steps", cfg.eval.steps, 0),
                             ("eval.batch_size", cfg.eval.batch_size, 1)):
         at_least(name, value, lo)
-    for s in cfg.eval.shots:
-        if isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= MAX_INT:
-            raise ConfigError(f"eval.shots must be integers >= 1, got {cfg.eval.shots!r}")
-    for s in cfg.eval.report_steps:
-        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= cfg.eval.steps:
-            raise ConfigError(f"eval.report_steps must be integers in [0, eval.steps={cfg.eval.steps}], "
-                              f"got {cfg.eval.report_steps!r}")
+    if not _all_ok(_validate.integer, cfg.eval.shots, min=1, max=MAX_INT):
+        raise ConfigError(f"eval.shots must be integers >= 1, got {cfg.eval.shots!r}")
+    if not _all_ok(_validate.integer, cfg.eval.report_steps, min=0, max=cfg.eval.steps):
+        raise ConfigError(f"eval.report_steps must be integers in [0, eval.steps={cfg.eval.steps}], "
+                          f"got {cfg.eval.report_steps!r}")
     return cfg
 
 

@@ -43,6 +43,8 @@ def _scalar(value: Any) -> Any:
         kind = getattr(value.dtype, "kind", None)
         if kind in ("b", "i", "u", "f"):
             return value.item()
+        if "float" in str(value.dtype):  # ml_dtypes' bfloat16 / float8 (NumPy kind "V")
+            return float(value)
     return value
 
 

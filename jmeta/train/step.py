@@ -98,11 +98,12 @@ def _check_task_parallel(task_parallel):
 
 
 def _resolve_chunk(task_parallel, batch_size: int) -> int:
+    task_parallel = _check_task_parallel(task_parallel)
     if task_parallel == "vmap":
         return batch_size
     if task_parallel == "map":
         return 1
-    if isinstance(task_parallel, int) and not isinstance(task_parallel, bool) and task_parallel >= 1:
+    if isinstance(task_parallel, int):
         if batch_size % task_parallel:
             raise ValueError(f"task_parallel chunk size {task_parallel} must divide the (per-device) meta-batch "
                              f"size {batch_size}")
