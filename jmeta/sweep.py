@@ -95,6 +95,10 @@ def parse_grid(spec: str) -> tuple[str, list]:
     values = [_parse_value(v) for v in _split_values(raw)]
     if not key.strip() or any(v == "" for v in values):
         raise ConfigError(f"--grid must look like section.key=v1,v2,..., got {spec!r}")
+    for i, v in enumerate(values):  # 1 and 1.0 are one config value; true and 1 are not
+        if any(u == v and isinstance(u, bool) == isinstance(v, bool) for u in values[:i]):
+            raise ConfigError(f"--grid {key.strip()} lists {v!r} more than once, which would run the same trial "
+                              f"twice; give each value once, got {spec!r}")
     return key.strip(), values
 
 
