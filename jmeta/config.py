@@ -221,13 +221,13 @@ _SECTIONS = {"task": TaskConfig, "model": ModelConfig, "algorithm": AlgorithmCon
 MAX_INT = 2**31 - 1
 
 
-def _integer(name: str, value, *, min: int | None = None) -> int:
+def _integer(name: str, value, *, min: int | None = None, max: int | None = MAX_INT) -> int:
     """``value`` as an ``int`` in ``[min, MAX_INT]`` (an integral float such as ``1e3`` is accepted), or a
     :class:`ConfigError` naming the key."""
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     try:
-        return _validate.integer(name, value, min=min, max=MAX_INT)
+        return _validate.integer(name, value, min=min, max=max)
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
@@ -267,7 +267,7 @@ def _coerce(section: str, field: dataclasses.Field, value):
             raise ConfigError(f"{name} must be true or false, got {value!r}")
         return value
     if isinstance(default, int) and not isinstance(default, bool):
-        return _integer(name, value)
+        return _integer(name, value, max=None if name == "train.seed" else MAX_INT)  # validate() bounds the seed
     if isinstance(default, float):
         return _number(name, value)
     if isinstance(default, tuple):
