@@ -6,6 +6,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.core import Tracer as _Tracer
 
@@ -32,7 +33,8 @@ def cross_entropy(logits, y):
             f"(expected logits of shape {(*y.shape, 'n_classes')})")
     if not isinstance(y, _Tracer) and getattr(y, "size", 0):
         n = logits.shape[-1]
-        lo, hi = int(jnp.min(y)), int(jnp.max(y))
+        labels = np.asarray(y)  # on the host: inside a trace, jnp.min of a constant would be staged, not computed
+        lo, hi = (int(labels.min()), int(labels.max())) if np.issubdtype(labels.dtype, np.integer) else (0, 0)
         if lo < 0 or hi >= n:
             raise ValueError(f"cross_entropy: labels must be class indices in [0, {n}) for {n} logits; got labels "
                              f"in [{lo}, {hi}]")

@@ -271,3 +271,9 @@ def test_cross_entropy_refuses_labels_outside_the_classes():
             cross_entropy(logits, jnp.array(bad))
     # under jit the labels are traced: the check cannot run there and the program is unchanged
     assert float(jax.jit(cross_entropy)(logits, jnp.array([0, 4, 2]))) == pytest.approx(np.log(5))
+    # labels closed over by a traced function are constants: checked while tracing (grad of a jitted loss)
+    good, bad = jnp.array([0, 4, 2]), jnp.array([0, 7, 2])
+    assert float(jax.jit(jax.grad(lambda z: cross_entropy(z, good).sum()))(logits).sum()) == pytest.approx(0.0,
+                                                                                                          abs=1e-6)
+    with pytest.raises(ValueError, match=r"got labels in \[0, 7\]"):
+        jax.jit(jax.grad(lambda z: cross_entropy(z, bad)))(logits)
