@@ -230,9 +230,7 @@ class MetaLSTM:
                              f"hidden_size={self.hidden_size}")
 
     def _resolve_steps(self, num_steps, default) -> int:
-        k = default if num_steps is None else num_steps
-        _check_int("num_steps", k, 0)
-        return k
+        return validate.integer("num_steps", default if num_steps is None else num_steps, min=0)
 
     def unravel(self, meta_params: dict, flat: Array) -> PyTree:
         """The learner's parameter pytree of a flat vector (e.g. the output of :meth:`adapt`)."""
