@@ -82,10 +82,13 @@ def __dir__():
     return __all__
 
 
-if TYPE_CHECKING:  # pragma: no cover
-    from jmeta import algorithms, inner, losses, models, tasks, train  # noqa: F401
-    from jmeta.algorithms import ANIL, FOMAML, MAML, GradientLearner, MAMLPlusPlus, MetaSGD, Reptile  # noqa: F401
+if TYPE_CHECKING:  # pragma: no cover  (kept equal to _SUBMODULES and _EXPORTS by tests/test_import.py)
+    from jmeta import (algorithms, config, data, implicit, inner, learned_optim, losses, models,  # noqa: F401
+                       ops, tasks, train)
+    from jmeta.algorithms import (ANIL, FOMAML, IMAML, MAML, R2D2, GradientLearner, MAMLPlusPlus,  # noqa: F401
+                                  MetaOptNet, MetaSGD, ProtoNet, Reptile)
+    from jmeta.data import ClassStore, load_miniimagenet, load_omniglot  # noqa: F401
     from jmeta.inner import inner_loop, scale_by_learned_lr  # noqa: F401
-    from jmeta.models import Model, from_apply, from_nnx  # noqa: F401
-    from jmeta.tasks import Sinusoid, TaskBatch  # noqa: F401
+    from jmeta.models import Model, conv4, from_apply, from_nnx, resnet12  # noqa: F401
+    from jmeta.tasks import EpisodeSampler, Sinusoid, TaskBatch, put_on_device  # noqa: F401
     from jmeta.train import TrainState, evaluate, init_train_state, make_meta_step  # noqa: F401

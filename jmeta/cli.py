@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import shlex
 import sys
 import time
 
@@ -86,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="export a run's adapt-then-predict function as a standalone JAX program",
                        description="Writes predict(support_x, support_y, query_x) of the run's last checkpoint "
                                    "(jax.export, symbolic numbers of examples), its parameters (npz) and a "
-                                   "loader (load.py) that needs only jax and numpy.")
+                                   "loader (load.py) that needs only jax, numpy and flatbuffers (no jmeta).")
     x.add_argument("run_dir")
     x.add_argument("--out", default=None, help="artifact folder (default: RUN_DIR/export)")
     x.add_argument("--steps", type=int, default=None, help="adaptation steps (default: the run's eval.steps)")
@@ -283,7 +284,8 @@ def cmd_export(args) -> int:
     meta = json.loads((out / "export.json").read_text())
     print(f"jmeta: exported {meta['algorithm']} (checkpoint step {meta['checkpoint_step']}, "
           f"{meta['adaptation_steps']} adaptation steps, platforms {meta['platforms']}) -> {out}")
-    print(f"jmeta: use it without jmeta: python {out / 'load.py'} {out} inputs.npz outputs.npy")
+    print(f"jmeta: use it without jmeta (pip install jax numpy flatbuffers): python "
+          f"{shlex.quote(str(out / 'load.py'))} {shlex.quote(str(out))} inputs.npz outputs.npy")
     return 0
 
 

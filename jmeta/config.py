@@ -16,6 +16,8 @@ import json
 import pathlib
 from typing import Any, Callable
 
+from jmeta import validate as _validate
+
 
 class ConfigError(ValueError):
     """A config key or value that is not valid; the message names it and the valid choices."""
@@ -220,6 +222,48 @@ _SECTIONS = {"task": TaskConfig, "model": ModelConfig, "algorithm": AlgorithmCon
              "eval": EvalConfig}
 
 
+#: The largest integer a config holds: step counters and task indices are int32 on the device.
+MAX_INT = 2**31 - 1
+
+
+def _integer(name: str, value, *, min: int | None = None, max: int | None = MAX_INT) -> int:
+    """``value`` as an ``int`` in ``[min, MAX_INT]`` (an integral float such as ``1e3`` is accepted), or a
+    :class:`ConfigError` naming the key."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    try:
+        return _validate.integer(name, value, min=min, max=max)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _number(name: str, value) -> float:
+    """``value`` as a finite ``float`` (NaN and infinities are refused: ``config.json`` could not hold them)."""
+    try:
+        return _validate.number(name, value)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _all_ok(check, values, **bounds) -> bool:
+    """Whether every value passes ``check`` (:func:`jmeta.validate.integer` or ``number``) with ``bounds``."""
+    try:
+        for v in values:
+            check("value", v, **bounds)
+    except ValueError:
+        return False
+    return True
+
+
+def check_name(name) -> str:
+    """A run name: non-empty, no path separators, not ``.`` or ``..`` (it names a folder under ``runs/``)."""
+    if not isinstance(name, str) or not name.strip() or name in (".", "..") or "\0" in name \
+            or any(sep in name for sep in ("/", "\\")):
+        raise ConfigError(f"name must be a plain name (no '/' or '\\', not '.' or '..'): it names the run folder "
+                          f"under runs/; got {name!r}")
+    return name
+
+
 def _coerce(section: str, field: dataclasses.Field, value):
     name = f"{section}.{field.name}"
     default = field.default if field.default is not dataclasses.MISSING else None
@@ -228,15 +272,9 @@ def _coerce(section: str, field: dataclasses.Field, value):
             raise ConfigError(f"{name} must be true or false, got {value!r}")
         return value
     if isinstance(default, int) and not isinstance(default, bool):
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"{name} must be an integer, got {value!r}")
-        return value
+        return _integer(name, value, max=None if name == "train.seed" else MAX_INT)  # validate() bounds the seed
     if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{name} must be a number, got {value!r}")
-        return float(value)
+        return _number(name, value)
     if isinstance(default, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{name} must be a list, got {value!r}")
@@ -259,7 +297,7 @@ def from_dict(d: dict) -> Config:
         raise ConfigError(f"unknown config section(s) {sorted(unknown)}; valid: {['name', *_SECTIONS]}")
     cfg = Config()
     if "name" in d:
-        cfg.name = str(d["name"])
+        cfg.name = check_name(str(d["name"]))
     for section, cls in _SECTIONS.items():
         sub = d.get(section, {})
         if not isinstance(sub, dict):
@@ -299,10 +337,10 @@ def validate(cfg: Config) -> Config:
     if len(cfg.train.lr_boundaries) != len(cfg.train.lr_scales):
         raise ConfigError(f"train.lr_boundaries and train.lr_scales must have the same length, got "
                           f"{list(cfg.train.lr_boundaries)} and {list(cfg.train.lr_scales)}")
-    if any(not isinstance(b, int) or b < 1 for b in cfg.train.lr_boundaries):
+    if not _all_ok(_validate.integer, cfg.train.lr_boundaries, min=1, max=MAX_INT):
         raise ConfigError(f"train.lr_boundaries must be positive integers, got {list(cfg.train.lr_boundaries)}")
-    if any(not isinstance(v, (int, float)) or v <= 0 for v in cfg.train.lr_scales):
-        raise ConfigError(f"train.lr_scales must be positive numbers, got {list(cfg.train.lr_scales)}")
+    if not _all_ok(_validate.number, cfg.train.lr_scales, min=0, min_open=True):
+        raise ConfigError(f"train.lr_scales must be positive finite numbers, got {list(cfg.train.lr_scales)}")
     if cfg.train.lr_cosine and (cfg.train.lr_boundaries or cfg.train.lr_decay_every):
         raise ConfigError("train.lr_cosine is a schedule of its own: leave train.lr_boundaries and "
                           "train.lr_decay_every unset with it")
@@ -328,20 +366,24 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"task.family={cfg.task.family!r} needs model.name 'conv4' or 'resnet12', got 'mlp'")
     choice("train.on_nan", cfg.train.on_nan, ("stop", "skip"))
     tp = cfg.train.task_parallel
-    if isinstance(tp, bool) or not (tp in ("vmap", "map", "auto") or (isinstance(tp, int) and tp >= 1)):
-        raise ConfigError(f"train.task_parallel must be 'vmap', 'map', 'auto' or a positive chunk size, got {tp!r}")
+    if not (isinstance(tp, str) and tp in ("vmap", "map", "auto")):
+        try:
+            tp = cfg.train.task_parallel = _validate.integer("train.task_parallel", tp, min=1, max=MAX_INT)
+        except ValueError:
+            raise ConfigError(f"train.task_parallel must be 'vmap', 'map', 'auto' or a positive chunk size, "
+                              f"got {tp!r}") from None
     if isinstance(tp, int) and cfg.train.meta_batch_size % tp:
         raise ConfigError(f"train.task_parallel={tp} (a chunk size) must divide train.meta_batch_size="
                           f"{cfg.train.meta_batch_size}")
     seed = cfg.train.seed
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+    if not _all_ok(_validate.integer, [seed], min=0, max=2**32 - 1):
         raise ConfigError(f"train.seed must be an integer in [0, 2**32), got {seed!r} (JAX keys hold 32 bits: larger "
                           "seeds would repeat smaller ones)")
     if cfg.model.name == "mlp":
         from jmeta.models.mlp import ACTIVATIONS
 
         choice("model.activation", cfg.model.activation, tuple(ACTIVATIONS))
-        if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in cfg.model.hidden):
+        if not _all_ok(_validate.integer, cfg.model.hidden, min=1, max=MAX_INT):
             raise ConfigError(f"model.hidden must be a list of positive integers, got {list(cfg.model.hidden)!r}")
     if cfg.model.conv_impl != "auto":  # the default needs no check (and no jax import)
         from jmeta.ops.conv import CONV_IMPLS
@@ -369,13 +411,11 @@ def validate(cfg: Config) -> Config:
                             ("eval.num_tasks", cfg.eval.num_tasks, 1), ("eval.steps", cfg.eval.steps, 0),
                             ("eval.batch_size", cfg.eval.batch_size, 1)):
         at_least(name, value, lo)
-    for s in cfg.eval.shots:
-        if not isinstance(s, int) or s < 1:
-            raise ConfigError(f"eval.shots must be integers >= 1, got {cfg.eval.shots!r}")
-    for s in cfg.eval.report_steps:
-        if not isinstance(s, int) or not 0 <= s <= cfg.eval.steps:
-            raise ConfigError(f"eval.report_steps must be integers in [0, eval.steps={cfg.eval.steps}], "
-                              f"got {cfg.eval.report_steps!r}")
+    if not _all_ok(_validate.integer, cfg.eval.shots, min=1, max=MAX_INT):
+        raise ConfigError(f"eval.shots must be integers >= 1, got {cfg.eval.shots!r}")
+    if not _all_ok(_validate.integer, cfg.eval.report_steps, min=0, max=cfg.eval.steps):
+        raise ConfigError(f"eval.report_steps must be integers in [0, eval.steps={cfg.eval.steps}], "
+                          f"got {cfg.eval.report_steps!r}")
     return cfg
 
 

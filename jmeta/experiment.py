@@ -149,13 +149,13 @@ def adapts_conv_kernels(cfg: Config, params) -> bool:
     """
     import jax
 
-    from jmeta.algorithms.base import make_param_filter, path_str
+    from jmeta.algorithms.base import make_param_filter
 
     if cfg.algorithm.name in HEAD_ALGORITHMS:
         return False
     spec = cfg.algorithm.adapt_params
     pred = make_param_filter(tuple(spec) if isinstance(spec, list) else spec)
-    return any(getattr(leaf, "ndim", 0) == 4 and (pred is None or pred(path_str(path)))
+    return any(getattr(leaf, "ndim", 0) == 4 and (pred is None or pred(jax.tree_util.keystr(path, simple=True, separator="/")))
                for path, leaf in jax.tree_util.tree_leaves_with_path(params))
 
 

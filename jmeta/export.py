@@ -21,6 +21,16 @@ The artifact folder::
                         dtype) in call order, adaptation steps, run config, jax version
     load.py             a self-contained loader (imports only json, numpy and jax)
 
+Requirements to load it: ``jax`` (with its own dependencies), ``numpy`` and ``flatbuffers``: jax's
+deserializer (``jax.export.deserialize``) imports ``flatbuffers``, which jax does not install itself, so
+``pip install jax numpy flatbuffers`` (jmeta is not needed; ``tests/test_export.py`` runs the loader in a
+process where importing jmeta, flax, optax and orbax fails).
+
+The loader checks its inputs before calling the program: class labels must be integers (integral
+floats are accepted) in ``[0, n_classes)``, and images the program takes as floats must be given
+preprocessed as in training (``export.json``'s ``input_preprocessing``: uint8 images are refused, not
+silently cast to 0..255 floats).
+
 Use without jmeta::
 
     import sys; sys.path.insert(0, "ARTIFACT"); import load
@@ -42,6 +52,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jmeta import validate
 from jmeta._io import atomic_write, atomic_write_text, check_writable
 
 FORMAT = "jmeta-export/1"
@@ -58,6 +69,8 @@ PyTree = Any
 LOADER_SOURCE = textwrap.dedent('''\
     """Standalone loader of a jmeta export (imports only json, numpy and jax).
 
+    Needs: pip install jax numpy flatbuffers   (jax.export's deserializer imports flatbuffers; jmeta is not needed)
+
         python load.py ARTIFACT_DIR inputs.npz outputs.npy
         # or: import load; predict = load.load(ARTIFACT_DIR); predict(support_x, support_y, query_x)
     """
@@ -69,19 +82,51 @@ LOADER_SOURCE = textwrap.dedent('''\
     import numpy as np
 
 
+    def _deserialize(data):
+        try:
+            import flatbuffers  # noqa: F401  (jax.export.deserialize needs it; jax does not install it)
+        except ImportError:
+            raise ImportError("loading a jmeta export needs the flatbuffers package, which jax's deserializer "
+                              "uses but does not install: pip install flatbuffers") from None
+        return jax.export.deserialize(data)
+
+
+    def _check(name, a, spec, num_classes, preprocessing):
+        """``a`` as the program's input dtype, refusing what a cast would silently change."""
+        a = np.asarray(a)
+        want = np.dtype(spec["dtype"])
+        if want.kind in "iu":  # class labels
+            if a.dtype.kind == "f":
+                if not (np.all(np.isfinite(a)) and np.array_equal(a, np.round(a))):
+                    raise ValueError(f"{name} must hold integer class labels; got {a.dtype} values that are not "
+                                     f"whole numbers (e.g. {a.reshape(-1)[:3].tolist()})")
+            elif a.dtype.kind not in "iu":
+                raise ValueError(f"{name} must hold integer class labels; got dtype {a.dtype}")
+            if num_classes and a.size and (a.min() < 0 or a.max() >= num_classes):
+                raise ValueError(f"{name} must be class labels in [0, {num_classes}); got values in "
+                                 f"[{a.min()}, {a.max()}]")
+        elif want.kind == "f" and a.dtype.kind in "biu" and preprocessing:
+            raise ValueError(f"{name} is {a.dtype} but the program takes {want} inputs preprocessed as in "
+                             f"training ({preprocessing or 'as given to the model'}); convert it first, e.g. "
+                             f"uint8 images as x / 255")
+        return a.astype(want)
+
+
     def load(directory):
         """``predict(support_x, support_y, query_x) -> outputs`` of the exported meta-learner."""
         d = pathlib.Path(directory)
         meta = json.loads((d / "export.json").read_text())
         if meta.get("format") != "jmeta-export/1":
             raise ValueError(f"{d}: not a jmeta-export/1 artifact (format {meta.get('format')!r})")
-        exported = jax.export.deserialize(bytearray((d / meta["program"]).read_bytes()))
+        exported = _deserialize(bytearray((d / meta["program"]).read_bytes()))
         with np.load(d / meta["params"]) as z:
             leaves = [np.asarray(z[leaf["name"]]) for leaf in meta["leaves"]]
-        dtypes = [np.dtype(meta["inputs"][n]["dtype"]) for n in ("support_x", "support_y", "query_x")]
+        names = ("support_x", "support_y", "query_x")
+        num_classes, prep = meta.get("num_classes"), meta.get("input_preprocessing")
 
         def predict(support_x, support_y, query_x):
-            args = [np.asarray(a, dtype=t) for a, t in zip((support_x, support_y, query_x), dtypes)]
+            args = [_check(n, a, meta["inputs"][n], num_classes, prep)
+                    for n, a in zip(names, (support_x, support_y, query_x))]
             return exported.call(leaves, *args)
 
         predict.metadata = meta
@@ -100,13 +145,26 @@ LOADER_SOURCE = textwrap.dedent('''\
 
 def _example_task(exp, cfg):
     """One task of the evaluation distribution (its shapes and dtypes define the inputs)."""
-    from jmeta.train.step import _takes_data
+    from jmeta.train.step import sample_fn_takes_data
 
     shots = cfg.eval.shots[0] if cfg.eval.shots else cfg.task.k_support
     sample = exp.eval_samples.get(shots) or next(iter(exp.eval_samples.values()))
     key = jax.random.key(0)
-    batch = sample(key, 1, exp.eval_data) if _takes_data(sample) else sample(key, 1)
+    batch = sample(key, 1, exp.eval_data) if sample_fn_takes_data(sample) else sample(key, 1)
     return jax.tree.map(lambda a: a[0], batch)
+
+
+def _preprocessing(cfg) -> str | None:
+    """How training turned raw inputs into the model's inputs (``None``: used as given, e.g. sinusoid x)."""
+    if cfg.task.family == "sinusoid":
+        return None
+    text = "uint8 images x -> float32 x / 255"
+    if cfg.task.family == "miniimagenet":
+        from jmeta.experiment import MINIIMAGENET_MEAN, MINIIMAGENET_STD
+
+        text += (f", then (x - mean) / std per channel with mean={[round(m, 6) for m in MINIIMAGENET_MEAN]}, "
+                 f"std={[round(v, 6) for v in MINIIMAGENET_STD]}")
+    return text
 
 
 def predict_fn(algorithm, num_steps: int):
@@ -179,8 +237,7 @@ def _export(run_dir, out: pathlib.Path, *, num_steps, step, platforms, data_dir)
     cfg, exp, state = load_run(run_dir, step=step, data_dir=data_dir)
     if num_steps is None:  # the run's evaluation (what eval.json reports)
         num_steps = cfg.eval.steps
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
-        raise ValueError(f"num_steps must be an integer >= 0, got {num_steps!r}")
+    num_steps = validate.integer("num_steps", num_steps, min=0)
 
     tree = (state.meta_params, state.model_state)
     with_paths, treedef = jax.tree_util.tree_flatten_with_path(tree)
@@ -233,6 +290,9 @@ def _export(run_dir, out: pathlib.Path, *, num_steps, step, platforms, data_dir)
         "leaves": [{"name": f"leaf_{i:04d}", "path": "meta_params" + jax.tree_util.keystr(p[1:]) if p[0].idx == 0
                     else "model_state" + jax.tree_util.keystr(p[1:]), "shape": list(x.shape), "dtype": str(x.dtype)}
                    for i, ((p, _), x) in enumerate(zip(with_paths, leaves))],
+        "num_classes": (int(out_aval.shape[-1]) if jax.dtypes.issubdtype(task.support_y.dtype, np.integer)
+                        and out_aval.shape and isinstance(out_aval.shape[-1], int) else None),
+        "input_preprocessing": _preprocessing(cfg),
         "adaptation_steps": num_steps,
         "algorithm": cfg.algorithm.name,
         "checkpoint_step": int(state.step),

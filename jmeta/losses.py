@@ -6,7 +6,9 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from jax.core import Tracer as _Tracer
 
 
 def mse(pred, y):
@@ -19,11 +21,23 @@ def mse(pred, y):
 
 
 def cross_entropy(logits, y):
-    """Softmax cross-entropy with integer labels ``y`` of shape ``logits.shape[:-1]``."""
+    """Softmax cross-entropy with integer labels ``y`` of shape ``logits.shape[:-1]``.
+
+    Labels must be in ``[0, n_classes)``: called on concrete arrays (outside ``jit``), labels outside
+    are a ``ValueError``; under ``jit`` they cannot be checked and give NaN (jmeta's samplers only draw
+    labels in range).
+    """
     if logits.shape[:-1] != y.shape:
         raise ValueError(
             f"model output shape {logits.shape} does not match integer labels of shape {y.shape} "
             f"(expected logits of shape {(*y.shape, 'n_classes')})")
+    if not isinstance(y, _Tracer) and getattr(y, "size", 0):
+        n = logits.shape[-1]
+        labels = np.asarray(y)  # on the host: inside a trace, jnp.min of a constant would be staged, not computed
+        lo, hi = (int(labels.min()), int(labels.max())) if np.issubdtype(labels.dtype, np.integer) else (0, 0)
+        if lo < 0 or hi >= n:
+            raise ValueError(f"cross_entropy: labels must be class indices in [0, {n}) for {n} logits; got labels "
+                             f"in [{lo}, {hi}]")
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
 
 

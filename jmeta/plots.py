@@ -14,7 +14,8 @@ import numpy as np
 from jmeta._io import naming
 
 
-def _plt():
+def pyplot():
+    """``matplotlib.pyplot`` with the Agg backend, or an ``ImportError`` saying how to install it."""
     try:
         import matplotlib
     except ImportError as e:
@@ -27,7 +28,7 @@ def _plt():
 
 def learning_curves(metrics: list[dict], path, *, title: str = "") -> pathlib.Path:
     """Training metrics against meta-step (one panel per metric)."""
-    plt = _plt()
+    plt = pyplot()
     keys = [k for k in ("loss", "accuracy", "support_loss", "objective", "grad_norm") if any(k in r for r in metrics)]
     if not keys:
         raise ValueError("no metrics to plot")
@@ -42,12 +43,12 @@ def learning_curves(metrics: list[dict], path, *, title: str = "") -> pathlib.Pa
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, plt, path)
+    return save_figure(fig, plt, path)
 
 
 def adaptation_curves(eval_result: dict, path, *, metric: str = "loss", title: str = "") -> pathlib.Path:
     """Query metric (mean and 95% CI) after 0..N adaptation steps, one line per shot count."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for name, res in eval_result.items():
         if not isinstance(res, dict) or metric not in res:
@@ -64,7 +65,7 @@ def adaptation_curves(eval_result: dict, path, *, metric: str = "loss", title: s
     ax.legend()
     ax.set_title(title)
     fig.tight_layout()
-    return _save(fig, plt, path)
+    return save_figure(fig, plt, path)
 
 
 def sinusoid_fits(curves: list[dict], path, *, title: str = "") -> pathlib.Path:
@@ -73,7 +74,7 @@ def sinusoid_fits(curves: list[dict], path, *, title: str = "") -> pathlib.Path:
     ``curves``: dicts with ``x``, ``truth``, ``pre``, ``post`` (lists), ``support_x``,
     ``support_y`` and ``steps``.
     """
-    plt = _plt()
+    plt = pyplot()
     n = len(curves)
     fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3), squeeze=False)
     for ax, c in zip(axes[0], curves):
@@ -86,10 +87,11 @@ def sinusoid_fits(curves: list[dict], path, *, title: str = "") -> pathlib.Path:
     axes[0][0].legend(fontsize=7, loc="lower left")
     fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, plt, path)
+    return save_figure(fig, plt, path)
 
 
-def _save(fig, plt, path) -> pathlib.Path:
+def save_figure(fig, plt, path) -> pathlib.Path:
+    """Writes ``fig`` to ``path`` as a PNG atomically (a temporary file, then a rename) and closes it."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.png")

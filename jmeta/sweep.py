@@ -59,6 +59,7 @@ import pathlib
 import time
 import warnings
 
+from jmeta import validate
 from jmeta.config import Config, ConfigError, apply_overrides, from_dict
 
 
@@ -94,6 +95,10 @@ def parse_grid(spec: str) -> tuple[str, list]:
     values = [_parse_value(v) for v in _split_values(raw)]
     if not key.strip() or any(v == "" for v in values):
         raise ConfigError(f"--grid must look like section.key=v1,v2,..., got {spec!r}")
+    for i, v in enumerate(values):  # 1 and 1.0 are one config value; true and 1 are not
+        if any(u == v and isinstance(u, bool) == isinstance(v, bool) for u in values[:i]):
+            raise ConfigError(f"--grid {key.strip()} lists {v!r} more than once, which would run the same trial "
+                              f"twice; give each value once, got {spec!r}")
     return key.strip(), values
 
 
@@ -133,8 +138,10 @@ def make_trials(grids: list[tuple[str, list]], ranges: list[tuple] = (), *, rand
         if not grids:
             raise ConfigError("nothing to sweep: give --grid section.key=v1,v2,... or --random N with --range")
         return [dict(zip([k for k, _ in grids], combo)) for combo in itertools.product(*[v for _, v in grids])]
-    if isinstance(random, bool) or not isinstance(random, int) or random < 1:
-        raise ConfigError(f"--random must be a positive number of trials, got {random!r}")
+    try:
+        random = validate.integer("--random (the number of trials)", random, min=1)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if not grids and not ranges:
         raise ConfigError("--random N needs at least one --range section.key=lo:hi[:log] or --grid")
     import numpy as np
@@ -624,9 +631,9 @@ def write_results(result: dict, out_dir) -> None:
 
 def plot(result: dict, path) -> pathlib.Path:
     """The metric (mean, 95% CI) against each swept key; failed trials are left out."""
-    from jmeta.plots import _plt, _save
+    from jmeta.plots import pyplot, save_figure
 
-    plt = _plt()
+    plt = pyplot()
     metric, keys = result["metric"], result["keys"]
     rows = [r for r in result["rows"] if r["status"] == "ok" and isinstance(r.get(metric), (int, float))]
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
@@ -654,7 +661,7 @@ def plot(result: dict, path) -> pathlib.Path:
     if result.get("best") is not None:
         fig.suptitle(f"best: trial {result['best']}")
     fig.tight_layout()
-    return _save(fig, plt, path)
+    return save_figure(fig, plt, path)
 
 
 __all__ = ["default_metric", "eval_metric_names", "make_trials", "parse_grid", "parse_range", "plot", "run",

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from collections.abc import Iterable
 from typing import Any
-
-import jax
 
 __all__ = ["integer", "number", "flag", "choice", "describe"]
 
@@ -31,7 +30,8 @@ def describe(value: Any) -> str:
 
 
 def _is_traced(value: Any) -> bool:
-    return isinstance(value, jax.core.Tracer)
+    jax = sys.modules.get("jax")  # no import: without jax loaded there are no tracers (data loaders stay jax-free)
+    return jax is not None and isinstance(value, jax.core.Tracer)
 
 
 def _scalar(value: Any) -> Any:
@@ -43,6 +43,8 @@ def _scalar(value: Any) -> Any:
         kind = getattr(value.dtype, "kind", None)
         if kind in ("b", "i", "u", "f"):
             return value.item()
+        if "float" in str(value.dtype):  # ml_dtypes' bfloat16 / float8 (NumPy kind "V")
+            return float(value)
     return value
 
 
@@ -105,7 +107,9 @@ def number(name: str, value: Any, *, min: float | None = None, max: float | None
         raise ValueError(f"{name} must be {valid}; got {describe(value)}")
     v = float(v)
     if math.isnan(v) or (finite and math.isinf(v)):
-        raise ValueError(f"{name} must be a finite number; got {v}")
+        bounds = _bounds_text(min, max, min_open, max_open)
+        raise ValueError(f"{name} must be a {'finite ' if finite else ''}number{' ' + bounds if bounds else ''} "
+                         f"(not NaN{' or infinite' if finite else ''}); got {v}")
     if ((min is not None and (v < min or (min_open and v == min)))
             or (max is not None and (v > max or (max_open and v == max)))):
         raise ValueError(f"{name} must be a number {_bounds_text(min, max, min_open, max_open)}; got {v}")

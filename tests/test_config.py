@@ -173,3 +173,71 @@ def test_cosine_meta_lr_schedule_and_the_mamlpp_preset():
     pp = C.load("omniglot-5w1s-mamlpp")
     assert (pp.train.lr_cosine, pp.train.lr_min, pp.algorithm.msl_anneal_steps) == (True, 1e-5, 5_000)
     assert (pp.train.steps, pp.train.meta_batch_size, pp.train.meta_lr) == (50_000, 8, 1e-3)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.grad_clip=Infinity", "train.grad_clip"),
+    ("train.weight_decay=NaN", "train.weight_decay"),
+    ("train.lr_decay=Infinity", "train.lr_decay"),
+    ("train.meta_lr=NaN", "train.meta_lr"),  # was refused naming train.lr_min
+    ("algorithm.inner_lr=-Infinity", "algorithm.inner_lr"),
+    ("train.lr_min=NaN", "train.lr_min"),
+])
+def test_non_finite_numbers_are_refused_naming_the_key(override, key):
+    with pytest.raises(C.ConfigError, match=rf"^{key} must be a finite number .*; got (nan|-?inf)$"):
+        C.apply_override(C.load(None), override)
+
+
+def test_non_finite_lr_scales_are_refused():
+    for scales in ("[NaN]", "[Infinity]"):
+        with pytest.raises(C.ConfigError, match="train.lr_scales must be positive finite numbers"):
+            C.apply_overrides(C.load(None), ["train.lr_boundaries=[10]", f"train.lr_scales={scales}"])
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.steps=1e20", "train.steps"), ("eval.num_tasks=1e20", "eval.num_tasks"),
+    ("train.steps=100000000000000000000", "train.steps"), ("train.steps=2147483648", "train.steps"),
+])
+def test_huge_integers_are_refused_with_the_bound(override, key):
+    with pytest.raises(C.ConfigError, match=rf"{key} must be an integer <= 2147483647; got 1?\d+"):
+        C.apply_override(C.load(None), override)
+    assert C.apply_override(C.load(None), f"{key}=2147483647")  # the bound itself is accepted
+
+
+@pytest.mark.parametrize("name", ["../../esc", "/abs/path", "a/b", "..", ".", "", "a\\b"])
+def test_a_name_is_a_name_not_a_path(name):
+    with pytest.raises(C.ConfigError, match=r"name must be a plain name .* got "):
+        C.apply_override(C.load(None), f"name={name}")
+    with pytest.raises(C.ConfigError, match=r"name must be a plain name"):
+        C.from_dict({"name": name})
+    assert C.apply_override(C.load(None), "name=my-run.v2..final").name == "my-run.v2..final"
+
+
+def test_a_saved_config_always_loads_back(tmp_path):
+    """Every value a config accepts survives config.json (non-finite numbers, which JSON writes as null, never
+    get in); with the extreme accepted values too."""
+    from jmeta.train.logging import atomic_write_json  # how the runner writes config.json
+
+    cfg = C.apply_overrides(C.load(None), ["train.grad_clip=1e308", "train.weight_decay=0", "train.steps=2147483647",
+                                           "name=x..y", "train.lr_min=5e-324"])
+    for name, make in [("extreme", lambda: cfg), *C.PRESETS.items()]:
+        p = tmp_path / f"{name}.json"
+        atomic_write_json(p, make().to_dict())
+        assert C.load(str(p)).to_dict() == make().to_dict(), name
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["train", "--set", "train.grad_clip=Infinity"], "train.grad_clip must be a finite number"),
+    (["train", "--set", "train.meta_lr=NaN"], "train.meta_lr must be a finite number"),
+    (["train", "--set", "name=../../esc"], "name must be a plain name"),
+    (["train", "--steps", "100000000000000000000"], "train.steps must be an integer <= 2147483647"),
+])
+def test_cli_refuses_bad_values_up_front_in_one_line(tmp_path, monkeypatch, capsys, argv, fragment):
+    from jmeta.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert len(lines) == 1 and fragment in lines[0] and "Traceback" not in err, err
+    assert list(tmp_path.iterdir()) == [] and not (tmp_path.parent / "esc").exists()  # no run folder made

@@ -15,15 +15,23 @@ pytest.importorskip("flatbuffers")  # jax.export serialization needs it
 
 from jmeta.cli import main  # noqa: E402
 
-# Runs in a fresh interpreter: importing jmeta there is made impossible.
+# Runs in a fresh interpreter that can import only the standard library and what the docs list (jax with the
+# packages jax requires, numpy, flatbuffers; argv[4], JSON): as in a fresh `pip install jax numpy flatbuffers`
+# environment, every other import fails (jax's optional ones then fall back as they would there), so the
+# loader works only if it needs nothing else -- not jmeta, flax, optax or orbax.
 STANDALONE = r"""
-import sys
-class _Block:
+import importlib.machinery, json, sys
+art, inputs, outputs, allowed = sys.argv[1], sys.argv[2], sys.argv[3], set(json.loads(sys.argv[4]))
+class _OnlyDocumented:
     def find_spec(self, name, path=None, target=None):
-        if name == "jmeta" or name.startswith("jmeta."):
-            raise ImportError("jmeta must not be needed to run an export")
-sys.meta_path.insert(0, _Block())
-art, inputs, outputs = sys.argv[1:4]
+        top = name.split(".")[0]
+        if top in allowed or top.startswith("jax") or "." in name:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        third_party = spec is not None and "-packages" in str(spec.origin or spec.submodule_search_locations)
+        if third_party or top in ("jmeta", "flax", "optax", "orbax"):  # jmeta: an editable install's finder
+            raise ImportError(f"{name} is not installed (the loader may need only the documented packages)")
+sys.meta_path.insert(0, _OnlyDocumented())
 sys.path.insert(0, art)
 import load
 import numpy as np
@@ -31,9 +39,23 @@ predict = load.load(art)
 with np.load(inputs) as z:
     res = {f"out{k}": np.asarray(predict(z[f"sx{k}"], z[f"sy{k}"], z[f"qx{k}"])) for k in (3, 10)}
 np.savez(outputs, **res)
-assert not any(m == "jmeta" or m.startswith("jmeta.") for m in sys.modules)
+assert not any(m.split(".")[0] in ("jmeta", "flax", "optax", "orbax") for m in sys.modules)
+assert "flatbuffers" in sys.modules  # why the docs must list it
 print("ok", sorted(res))
 """
+
+
+def _documented_requirements() -> set[str]:
+    """What the export's docs say a loader needs: jax (with the packages jax itself requires), numpy and
+    flatbuffers, as import names."""
+    import importlib.metadata as md
+    import re
+
+    names = {"jax", "numpy", "flatbuffers"}
+    for req in md.requires("jax") or []:
+        if "extra ==" not in req:
+            names.add(re.split(r"[ ;<>=!~\[]", req, maxsplit=1)[0].replace("-", "_").lower())
+    return names
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +102,8 @@ def test_export_runs_standalone_with_same_predictions(run_dir, tmp_path, capsys)
     np.savez(tmp_path / "in.npz", **{f"{n}{k}": a for k, t in tasks.items() for n, a in zip(("sx", "sy", "qx"), t)})
 
     proc = subprocess.run([sys.executable, "-c", STANDALONE, str(art), str(tmp_path / "in.npz"),
-                           str(tmp_path / "out.npz")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+                           str(tmp_path / "out.npz"), json.dumps(sorted(_documented_requirements()))],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     want, state = _reference(run_dir, tasks, 3)
@@ -137,3 +160,120 @@ def test_load_run_names_what_is_missing(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_run(tmp_path)
+
+
+def test_printed_hint_runs_as_printed_in_a_folder_with_spaces(run_dir, tmp_path, capsys):
+    """The `python .../load.py ...` line the CLI prints is shell-quoted: pasted as is, it runs."""
+    import shlex
+
+    art = tmp_path / "my exports" / "it's here"
+    assert main(["export", str(run_dir), "--out", str(art), "--platforms", "native"]) == 0
+    line = [x for x in capsys.readouterr().out.splitlines() if "load.py" in x][-1]
+    assert "flatbuffers" in line
+    argv = shlex.split(line.split(": ", 2)[-1])
+    assert argv[0] == "python" and argv[1] == str(art / "load.py") and argv[2] == str(art)
+    sx = np.linspace(-3, 3, 5, dtype=np.float32)[:, None]
+    np.savez(tmp_path / "inputs.npz", support_x=sx, support_y=np.sin(sx), query_x=sx)
+    proc = subprocess.run([sys.executable, *argv[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert np.load(tmp_path / "outputs.npy").shape == (5, 1)
+
+
+NO_FLATBUFFERS = r"""
+import sys
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "flatbuffers":
+            raise ImportError("No module named 'flatbuffers'")
+sys.meta_path.insert(0, _Block())
+sys.path.insert(0, sys.argv[1])
+import load
+try:
+    load.load(sys.argv[1])
+except ImportError as e:
+    print("ImportError:", e)
+"""
+
+
+def test_loader_without_flatbuffers_says_what_to_install(run_dir, tmp_path):
+    from jmeta.export import export_run
+
+    art = export_run(run_dir, tmp_path / "a", platforms=None)
+    proc = subprocess.run([sys.executable, "-c", NO_FLATBUFFERS, str(art)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "needs the flatbuffers package" in proc.stdout and "pip install flatbuffers" in proc.stdout, proc.stdout
+
+
+@pytest.fixture(scope="module")
+def classifier_artifact(tmp_path_factory):
+    """A small classification artifact in the export format (3 classes, float images that training scaled from
+    uint8), written without a training run: the loader's input checks are what is tested."""
+    from jmeta.export import LOADER_SOURCE
+
+    d = tmp_path_factory.mktemp("classifier")
+    w = np.linspace(-1, 1, 4 * 3, dtype=np.float32).reshape(4, 3)
+
+    def f(leaves, sx, sy, qx):
+        proto = jax.nn.one_hot(sy, 3).T @ sx.reshape(sx.shape[0], -1)  # per-class sums
+        return qx.reshape(qx.shape[0], -1) @ leaves[0] + proto.sum() * 0.0
+
+    k, q = jax.export.symbolic_shape("k, q")
+    exp = jax.export.export(jax.jit(f))([jax.ShapeDtypeStruct(w.shape, w.dtype)],
+                                        jax.ShapeDtypeStruct((k, 2, 2, 1), np.float32),
+                                        jax.ShapeDtypeStruct((k,), np.int32),
+                                        jax.ShapeDtypeStruct((q, 2, 2, 1), np.float32))
+    (d / "predict.jaxexport").write_bytes(bytes(exp.serialize()))
+    np.savez(d / "params.npz", leaf_0000=w)
+    meta = {"format": "jmeta-export/1", "program": "predict.jaxexport", "params": "params.npz",
+            "inputs": {"support_x": {"shape": ["k", 2, 2, 1], "dtype": "float32"},
+                       "support_y": {"shape": ["k"], "dtype": "int32"},
+                       "query_x": {"shape": ["q", 2, 2, 1], "dtype": "float32"}},
+            "leaves": [{"name": "leaf_0000"}], "num_classes": 3,
+            "input_preprocessing": "uint8 images x -> float32 x / 255"}
+    (d / "export.json").write_text(json.dumps(meta))
+    (d / "load.py").write_text(LOADER_SOURCE)
+    return d
+
+
+@pytest.mark.parametrize("labels, images, message", [
+    (np.array([0.0, 0.9, 2.0]), None, r"support_y must hold integer class labels; got float64 values that are not "
+                                      r"whole numbers"),
+    (np.array([0, 1, 3]), None, r"support_y must be class labels in \[0, 3\); got values in \[0, 3\]"),
+    (np.array([-1, 1, 2]), None, r"support_y must be class labels in \[0, 3\); got values in \[-1, 2\]"),
+    (np.array([True, False, True]), None, "support_y must hold integer class labels; got dtype bool"),
+    (None, np.full((3, 2, 2, 1), 200, np.uint8), r"support_x is uint8 but the program takes float32 inputs "
+                                                 r"preprocessed as in training \(uint8 images x -> float32 x / 255\)"),
+])
+def test_exported_predict_refuses_what_a_cast_would_silently_change(classifier_artifact, labels, images, message):
+    from jmeta.export import load_exported
+
+    predict = load_exported(classifier_artifact)
+    sx = np.full((3, 2, 2, 1), 0.5, np.float32) if images is None else images
+    sy = np.array([0, 1, 2], np.int32) if labels is None else labels
+    with pytest.raises(ValueError, match=message):
+        predict(sx, sy, np.zeros((4, 2, 2, 1), np.float32))
+    # what is valid goes through: integral float labels are labels, scaled float images are images
+    out = predict(np.full((3, 2, 2, 1), 0.5, np.float32), np.array([0.0, 1.0, 2.0]), np.ones((4, 2, 2, 1)))
+    assert out.shape == (4, 3)
+
+
+def test_cross_entropy_refuses_labels_outside_the_classes():
+    """On concrete labels (outside jit) a label that is no class is an error, not a NaN loss."""
+    import jax.numpy as jnp
+
+    from jmeta.losses import cross_entropy
+
+    logits = jnp.zeros((3, 5))
+    assert float(cross_entropy(logits, jnp.array([0, 4, 2]))) == pytest.approx(np.log(5))
+    for bad in ([0, 5, 2], [-1, 0, 0]):
+        with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 5\) for 5 logits; got labels"):
+            cross_entropy(logits, jnp.array(bad))
+    # under jit the labels are traced: the check cannot run there and the program is unchanged
+    assert float(jax.jit(cross_entropy)(logits, jnp.array([0, 4, 2]))) == pytest.approx(np.log(5))
+    # labels closed over by a traced function are constants: checked while tracing (grad of a jitted loss)
+    good, bad = jnp.array([0, 4, 2]), jnp.array([0, 7, 2])
+    assert float(jax.jit(jax.grad(lambda z: cross_entropy(z, good).sum()))(logits).sum()) == pytest.approx(0.0,
+                                                                                                          abs=1e-6)
+    with pytest.raises(ValueError, match=r"got labels in \[0, 7\]"):
+        jax.jit(jax.grad(lambda z: cross_entropy(z, bad)))(logits)

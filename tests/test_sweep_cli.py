@@ -26,6 +26,16 @@ def test_parse_grid_and_range():
         S.parse_grid("algorithm.inner_lr=")
 
 
+@pytest.mark.parametrize("spec, dup", [("algorithm.inner_lr=0.01,0.02,0.01", "0.01"), ("train.seed=1,1.0", "1.0"),
+                                       ("model.hidden=[40,40],[40, 40]", r"\[40, 40\]"),
+                                       ("train.on_nan=stop,stop", "'stop'")])
+def test_duplicate_grid_values_are_refused(spec, dup):
+    """A value listed twice would run one trial twice (and count it twice in the best-of)."""
+    with pytest.raises(ConfigError, match=rf"--grid \S+ lists {dup} more than once, which would run the same trial"):
+        S.parse_grid(spec)
+    assert S.parse_grid("algorithm.first_order=true,1")[1] == [True, 1]  # a flag and a number are not one value
+
+
 def test_make_trials_grid_product_and_random_draws():
     grid = S.make_trials([("a.x", [1, 2, 3]), ("b.y", ["u", "v"])])
     assert len(grid) == 6 and {(t["a.x"], t["b.y"]) for t in grid} == {(i, c) for i in (1, 2, 3) for c in "uv"}

@@ -33,6 +33,7 @@ from __future__ import annotations
 from typing import Any, Callable, Protocol, runtime_checkable
 
 import jax
+from jax.tree_util import keystr
 
 PyTree = Any
 
@@ -51,21 +52,6 @@ class MetaLearner(Protocol):
     def predict(self, meta_params: dict, adapted, model_state: PyTree, x, *, num_steps=None): ...
 
     def evaluate(self, meta_params: dict, model_state: PyTree, task, *, key=None, num_steps=None) -> dict: ...
-
-
-def path_str(path) -> str:
-    """``a/b/c`` for a jax key path."""
-    parts = []
-    for k in path:
-        if hasattr(k, "key"):
-            parts.append(str(k.key))
-        elif hasattr(k, "idx"):
-            parts.append(str(k.idx))
-        elif hasattr(k, "name"):
-            parts.append(str(k.name))
-        else:
-            parts.append(str(k))
-    return "/".join(parts)
 
 
 def make_param_filter(spec) -> Callable[[str], bool] | None:
@@ -94,9 +80,9 @@ def partition(params: PyTree, pred: Callable[[str], bool] | None):
     """Splits ``params`` into ``(fast, slow)``; unselected leaves become ``None``."""
     if pred is None:
         return params, None
-    mask = jax.tree_util.tree_map_with_path(lambda p, _: bool(pred(path_str(p))), params)
+    mask = jax.tree_util.tree_map_with_path(lambda p, _: bool(pred(keystr(p, simple=True, separator="/"))), params)
     if not any(jax.tree.leaves(mask)):
-        paths = [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+        paths = [keystr(p, simple=True, separator="/") for p, _ in jax.tree_util.tree_leaves_with_path(params)]
         raise ValueError(f"the adapt_params filter selects no parameter; parameter paths are {paths}")
     fast = jax.tree.map(lambda p, m: p if m else None, params, mask)
     slow = jax.tree.map(lambda p, m: None if m else p, params, mask)

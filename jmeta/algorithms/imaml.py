@@ -41,8 +41,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jmeta import validate
 from jmeta.algorithms.base import combine, make_param_filter, partition
-from jmeta.algorithms.r2d2 import _check_int, _check_pos
 from jmeta.implicit.root import custom_root
 from jmeta.inner.loop import check_inner_transform, inner_loop
 from jmeta.losses import get_loss, metrics_for
@@ -113,18 +113,18 @@ class IMAML:
         if not callable(self.apply):
             raise TypeError(f"apply must be a callable model, got {type(self.apply).__name__}")
         get_loss(self.loss)
-        _check_pos("reg_lambda", self.reg_lambda)
-        _check_pos("inner_lr", self.inner_lr)
-        _check_int("num_steps", self.num_steps, 1)
-        if self.eval_steps is not None:
-            _check_int("eval_steps", self.eval_steps, 0)
+        pos = dict(min=0, min_open=True)
+        object.__setattr__(self, "reg_lambda", validate.number("reg_lambda", self.reg_lambda, **pos))
+        object.__setattr__(self, "inner_lr", validate.number("inner_lr", self.inner_lr, **pos))
+        object.__setattr__(self, "num_steps", validate.integer("num_steps", self.num_steps, min=1))
+        object.__setattr__(self, "eval_steps", validate.integer("eval_steps", self.eval_steps, min=0, optional=True))
         if self.inner_transform is not None and not isinstance(self.inner_transform, optax.GradientTransformation):
             raise TypeError("inner_transform must be an optax.GradientTransformation, "
                             f"got {type(self.inner_transform).__name__}")
         check_inner_transform("IMAML", self.inner_transform, differentiated=False)
-        _check_int("cg_steps", self.cg_steps, 1)
-        _check_pos("cg_damping", self.cg_damping, allow_zero=True)
-        _check_pos("cg_tol", self.cg_tol, allow_zero=True)
+        object.__setattr__(self, "cg_steps", validate.integer("cg_steps", self.cg_steps, min=1))
+        object.__setattr__(self, "cg_damping", validate.number("cg_damping", self.cg_damping, min=0))
+        object.__setattr__(self, "cg_tol", validate.number("cg_tol", self.cg_tol, min=0))
         if self.linear_solve not in IMAML_SOLVES:
             raise ValueError(f"linear_solve must be one of {IMAML_SOLVES}, got {self.linear_solve!r}")
         if self.bn_mode not in IMAML_BN_MODES:
@@ -188,8 +188,7 @@ class IMAML:
     def adapt(self, meta_params, model_state, support_x, support_y, *, key=None, num_steps=None):
         """Adapted parameters (the full tree) after ``num_steps`` proximal inner steps."""
         del key
-        k = self.num_steps if num_steps is None else num_steps
-        _check_int("num_steps", k, 0)
+        k = validate.integer("num_steps", self.num_steps if num_steps is None else num_steps, min=0)
         phi, slow, _ = self._solve(meta_params, model_state, support_x, support_y, k)
         return combine(phi, slow)
 
@@ -211,7 +210,7 @@ class IMAML:
         """Query metrics after ``0..num_steps`` proximal inner steps (default ``eval_steps``)."""
         del key
         k = num_steps if num_steps is not None else (self.eval_steps if self.eval_steps is not None else self.num_steps)
-        _check_int("num_steps", k, 0)
+        k = validate.integer("num_steps", k, min=0)
         mp = jax.lax.stop_gradient(meta_params)
         fast, slow = self._split(mp["params"])
 

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jmeta import validate
 from jmeta.algorithms.base import combine, make_param_filter, partition
 from jmeta.inner.loop import check_inner_transform, inner_loop, remat_policy
 from jmeta.inner.lr import LR_KINDS, init_log_lr, scale_by_learned_lr
@@ -33,11 +34,6 @@ from jmeta.losses import get_loss, metrics_for
 PyTree = Any
 
 BN_MODES = ("batch", "frozen", "per_step")
-
-
-def _check_int(name, v, lo):
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
 
 
 def msl_weights(num_steps: int, step, anneal_steps: int):
@@ -128,12 +124,12 @@ class GradientLearner:
         if not callable(self.apply):
             raise TypeError(f"apply must be a callable model, got {type(self.apply).__name__}")
         get_loss(self.loss)
-        lr = self.inner_lr  # a finite positive real (not bool): the message of IMAML's check
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
-            raise ValueError(f"inner_lr must be a positive number, got {lr!r}")
-        _check_int("num_steps", self.num_steps, 1)
-        if self.eval_steps is not None:
-            _check_int("eval_steps", self.eval_steps, 0)
+        # NumPy/JAX scalars are stored as Python numbers (so that sweeps see float fields)
+        object.__setattr__(self, "inner_lr", validate.number("inner_lr", self.inner_lr, min=0, min_open=True))
+        object.__setattr__(self, "num_steps", validate.integer("num_steps", self.num_steps, min=1))
+        object.__setattr__(self, "eval_steps", validate.integer("eval_steps", self.eval_steps, min=0, optional=True))
+        object.__setattr__(self, "first_order", validate.flag("first_order", self.first_order))
+        object.__setattr__(self, "multi_step_loss", validate.flag("multi_step_loss", self.multi_step_loss))
         if self.learn_lr is not None and self.learn_lr not in LR_KINDS:
             raise ValueError(f"learn_lr must be None or one of {LR_KINDS}, got {self.learn_lr!r}")
         if self.inner_transform is not None and not isinstance(self.inner_transform, optax.GradientTransformation):
@@ -143,7 +139,8 @@ class GradientLearner:
                               differentiated=self._differentiates_inner_updates and not self.first_order)
         if self.bn_mode not in BN_MODES:
             raise ValueError(f"bn_mode must be one of {BN_MODES}, got {self.bn_mode!r}")
-        _check_int("msl_anneal_steps", self.msl_anneal_steps, 1)
+        object.__setattr__(self, "msl_anneal_steps",
+                           validate.integer("msl_anneal_steps", self.msl_anneal_steps, min=1))
         remat_policy(self.remat)
         make_param_filter(self.adapt_params)
 

@@ -65,7 +65,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jmeta.algorithms.r2d2 import ClosedFormHead, _check_int, _check_pos, _solve_dtype, ridge_regression
+from jmeta import validate
+from jmeta.algorithms.r2d2 import ClosedFormHead, ridge_regression, solve_dtype
 from jmeta.implicit.linear_solve import LINEAR_SOLVERS
 from jmeta.implicit.projections import projection_simplex
 from jmeta.implicit.root import custom_fixed_point
@@ -189,7 +190,7 @@ def crammer_singer_svm(gram, y, *, C: float = 0.1, ridge: float = 1.0, max_iter:
       ``SVMInfo.kkt_residual`` in the dtype of the solve); the primal weights
       are ``X^T alpha``.
     """
-    sd = _solve_dtype(gram.dtype)
+    sd = solve_dtype(gram.dtype)
     if sd != gram.dtype:
         alpha, info = crammer_singer_svm(gram.astype(sd), y.astype(sd), C=C, ridge=ridge, max_iter=max_iter,
                                          tol=tol, implicit_solve=implicit_solve)
@@ -241,16 +242,15 @@ class MetaOptNet(ClosedFormHead):
         super().__post_init__()
         if self.head not in METAOPTNET_HEADS:
             raise ValueError(f"head must be one of {METAOPTNET_HEADS}, got {self.head!r}")
-        _check_pos("C", self.C)
-        _check_pos("gram_ridge", self.gram_ridge, allow_zero=True)
-        _check_pos("ridge_lambda", self.ridge_lambda)
-        _check_int("max_iter", self.max_iter, 1)
-        _check_pos("tol", self.tol, allow_zero=True)
+        object.__setattr__(self, "C", validate.number("C", self.C, min=0, min_open=True))
+        object.__setattr__(self, "gram_ridge", validate.number("gram_ridge", self.gram_ridge, min=0))
+        object.__setattr__(self, "ridge_lambda", validate.number("ridge_lambda", self.ridge_lambda, min=0, min_open=True))
+        object.__setattr__(self, "max_iter", validate.integer("max_iter", self.max_iter, min=1))
+        object.__setattr__(self, "tol", validate.number("tol", self.tol, min=0))
         if self.implicit_solve not in LINEAR_SOLVERS or self.implicit_solve == "cg":
             raise ValueError("implicit_solve must be one of ('dense', 'gmres', 'bicgstab') (the fixed-point "
                              f"Jacobian is not symmetric), got {self.implicit_solve!r}")
-        if not isinstance(self.init_scale, (int, float)):
-            raise ValueError(f"init_scale must be a number, got {self.init_scale!r}")
+        object.__setattr__(self, "init_scale", validate.number("init_scale", self.init_scale))
 
     def _head_init(self, dtype) -> dict:
         return {"scale": jnp.asarray(self.init_scale, dtype)} if self.learn_scale else {}
@@ -262,7 +262,7 @@ class MetaOptNet(ClosedFormHead):
         if self.head == "ridge":
             return {"w": ridge_regression(emb, onehot, self.ridge_lambda, form="dual")}, {}
         # bfloat16/float16 embeddings: Gram matrix and dual solve in float32 (crammer_singer_svm), weights cast back
-        sd = _solve_dtype(emb.dtype)
+        sd = solve_dtype(emb.dtype)
         e = emb.astype(sd)
         alpha, info = crammer_singer_svm(e @ e.T, onehot.astype(sd), C=self.C, ridge=self.gram_ridge,
                                          max_iter=self.max_iter, tol=self.tol, implicit_solve=self.implicit_solve)

@@ -37,6 +37,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jmeta import validate
 from jmeta.losses import accuracy, cross_entropy
 
 PyTree = Any
@@ -124,8 +125,7 @@ class ProtoNet:
     def __post_init__(self):
         if not callable(self.apply):
             raise TypeError(f"apply must be a callable embedding model, got {type(self.apply).__name__}")
-        if isinstance(self.n_way, bool) or not isinstance(self.n_way, int) or self.n_way < 2:
-            raise ValueError(f"n_way must be an integer >= 2, got {self.n_way!r}")
+        object.__setattr__(self, "n_way", validate.integer("n_way", self.n_way, min=2))
         if self.bn_mode not in PROTONET_BN_MODES:
             raise ValueError(f"bn_mode must be one of {PROTONET_BN_MODES}, got {self.bn_mode!r}")
 

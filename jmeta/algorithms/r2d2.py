@@ -38,23 +38,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jmeta import validate
 from jmeta.losses import metrics_for
 
 PyTree = Any
 
 HEAD_BN_MODES = ("batch", "frozen", "standard")
 RIDGE_FORMS = ("dual", "primal", "auto")
-
-
-def _check_int(name, v, lo):
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
-
-
-def _check_pos(name, v, *, allow_zero=False):
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (v >= 0 if allow_zero else v > 0)
-    if not ok or not math.isfinite(v):
-        raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} number, got {v!r}")
 
 
 def _float_dtype(tree):
@@ -64,7 +54,7 @@ def _float_dtype(tree):
     return jnp.zeros(()).dtype
 
 
-def _solve_dtype(dtype):
+def solve_dtype(dtype):
     """The dtype linear solves run in: float32 for lower-precision floats (bfloat16, float16), else ``dtype``.
 
     ``jax.scipy.linalg.solve`` (LU/Cholesky) has no bfloat16/float16 kernels,
@@ -96,7 +86,7 @@ def ridge_regression(x, y, lam, *, form: str = "dual"):
     if form not in RIDGE_FORMS:
         raise ValueError(f"form must be one of {RIDGE_FORMS}, got {form!r}")
     out_dtype = x.dtype
-    sd = _solve_dtype(out_dtype)
+    sd = solve_dtype(out_dtype)
     if sd != out_dtype:
         x, y = x.astype(sd), y.astype(sd)
         lam = jnp.asarray(lam).astype(sd)
@@ -145,9 +135,9 @@ class ClosedFormHead:
     def __post_init__(self):
         if not callable(self.apply):
             raise TypeError(f"apply must be a callable model, got {type(self.apply).__name__}")
-        _check_int("n_way", self.n_way, 2)
-        if not (isinstance(self.label_smoothing, (int, float)) and 0 <= self.label_smoothing < 1):
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        object.__setattr__(self, "n_way", validate.integer("n_way", self.n_way, min=2))
+        object.__setattr__(self, "label_smoothing", validate.number("label_smoothing", self.label_smoothing,
+                                                                    min=0, max=1, max_open=True))
         if self.bn_mode not in HEAD_BN_MODES:
             raise ValueError(f"bn_mode must be one of {HEAD_BN_MODES}, got {self.bn_mode!r}")
 
@@ -274,9 +264,9 @@ class R2D2(ClosedFormHead):
 
     def __post_init__(self):
         super().__post_init__()
-        _check_pos("init_lambda", self.init_lambda)
-        if not isinstance(self.init_scale, (int, float)):
-            raise ValueError(f"init_scale must be a number, got {self.init_scale!r}")
+        object.__setattr__(self, "init_lambda", validate.number("init_lambda", self.init_lambda, min=0, min_open=True))
+        object.__setattr__(self, "init_scale", validate.number("init_scale", self.init_scale))
+        object.__setattr__(self, "init_bias", validate.number("init_bias", self.init_bias))
         if self.form not in RIDGE_FORMS:
             raise ValueError(f"form must be one of {RIDGE_FORMS}, got {self.form!r}")
 

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from jmeta import validate
 from jmeta.data import _cache, _decode
 from jmeta.data.errors import CorruptDataError, DataNotFoundError, PickleNotAllowedError
 from jmeta.data.paths import PathLike, resolve_cache_dir, resolve_data_dir
@@ -238,13 +239,8 @@ def load_miniimagenet(split: str, *, data_dir: PathLike | None = None, image_siz
         raise ValueError(f"load_miniimagenet: unknown split {split!r}; valid: {list(MINIIMAGENET_SPLITS)}")
     if source not in _SOURCES:
         raise ValueError(f"load_miniimagenet: unknown source {source!r}; valid: {list(_SOURCES)}")
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or not 1 <= image_size <= 1024:
-        raise ValueError(f"load_miniimagenet: image_size must be an int in [1, 1024] (84 is "
-                         f"standard), got {image_size!r}")
-    if max_per_class is not None and (isinstance(max_per_class, bool) or not isinstance(max_per_class, int)
-                                      or max_per_class < 1):
-        raise ValueError(f"load_miniimagenet: max_per_class must be None or an int >= 1, "
-                         f"got {max_per_class!r}")
+    image_size = validate.integer("load_miniimagenet: image_size (84 is standard)", image_size, min=1, max=1024)
+    max_per_class = validate.integer("load_miniimagenet: max_per_class", max_per_class, min=1, optional=True)
     root = resolve_data_dir(data_dir)
     paths = _paths(root, split)
     if source == "auto":

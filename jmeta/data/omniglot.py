@@ -71,6 +71,7 @@ from typing import Mapping
 
 import numpy as np
 
+from jmeta import validate
 from jmeta.data import _cache, _decode
 from jmeta.data.download import fetch
 from jmeta.data.errors import CorruptDataError, DataNotFoundError
@@ -330,9 +331,7 @@ def load_omniglot(split: str, *, data_dir: PathLike | None = None, image_size: i
         raise ValueError(f"load_omniglot: unknown split {split!r}; valid: {list(OMNIGLOT_SPLITS)}")
     if source not in _SOURCES:
         raise ValueError(f"load_omniglot: unknown source {source!r}; valid: {list(_SOURCES)}")
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or not 1 <= image_size <= 1024:
-        raise ValueError(f"load_omniglot: image_size must be an int in [1, 1024] (28 or 105 are "
-                         f"usual), got {image_size!r}")
+    image_size = validate.integer("load_omniglot: image_size (28 or 105 are usual)", image_size, min=1, max=1024)
     root = resolve_data_dir(data_dir)
     parts, sl = OMNIGLOT_SPLITS[split]
     if source == "auto":

@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from jmeta import validate
+
 PyTree = Any
 LinearSolver = Callable[[Callable[[PyTree], PyTree], PyTree], PyTree]
 
@@ -142,13 +144,9 @@ def make_linear_solver(solve: str | LinearSolver = "dense", *, ridge: float = 0.
         return solve
     if solve not in LINEAR_SOLVERS:
         raise ValueError(f"solve must be one of {LINEAR_SOLVERS} or a callable solve(matvec, b), got {solve!r}")
-    if not (isinstance(ridge, (int, float)) and ridge >= 0):
-        raise ValueError(f"ridge must be a number >= 0, got {ridge!r}")
-    if not (isinstance(tol, (int, float)) and tol >= 0):
-        raise ValueError(f"tol must be a number >= 0, got {tol!r}")
-    if maxiter is not None and (isinstance(maxiter, bool) or not isinstance(maxiter, int) or maxiter < 1):
-        raise ValueError(f"maxiter must be None or an integer >= 1, got {maxiter!r}")
-    ridge = float(ridge)
+    ridge = validate.number("ridge", ridge, min=0)
+    tol = validate.number("tol", tol, min=0)
+    maxiter = validate.integer("maxiter", maxiter, min=1, optional=True)
     if solve == "dense":
         return lambda matvec, b: solve_dense(matvec, b, ridge=ridge)
     fn = {"cg": solve_cg, "gmres": solve_gmres, "bicgstab": solve_bicgstab}[solve]

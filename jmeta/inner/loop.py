@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jmeta import validate
+
 PyTree = Any
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
@@ -213,8 +215,7 @@ def inner_loop(
       (``optax.scale_by_adam(eps_root=1e-8)``): the derivative of
       ``sqrt(v)`` at ``v = 0`` is infinite and the meta-gradient turns NaN.
     """
-    if isinstance(num_steps, bool) or not isinstance(num_steps, (int,)) or num_steps < 0:
-        raise ValueError(f"num_steps must be a non-negative Python int, got {num_steps!r}")
+    num_steps = validate.integer("num_steps", num_steps, min=0)  # static: Python or NumPy integers
     if not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}")
     opt_state = optimizer.init(params)

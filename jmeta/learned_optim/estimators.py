@@ -54,6 +54,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jmeta import validate
+
 Array = Any
 PyTree = Any
 
@@ -134,9 +136,7 @@ class _Unroller:
 
     def __post_init__(self):
         for name in ("num_tasks", "horizon", "truncation_length"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+            object.__setattr__(self, name, validate.integer(name, getattr(self, name), min=1))
         if self.horizon % self.truncation_length:
             raise ValueError(
                 f"truncation_length ({self.truncation_length}) must divide horizon ({self.horizon})"
@@ -304,8 +304,7 @@ class ES(_Unroller):
 
     def __post_init__(self):
         super().__post_init__()
-        if not (isinstance(self.std, (int, float)) and self.std > 0):
-            raise ValueError(f"std must be a positive number, got {self.std!r}")
+        object.__setattr__(self, "std", validate.number("std", self.std, min=0, min_open=True))
 
     def init_worker_state(self, theta: PyTree, key: Array) -> UnrollState:
         """Fresh (optionally staggered) workers, with a leading ``num_tasks`` axis."""
@@ -348,8 +347,7 @@ class PES(_Unroller):
 
     def __post_init__(self):
         super().__post_init__()
-        if not (isinstance(self.std, (int, float)) and self.std > 0):
-            raise ValueError(f"std must be a positive number, got {self.std!r}")
+        object.__setattr__(self, "std", validate.number("std", self.std, min=0, min_open=True))
 
     def init_worker_state(self, theta: PyTree, key: Array) -> PESWorkerState:
         """Both particles start from the same fresh workers; zero accumulated noise."""

@@ -52,6 +52,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jmeta import validate
+
 Array = Any
 PyTree = Any
 KeyPath = tuple[Any, ...]
@@ -105,14 +107,10 @@ def preprocess_gradients(g: Array, p: float = 10.0) -> Array:
 
 
 def _validate_config(hidden_size, num_layers, preprocess_p, output_scale, groups, group_names):
-    if not isinstance(hidden_size, int) or isinstance(hidden_size, bool) or hidden_size < 1:
-        raise ValueError(f"hidden_size must be a positive int, got {hidden_size!r}")
-    if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers < 1:
-        raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
-    if not (isinstance(preprocess_p, (int, float)) and preprocess_p > 0):
-        raise ValueError(f"preprocess_p must be a positive number, got {preprocess_p!r}")
-    if not (isinstance(output_scale, (int, float)) and output_scale > 0):
-        raise ValueError(f"output_scale must be a positive number, got {output_scale!r}")
+    validate.integer("hidden_size", hidden_size, min=1)
+    validate.integer("num_layers", num_layers, min=1)
+    validate.number("preprocess_p", preprocess_p, min=0, min_open=True)
+    validate.number("output_scale", output_scale, min=0, min_open=True)
     if groups is not None and not callable(groups):
         raise ValueError(
             "groups must be None or a function from a parameter's key path to a "

@@ -68,6 +68,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from jmeta import validate
 from jmeta.learned_optim.lstm import preprocess_gradients
 from jmeta.losses import get_loss, metrics_for
 
@@ -96,11 +97,6 @@ class MetaLSTMCarry(NamedTuple):
     i: Array
     h: Array
     cell: Array
-
-
-def _check_int(name: str, v: Any, lo: int) -> None:
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
 
 
 def _check_range(name: str, v: Any) -> tuple[float, float]:
@@ -152,22 +148,17 @@ class MetaLSTM:
             raise ValueError(f"apply must be a callable model apply(params, state, x, *, train), "
                              f"got {type(self.apply).__name__}")
         get_loss(self.loss)  # ValueError naming the valid losses
-        _check_int("num_steps", self.num_steps, 1)
-        if self.eval_steps is not None:
-            _check_int("eval_steps", self.eval_steps, 0)
-        _check_int("hidden_size", self.hidden_size, 1)
-        p = self.preprocess_p
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not p > 0:
-            raise ValueError(f"preprocess_p must be a positive number, got {p!r}")
-        if not isinstance(self.second_order, bool):
-            raise ValueError(f"second_order must be True or False, got {self.second_order!r}")
+        object.__setattr__(self, "num_steps", validate.integer("num_steps", self.num_steps, min=1))
+        object.__setattr__(self, "eval_steps", validate.integer("eval_steps", self.eval_steps, min=0, optional=True))
+        object.__setattr__(self, "hidden_size", validate.integer("hidden_size", self.hidden_size, min=1))
+        object.__setattr__(self, "preprocess_p",
+                           validate.number("preprocess_p", self.preprocess_p, min=0, min_open=True))
+        object.__setattr__(self, "second_order", validate.flag("second_order", self.second_order))
         if self.bn_mode not in META_LSTM_BN_MODES:
             raise ValueError(f"bn_mode must be one of {META_LSTM_BN_MODES}, got {self.bn_mode!r}")
         object.__setattr__(self, "forget_bias_init", _check_range("forget_bias_init", self.forget_bias_init))
         object.__setattr__(self, "input_bias_init", _check_range("input_bias_init", self.input_bias_init))
-        s = self.gate_weight_init
-        if isinstance(s, bool) or not isinstance(s, (int, float)) or not s >= 0:
-            raise ValueError(f"gate_weight_init must be a number >= 0, got {s!r}")
+        object.__setattr__(self, "gate_weight_init", validate.number("gate_weight_init", self.gate_weight_init, min=0))
 
     @classmethod
     def from_config(cls, cfg, *, apply: Callable[..., Any], loss: str | Callable = "cross_entropy") -> "MetaLSTM":
@@ -239,9 +230,7 @@ class MetaLSTM:
                              f"hidden_size={self.hidden_size}")
 
     def _resolve_steps(self, num_steps, default) -> int:
-        k = default if num_steps is None else num_steps
-        _check_int("num_steps", k, 0)
-        return k
+        return validate.integer("num_steps", default if num_steps is None else num_steps, min=0)
 
     def unravel(self, meta_params: dict, flat: Array) -> PyTree:
         """The learner's parameter pytree of a flat vector (e.g. the output of :meth:`adapt`)."""

@@ -44,6 +44,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jmeta import validate
+
 Array = Any
 PyTree = Any
 
@@ -197,11 +199,10 @@ def _digits_all() -> tuple[np.ndarray, np.ndarray, str]:
 
 def _check_digits_args(split: Any, image_size: Any, batch_size: Any = 1) -> None:
     """Validates the data fields shared by :func:`load_digits` and the image families."""
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    validate.integer("batch_size", batch_size, min=1)
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
-    if not isinstance(image_size, int) or image_size < 1 or 28 % image_size:
+    if validate.integer("image_size (a divisor of 28)", image_size) not in (28, 14, 7, 4, 2, 1):
         raise ValueError(f"image_size must be a divisor of 28 (28, 14, 7, 4, 2, 1), got {image_size!r}")
 
 

@@ -38,23 +38,18 @@ used as given.
 
 from __future__ import annotations
 
-import numbers
 from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 
+from jmeta import validate
 from jmeta.ops.conv import CONV_IMPLS, conv2d
 
 POOLS = ("max", "stride")
 
 
-def _check_pos_int(name, v):
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:  # Python or NumPy integers
-        raise ValueError(f"{name} must be a positive integer, got {v!r}")
-
-
-def _as_float(x, dtype=jnp.float32):
+def as_float(x, dtype=jnp.float32):
     """Images as the model's float dtype: integers (uint8) scaled to [0, 1] in ``dtype`` (the first kernel's:
     bfloat16 under mixed precision); NumPy arrays canonicalised as JAX would (float64 -> float32 without x64)."""
     x = jnp.asarray(x)
@@ -63,7 +58,7 @@ def _as_float(x, dtype=jnp.float32):
     return x
 
 
-def _check_input(x, in_channels, name, input_shape=None, flatten=""):
+def check_input(x, in_channels, name, input_shape=None, flatten=""):
     """Static shape checks of a batch of images (nothing is added to the traced computation).
 
     With ``input_shape``, the images' height and width must equal
@@ -110,7 +105,7 @@ def max_pool_2x2(x):
     return jnp.sum(jnp.where(pick, x4, jnp.zeros((), x4.dtype)), axis=-1)
 
 
-def _conv_module():
+def conv_module():
     from flax import nnx
 
     class Conv2d(nnx.Module):
@@ -144,7 +139,7 @@ def Conv2d(in_features: int, out_features: int, kernel_size: int = 3, *, stride:
 
     if impl not in CONV_IMPLS:
         raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {impl!r}")
-    return _conv_module()(in_features, out_features, kernel_size, stride=stride, padding=padding,
+    return conv_module()(in_features, out_features, kernel_size, stride=stride, padding=padding,
                           use_bias=use_bias, impl=impl, rngs=nnx.Rngs(0) if rngs is None else rngs)
 
 
@@ -187,10 +182,9 @@ def Conv4(n_way: int | None = 5, *, input_shape: Sequence[int] = (28, 28, 1), hi
     """
     from flax import nnx
 
-    if n_way is not None:
-        _check_pos_int("n_way", n_way)
-    _check_pos_int("hidden", hidden)
-    _check_pos_int("num_blocks", num_blocks)
+    n_way = validate.integer("n_way", n_way, min=1, optional=True)
+    hidden = validate.integer("hidden", hidden, min=1)
+    num_blocks = validate.integer("num_blocks", num_blocks, min=1)
     if pool not in POOLS:
         raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
     if conv_impl not in CONV_IMPLS:
@@ -201,7 +195,7 @@ def Conv4(n_way: int | None = 5, *, input_shape: Sequence[int] = (28, 28, 1), hi
     image_hw = (int(input_shape[0]), int(input_shape[1]))
     feat = conv4_feature_dim(input_shape, hidden=hidden, num_blocks=num_blocks, pool=pool)
     rngs = nnx.Rngs(0) if rngs is None else rngs
-    ConvLayer = _conv_module()
+    ConvLayer = conv_module()
 
     class Block(nnx.Module):
         def __init__(self, cin):
@@ -224,11 +218,11 @@ def Conv4(n_way: int | None = 5, *, input_shape: Sequence[int] = (28, 28, 1), hi
             self.head = nnx.Linear(feat, n_way, rngs=rngs) if n_way is not None else None
 
         def embed(self, x):
-            x = _as_float(x, self.block_0.conv.kernel[...].dtype)
+            x = as_float(x, self.block_0.conv.kernel[...].dtype)
             if pool == "max":   # flattened: the feature width depends on H and W
-                _check_input(x, in_channels, "Conv4", (*image_hw, in_channels), "pool='max'")
+                check_input(x, in_channels, "Conv4", (*image_hw, in_channels), "pool='max'")
             else:               # spatial mean: any image size works
-                _check_input(x, in_channels, "Conv4")
+                check_input(x, in_channels, "Conv4")
             for i in range(self.num_blocks):
                 x = getattr(self, f"block_{i}")(x)
             if pool == "max":
@@ -261,13 +255,12 @@ def with_per_step(model, num_steps: int, select: Callable[[str], bool]):
     Returns:
       A :class:`~jmeta.models.Model` whose ``apply`` accepts ``step``.
     """
-    from jmeta.algorithms.base import path_str
     from jmeta.models.bridge import Model
 
-    _check_pos_int("per_step_bn", num_steps)
+    num_steps = validate.integer("per_step_bn", num_steps, min=1)
 
     def mask(tree):
-        return jax.tree_util.tree_map_with_path(lambda p, _: bool(select(path_str(p))), tree)
+        return jax.tree_util.tree_map_with_path(lambda p, _: bool(select(jax.tree_util.keystr(p, simple=True, separator="/"))), tree)
 
     p_mask, s_mask = mask(model.params), mask(model.state)
     if not any(jax.tree.leaves(p_mask)) and not any(jax.tree.leaves(s_mask)):

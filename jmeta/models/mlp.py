@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from jmeta.models.conv import _check_pos_int
+from jmeta import validate
 
 
 #: The activations an MLP takes by name (the config's ``model.activation`` choices).
@@ -41,10 +41,9 @@ def MLP(in_features: int, hidden: Sequence[int], out_features: int, *,
 
     if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
         raise ValueError(f"hidden must be a sequence of positive integers (hidden widths), got {hidden!r}")
-    hidden = tuple(hidden)
-    for name, v in (("in_features", in_features), ("out_features", out_features),
-                    *[(f"hidden[{i}]", h) for i, h in enumerate(hidden)]):
-        _check_pos_int(name, v)
+    in_features = validate.integer("in_features", in_features, min=1)
+    out_features = validate.integer("out_features", out_features, min=1)
+    hidden = tuple(validate.integer(f"hidden[{i}]", h, min=1) for i, h in enumerate(hidden))
     act = _activation(activation)
     rngs = nnx.Rngs(0) if rngs is None else rngs
     widths = [in_features, *hidden, out_features]

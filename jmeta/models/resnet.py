@@ -28,7 +28,8 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from jmeta.models.conv import _as_float, _check_input, _check_pos_int, _conv_module, max_pool_2x2
+from jmeta import validate
+from jmeta.models.conv import as_float, check_input, conv_module, max_pool_2x2
 from jmeta.ops.conv import CONV_IMPLS
 
 OUTPUTS = ("avg", "flatten")
@@ -67,13 +68,11 @@ def ResNet12(n_way: int | None = None, *, input_shape: Sequence[int] = (84, 84, 
     """
     from flax import nnx
 
-    if n_way is not None:
-        _check_pos_int("n_way", n_way)
+    n_way = validate.integer("n_way", n_way, min=1, optional=True)
     widths = tuple(widths)
     if not widths:
         raise ValueError("widths must hold at least one block width")
-    for wd in widths:
-        _check_pos_int("widths[i]", wd)
+    widths = tuple(validate.integer(f"widths[{i}]", wd, min=1) for i, wd in enumerate(widths))
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
     if conv_impl not in CONV_IMPLS:
@@ -84,7 +83,7 @@ def ResNet12(n_way: int | None = None, *, input_shape: Sequence[int] = (84, 84, 
     image_hw = (int(input_shape[0]), int(input_shape[1]))
     feat = resnet12_feature_dim(input_shape, widths=widths, output=output)
     rngs = nnx.Rngs(0) if rngs is None else rngs
-    ConvLayer = _conv_module()
+    ConvLayer = conv_module()
 
     def act(x):
         return jax.nn.leaky_relu(x, negative_slope)
@@ -125,11 +124,11 @@ def ResNet12(n_way: int | None = None, *, input_shape: Sequence[int] = (84, 84, 
             self.head = nnx.Linear(feat, n_way, rngs=rngs) if n_way is not None else None
 
         def embed(self, x):
-            x = _as_float(x, self.block_0.conv1.kernel[...].dtype)
+            x = as_float(x, self.block_0.conv1.kernel[...].dtype)
             if output == "flatten":   # the feature width depends on H and W
-                _check_input(x, in_channels, "ResNet12", (*image_hw, in_channels), "output='flatten'")
+                check_input(x, in_channels, "ResNet12", (*image_hw, in_channels), "output='flatten'")
             else:                     # spatial mean: any image size works
-                _check_input(x, in_channels, "ResNet12")
+                check_input(x, in_channels, "ResNet12")
             for i in range(self.num_blocks):
                 x = getattr(self, f"block_{i}")(x)
             if output == "avg":

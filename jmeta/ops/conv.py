@@ -65,6 +65,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jmeta import validate
+
 CONV_IMPLS = ("auto", "lax", "patches_vjp", "patches")
 
 _DN = ("NHWC", "HWIO", "NHWC")
@@ -144,12 +146,13 @@ def recommended_task_parallel(backend: str | None = None) -> str:
 
 
 def _pair(v, name) -> tuple[int, int]:
-    if isinstance(v, int) and not isinstance(v, bool):
-        v = (v, v)
-    v = tuple(v)
-    if len(v) != 2 or not all(isinstance(a, int) and not isinstance(a, bool) and a >= 1 for a in v):
-        raise ValueError(f"{name} must be a positive int or a pair of them, got {v!r}")
-    return v  # type: ignore[return-value]
+    try:
+        pair = (v, v) if getattr(v, "ndim", None) == 0 or not hasattr(v, "__len__") else tuple(v)
+        if len(pair) != 2:
+            raise ValueError
+        return tuple(validate.integer(name, a, min=1) for a in pair)  # type: ignore[return-value]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive int or a pair of them, got {validate.describe(v)}") from None
 
 
 def _resolve_pads(padding, in_hw, kernel_hw, stride):

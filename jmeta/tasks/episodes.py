@@ -51,6 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jmeta import validate
 from jmeta.tasks.base import TaskBatch
 
 __all__ = ["EpisodeSampler", "EpisodeTasks", "put_on_device"]
@@ -78,11 +79,6 @@ def put_on_device(store_or_images: Any, device: Any = None) -> jax.Array:
     return jax.device_put(images, device)
 
 
-def _check_int(name: str, v: Any, lo: int) -> None:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-        raise ValueError(f"EpisodeSampler.{name} must be an integer >= {lo}, got {v!r}")
-
-
 def _as_tuple(name: str, v: Any) -> tuple[float, ...] | None:
     """A scalar or per-channel sequence (Python, numpy or a jax array, e.g. computed from data) as floats."""
     if v is None:
@@ -96,11 +92,6 @@ def _as_tuple(name: str, v: Any) -> tuple[float, ...] | None:
         raise ValueError(f"EpisodeSampler.{name} must be a finite number or a non-empty sequence of finite "
                          f"per-channel numbers, got {v!r}")
     return tuple(float(x) for x in arr.reshape(-1))
-
-
-def _check_num_tasks(num_tasks) -> None:
-    if isinstance(num_tasks, bool) or not isinstance(num_tasks, (int, np.integer)) or num_tasks < 1:
-        raise ValueError(f"num_tasks must be an integer >= 1, got {num_tasks!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,9 +126,8 @@ class EpisodeSampler:
     std: float | Sequence[float] | None = None
 
     def __post_init__(self):
-        _check_int("n_way", self.n_way, 1)
-        _check_int("k_shot", self.k_shot, 1)
-        _check_int("q_query", self.q_query, 1)
+        for name in ("n_way", "k_shot", "q_query"):
+            object.__setattr__(self, name, validate.integer(f"EpisodeSampler.{name}", getattr(self, name), min=1))
         object.__setattr__(self, "mean", _as_tuple("mean", self.mean))
         object.__setattr__(self, "std", _as_tuple("std", self.std))
         if self.std is not None and any(s <= 0 for s in self.std):
@@ -252,9 +242,9 @@ class EpisodeSampler:
           first ``K`` columns are the support set); for the same key they are
           the indices that :meth:`sample` gathers.
         """
-        _check_num_tasks(num_tasks)
+        num_tasks = validate.integer("num_tasks", num_tasks, min=1)
         self._check_counts(int(num_classes), int(num_per_class), "the dataset (num_classes, num_per_class)")
-        return self._indices(self._draw(key, int(num_tasks)), int(num_classes), int(num_per_class))
+        return self._indices(self._draw(key, num_tasks), int(num_classes), int(num_per_class))
 
     def sample(self, images: Array, key: Array, num_tasks: int) -> TaskBatch:
         """A batch of ``num_tasks`` episodes; pure and jit-able.
@@ -274,9 +264,8 @@ class EpisodeSampler:
           ``support_y [B, N*K]`` int32, ``query_x [B, N*Q, H, W, ch]``,
           ``query_y [B, N*Q]`` int32.
         """
-        _check_num_tasks(num_tasks)
+        b = validate.integer("num_tasks", num_tasks, min=1)
         self._check_images(images)
-        b = int(num_tasks)
         c, m, h, w, ch = images.shape
         n, k, q = self.n_way, self.k_shot, self.q_query
         draws = self._draw(key, b)

@@ -14,6 +14,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from jmeta import validate
 from jmeta.tasks.base import TaskBatch
 
 
@@ -43,9 +44,7 @@ class Sinusoid:
 
     def __post_init__(self):
         for name in ("k_support", "k_query"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"Sinusoid.{name} must be an integer >= 1, got {v!r}")
+            object.__setattr__(self, name, validate.integer(f"Sinusoid.{name}", getattr(self, name), min=1))
         for name in ("amplitude", "phase", "x_range"):
             lo, hi = getattr(self, name)
             if not lo <= hi:
@@ -64,8 +63,7 @@ class Sinusoid:
 
     def sample_with_params(self, key, num_tasks: int):
         """``(TaskBatch, amplitudes [B], phases [B])``: :meth:`sample`'s tasks and the parameters behind them."""
-        if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
-            raise ValueError(f"num_tasks must be an integer >= 1, got {num_tasks!r}")
+        num_tasks = validate.integer("num_tasks", num_tasks, min=1)
         kt, kx = jax.random.split(key)
         amp, phase = self.sample_params(kt, num_tasks)
         n = self.k_support + self.k_query

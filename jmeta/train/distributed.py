@@ -40,6 +40,8 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
+from jmeta import validate
+
 PyTree = Any
 
 _INITIALIZED = False
@@ -108,9 +110,8 @@ def task_mesh(num_devices: int | None = None, *, axis_name: str = "tasks", devic
     """
     if devices is None:
         all_devices = jax.devices()
-        n = len(all_devices) if num_devices is None else num_devices
-        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(all_devices):
-            raise ValueError(f"num_devices must be an integer in 1..{len(all_devices)}, got {num_devices!r}")
+        n = validate.integer("num_devices", len(all_devices) if num_devices is None else num_devices,
+                             min=1, max=len(all_devices))
         devices = all_devices[:n]
     devices = list(devices)
     if not devices:
@@ -148,9 +149,11 @@ def shared_key(seed: int):
     Raises:
       TypeError: if ``seed`` is not an integer.
     """
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an integer, got {type(seed).__name__}")
-    return jax.random.key(int(seed))
+    try:
+        seed = validate.integer("seed", seed)
+    except ValueError as e:
+        raise TypeError(str(e)) from None
+    return jax.random.key(seed)
 
 
 def process_key(key):

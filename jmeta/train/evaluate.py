@@ -19,6 +19,8 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+from jmeta import validate
+
 PyTree = Any
 
 
@@ -96,16 +98,14 @@ def evaluate(algorithm, meta_params: PyTree, model_state: PyTree, sample_fn: Cal
       value as the worst one (``+inf`` loss, ``-inf`` accuracy), and
       ``nonfinite`` counts those tasks after each step.
     """
-    if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
-        raise ValueError(f"num_tasks must be an integer >= 1, got {num_tasks!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    from jmeta.train.step import _takes_data
+    num_tasks = validate.integer("num_tasks", num_tasks, min=1)
+    batch_size = validate.integer("batch_size", batch_size, min=1)
+    from jmeta.train.step import sample_fn_takes_data
 
     if task_parallel not in ("vmap", "map"):
         raise ValueError(f"task_parallel must be 'vmap' or 'map', got {task_parallel!r}")
     bs = min(batch_size, num_tasks)
-    takes_data = _takes_data(sample_fn)
+    takes_data = sample_fn_takes_data(sample_fn)
     if data is not None and not takes_data:
         raise TypeError("evaluate() got data, but sample_fn takes only (key, num_tasks): the data would be "
                         "ignored; give a sample_fn(key, num_tasks, data) or drop data")

@@ -48,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jmeta import validate
 from jmeta.tasks.base import TaskBatch, validate_task_batch
 from jmeta.train.precision import canonical_compute_dtype, mixed_precision_task_loss
 
@@ -85,21 +86,24 @@ def init_train_state(algorithm, params: PyTree, model_state: PyTree, meta_optimi
     return TrainState(jnp.zeros((), jnp.int32), meta_params, model_state, meta_optimizer.init(meta_params))
 
 
-def _check_task_parallel(task_parallel) -> None:
-    if task_parallel in ("vmap", "map", "auto"):
-        return
-    if isinstance(task_parallel, int) and not isinstance(task_parallel, bool) and task_parallel >= 1:
-        return
-    raise ValueError(f"task_parallel must be one of {TASK_PARALLEL} or a positive chunk size dividing the "
-                     f"meta-batch, got {task_parallel!r}")
+def _check_task_parallel(task_parallel):
+    """``task_parallel`` as one of :data:`TASK_PARALLEL` or a Python ``int`` chunk size (NumPy integers accepted)."""
+    if isinstance(task_parallel, str) and task_parallel in TASK_PARALLEL:
+        return task_parallel
+    try:
+        return validate.integer("task_parallel", task_parallel, min=1)
+    except ValueError:
+        raise ValueError(f"task_parallel must be one of {TASK_PARALLEL} or a positive chunk size dividing the "
+                         f"meta-batch, got {validate.describe(task_parallel)}") from None
 
 
 def _resolve_chunk(task_parallel, batch_size: int) -> int:
+    task_parallel = _check_task_parallel(task_parallel)
     if task_parallel == "vmap":
         return batch_size
     if task_parallel == "map":
         return 1
-    if isinstance(task_parallel, int) and not isinstance(task_parallel, bool) and task_parallel >= 1:
+    if isinstance(task_parallel, int):
         if batch_size % task_parallel:
             raise ValueError(f"task_parallel chunk size {task_parallel} must divide the (per-device) meta-batch "
                              f"size {batch_size}")
@@ -209,8 +213,7 @@ def choose_chunk_size(algorithm, meta_params, model_state, tasks: TaskBatch, key
       with ``fits=False`` and a warning.
     """
     budget = default_memory_budget() if memory_budget is None else memory_budget
-    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-        raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
+    budget = validate.integer("memory_budget (bytes)", budget, min=1)
     b = int(jax.tree.leaves(tasks)[0].shape[0])
     args = _abstract((meta_params, model_state, tasks, keys, step))
     signature = (str(jax.tree.structure(args)), tuple((a.shape, str(a.dtype)) for a in jax.tree.leaves(args)),
@@ -271,7 +274,7 @@ def batched_loss_and_grad(algorithm, meta_params, model_state, tasks: TaskBatch,
     Returns:
       ``(objective, grads, metrics, new_model_state)``.
     """
-    _check_task_parallel(task_parallel)
+    task_parallel = _check_task_parallel(task_parallel)
     dtype = canonical_compute_dtype(compute_dtype)
     b = tasks.support_x.shape[0]
     if task_parallel == "auto":
@@ -326,7 +329,7 @@ def batched_loss_and_grad(algorithm, meta_params, model_state, tasks: TaskBatch,
     return jnp.mean(objs), grads, metrics, new_state
 
 
-def _takes_data(sample_fn) -> bool:
+def sample_fn_takes_data(sample_fn) -> bool:
     """Whether ``sample_fn`` accepts a third positional argument ``data``."""
     import inspect
 
@@ -477,9 +480,8 @@ def make_meta_step(
       TypeError: if ``meta_optimizer`` is not an optax transformation or
         ``mesh`` not a mesh.
     """
-    if isinstance(meta_batch_size, bool) or not isinstance(meta_batch_size, int) or meta_batch_size < 1:
-        raise ValueError(f"meta_batch_size must be an integer >= 1, got {meta_batch_size!r}")
-    _check_task_parallel(task_parallel)
+    meta_batch_size = validate.integer("meta_batch_size", meta_batch_size, min=1)
+    task_parallel = _check_task_parallel(task_parallel)
     local_batch = meta_batch_size
     if mesh is not None:
         axes = _task_axes(mesh, task_axis)
@@ -493,13 +495,11 @@ def make_meta_step(
     if task_parallel != "auto":
         _resolve_chunk(task_parallel, local_batch)
     dtype = canonical_compute_dtype(compute_dtype)
-    if memory_budget is not None and (isinstance(memory_budget, bool) or not isinstance(memory_budget, int)
-                                      or memory_budget < 1):
-        raise ValueError(f"memory_budget must be None or a positive number of bytes, got {memory_budget!r}")
+    memory_budget = validate.integer("memory_budget (bytes)", memory_budget, min=1, optional=True)
     if not isinstance(meta_optimizer, optax.GradientTransformation):
         raise TypeError(f"meta_optimizer must be an optax.GradientTransformation, got {type(meta_optimizer).__name__}")
 
-    takes_data = _takes_data(sample_fn)
+    takes_data = sample_fn_takes_data(sample_fn)
 
     def sample(key, data):
         if takes_data:

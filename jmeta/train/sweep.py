@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jmeta import validate
 from jmeta.train.step import TrainState, init_train_state, make_meta_step
 
 PyTree = Any
@@ -207,8 +208,7 @@ def make_sweep_step(algorithm, sample_fn: Callable, meta_optimizer: optax.Gradie
 
 def run_sweep(step, state: SweepState, num_steps: int, data=None) -> tuple[SweepState, dict]:
     """Runs ``num_steps`` sweep steps; returns the state and metrics stacked as ``[num_steps, n]`` numpy arrays."""
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
-        raise ValueError(f"num_steps must be an integer >= 0, got {num_steps!r}")
+    num_steps = validate.integer("num_steps", num_steps, min=0)
     history = []
     for _ in range(num_steps):
         state, m = step(state, data)
@@ -221,9 +221,8 @@ def run_sweep(step, state: SweepState, num_steps: int, data=None) -> tuple[Sweep
 def select(state: SweepState, i: int) -> TrainState:
     """Configuration ``i``'s :class:`~jmeta.train.TrainState`, to continue with the ordinary trainer."""
     n = int(state.key.shape[0])
-    if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not -n <= int(i) < n:
-        raise ValueError(f"i must be a configuration index in [0, {n}), got {i!r}")
-    return jax.tree.map(lambda a: a[int(i)], state.train)
+    i = validate.integer(f"i (a configuration index in [0, {n}))", i, min=-n, max=n - 1)
+    return jax.tree.map(lambda a: a[i], state.train)
 
 
 __all__ = ["RESERVED", "SweepState", "init_sweep", "make_sweep_step", "run_sweep", "select", "with_hparams"]

@@ -129,8 +129,8 @@ def test_loss_curves_and_lr_tuning():
 
 @pytest.mark.parametrize("family", [MLPFamily, ConvFamily])
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(batch_size=0), "batch_size must be a positive int, got 0"),
-    (dict(batch_size=2.0), "batch_size must be a positive int"),
+    (dict(batch_size=0), "batch_size must be an integer >= 1; got 0"),
+    (dict(batch_size=2.0), r"batch_size must be an integer >= 1; got 2\.0 \(float\)"),
     (dict(split="val"), "split must be 'train', 'test' or 'all', got 'val'"),
     (dict(image_size=5), r"image_size must be a divisor of 28 \(28, 14, 7, 4, 2, 1\), got 5"),
 ])

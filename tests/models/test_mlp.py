@@ -16,11 +16,11 @@ def test_layers_and_widths():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(in_features=1.5), r"in_features must be a positive integer, got 1\.5"),   # was truncated to 1
-    (dict(out_features=2.0), r"out_features must be a positive integer, got 2\.0"),
-    (dict(hidden=(True,)), r"hidden\[0\] must be a positive integer, got True"),     # was a width-1 layer
-    (dict(hidden=(16, 0)), r"hidden\[1\] must be a positive integer, got 0"),
-    (dict(in_features="4"), r"in_features must be a positive integer, got '4'"),
+    (dict(in_features=1.5), r"in_features must be an integer >= 1; got 1\.5 \(float\)"),   # was truncated to 1
+    (dict(out_features=2.0), r"out_features must be an integer >= 1; got 2\.0 \(float\)"),
+    (dict(hidden=(True,)), r"hidden\[0\] must be an integer >= 1; got True \(bool\)"),     # was a width-1 layer
+    (dict(hidden=(16, 0)), r"hidden\[1\] must be an integer >= 1; got 0"),
+    (dict(in_features="4"), r"in_features must be an integer >= 1; got '4' \(str\)"),
     (dict(hidden=40), r"hidden must be a sequence of positive integers"),
 ])
 def test_widths_must_be_positive_ints(kwargs, match):
