@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 _SUBMODULES = ("algorithms", "config", "data", "implicit", "inner", "learned_optim", "losses", "models",
-               "ops", "tasks", "train")
+               "ops", "rl", "tasks", "train", "validate")
 
 # Public names re-exported at the top level -> the module that defines them.
 _EXPORTS = {
@@ -84,7 +84,7 @@ def __dir__():
 
 if TYPE_CHECKING:  # pragma: no cover  (kept equal to _SUBMODULES and _EXPORTS by tests/test_import.py)
     from jmeta import (algorithms, config, data, implicit, inner, learned_optim, losses, models,  # noqa: F401
-                       ops, tasks, train)
+                       ops, rl, tasks, train, validate)
     from jmeta.algorithms import (ANIL, FOMAML, IMAML, MAML, R2D2, GradientLearner, MAMLPlusPlus,  # noqa: F401
                                   MetaOptNet, MetaSGD, ProtoNet, Reptile)
     from jmeta.data import ClassStore, load_miniimagenet, load_omniglot  # noqa: F401
