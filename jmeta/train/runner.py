@@ -47,6 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jmeta import validate
 from jmeta.config import Config
 from jmeta.train.determinism import deterministic_ops_enabled, nondeterminism_warning
 from jmeta.train.logging import MetricsLog, Progress, atomic_write_json
@@ -146,7 +147,9 @@ def _carry_problem(entry) -> str | None:
             or v in ("inf", "-inf", "nan") for v in sums.values()):
         return "window_sums is not an object of numbers"
     for key in ("window_steps", "skipped_updates"):
-        if isinstance(entry[key], bool) or not isinstance(entry[key], int) or entry[key] < 0:
+        try:
+            validate.integer(key, entry[key], min=0)
+        except ValueError:
             return f"{key} is {entry[key]!r}, not an integer >= 0"
     return None
 
