@@ -233,7 +233,7 @@ def load_run(run_dir, *, cfg: Config | None = None, step: int | None = None, dat
 
     from jmeta import config as C
     from jmeta.train.checkpoint import CheckpointError, Checkpointer
-    from jmeta.train.runner import run_keys
+    from jmeta.train.keys import run_keys
     from jmeta.train.step import init_train_state
 
     run = pathlib.Path(run_dir)

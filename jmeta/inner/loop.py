@@ -118,10 +118,8 @@ def update_opposes_gradient(transform: optax.GradientTransformation) -> bool:
     ``LSTMOptimizer``'s state (a learned optimizer points wherever its
     meta-parameters make it, descending or not, however it is wrapped).
     """
-    from jmeta.learned_optim.lstm import LSTMOptimizerState
-
-    def learned(x):
-        return isinstance(x, LSTMOptimizerState)
+    def learned(x):  # a jmeta.learned_optim.LSTMOptimizerState, found without importing that package
+        return getattr(type(x), "learned_optimizer_state", False) is True
 
     with jax.ensure_compile_time_eval():
         try:

@@ -75,6 +75,9 @@ class LSTMOptimizerState(NamedTuple):
       cell: like ``hidden``, the LSTM cell states.
     """
 
+    #: Marks a learned optimizer's state for code below this package (``jmeta.inner``), which must not import it.
+    learned_optimizer_state = True
+
     hidden: PyTree
     cell: PyTree
 

@@ -49,6 +49,7 @@ import numpy as np
 
 from jmeta import validate
 from jmeta.config import Config
+from jmeta.train.keys import run_keys  # noqa: F401  (re-exported: the runner's keys)
 from jmeta.train.determinism import deterministic_ops_enabled, nondeterminism_warning
 from jmeta.train.logging import MetricsLog, Progress, atomic_write_json
 
@@ -97,13 +98,6 @@ OOM_HINT = ("the device ran out of memory. Options that reduce memory: a smaller
             "(--set train.meta_batch_size=N), chunked task batches (--set train.task_parallel=CHUNK, e.g. 8), "
             "rematerialised inner steps (--set algorithm.remat=full), fewer inner steps, or first-order "
             "gradients (--set algorithm.first_order=true).")
-
-
-def run_keys(seed: int):
-    """``(k_train, k_eval, k_init)`` of a run with this seed: the meta-training stream, the held-out
-    evaluation and the initialisation. Every tool that re-creates part of a run (``jmeta eval``,
-    :func:`jmeta.experiment.load_run`, sweeps, diagnostics) derives its keys here."""
-    return tuple(jax.random.split(jax.random.key(seed), 3))
 
 
 RUNNER_STATE = "runner_state.json"
