@@ -73,26 +73,12 @@ class Processed(NamedTuple):
 def conjugate_gradient(matvec, b, *, iters: int = 10, tol: float = 1e-10):
     """Solves ``A x = b`` for symmetric positive definite ``A`` given by ``matvec`` (flat vectors), in jit.
 
-    Stops after ``iters`` iterations or when ``r.r < tol`` (rllab's ``cg`` with ``residual_tol``).
+    Stops after ``iters`` iterations or when ``r.r <= tol`` (rllab's ``cg`` with ``residual_tol``): jmeta's
+    :func:`jmeta.implicit.linear_solve.solve_cg` with its relative tolerance set to ``sqrt(tol) / ||b||``.
     """
+    from jmeta.implicit.linear_solve import solve_cg
 
-    def cond(c):
-        i, _, _, _, rr = c
-        return (i < iters) & (rr >= tol)
-
-    def body(c):
-        i, x, r, p, rr = c
-        ap = matvec(p)
-        alpha = rr / jnp.vdot(p, ap)
-        x = x + alpha * p
-        r = r - alpha * ap
-        rr_new = jnp.vdot(r, r)
-        p = r + (rr_new / rr) * p
-        return i + 1, x, r, p, rr_new
-
-    x0 = jnp.zeros_like(b)
-    _, x, _, _, _ = jax.lax.while_loop(cond, body, (0, x0, b, b, jnp.vdot(b, b)))
-    return x
+    return solve_cg(matvec, b, tol=jnp.sqrt(tol) / jnp.linalg.norm(b), maxiter=iters)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
