@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("algorithms", "config", "data", "implicit", "inner", "learned_optim", "losses", "models",
-               "ops", "rl", "tasks", "train", "validate")
+_SUBMODULES = ("algorithms", "data", "implicit", "inner", "learned_optim", "losses", "models", "ops", "rl",
+               "run", "tasks", "train", "validate")
 
 # Public names re-exported at the top level -> the module that defines them.
 _EXPORTS = {
@@ -83,8 +83,8 @@ def __dir__():
 
 
 if TYPE_CHECKING:  # pragma: no cover  (kept equal to _SUBMODULES and _EXPORTS by tests/test_import.py)
-    from jmeta import (algorithms, config, data, implicit, inner, learned_optim, losses, models,  # noqa: F401
-                       ops, rl, tasks, train, validate)
+    from jmeta import (algorithms, data, implicit, inner, learned_optim, losses, models, ops, rl,  # noqa: F401
+                       run, tasks, train, validate)
     from jmeta.algorithms import (ANIL, FOMAML, IMAML, MAML, R2D2, GradientLearner, MAMLPlusPlus,  # noqa: F401
                                   MetaOptNet, MetaSGD, ProtoNet, Reptile)
     from jmeta.data import ClassStore, load_miniimagenet, load_omniglot  # noqa: F401

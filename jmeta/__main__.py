@@ -2,6 +2,6 @@
 
 import sys
 
-from jmeta.cli import main
+from jmeta.run.cli import main
 
 sys.exit(main())

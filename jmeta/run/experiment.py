@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import optax
 
-from jmeta.config import Config, ConfigError
+from jmeta.run.config import Config, ConfigError
 
 PyTree = Any
 
@@ -231,8 +231,8 @@ def load_run(run_dir, *, cfg: Config | None = None, step: int | None = None, dat
     """
     import pathlib
 
-    from jmeta import config as C
-    from jmeta.train.checkpoint import CheckpointError, Checkpointer
+    from jmeta.run import config as C
+    from jmeta.run.checkpoint import CheckpointError, Checkpointer
     from jmeta.train.keys import run_keys
     from jmeta.train.step import init_train_state
 

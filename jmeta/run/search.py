@@ -60,7 +60,7 @@ import time
 import warnings
 
 from jmeta import validate
-from jmeta.config import Config, ConfigError, apply_overrides, from_dict
+from jmeta.run.config import Config, ConfigError, apply_overrides, from_dict
 
 
 def _split_values(raw: str) -> list[str]:
@@ -191,7 +191,7 @@ def eval_metric_names(cfg: Config) -> list[str]:
     ``eval.report_steps``; accuracy only for classification (image families);
     algorithms without adaptation steps (a head fitted per task) report step 0 only.
     """
-    from jmeta.experiment import HEAD_ALGORITHMS
+    from jmeta.run.experiment import HEAD_ALGORITHMS
 
     kinds = ("loss",) if cfg.task.family == "sinusoid" else ("loss", "accuracy")
     steps = 0 if cfg.algorithm.name in HEAD_ALGORITHMS else cfg.eval.steps
@@ -211,7 +211,7 @@ def _check_metric(metric: str | None, cfgs: list[Config]) -> None:
 
 
 def _final_train_loss(run_dir: pathlib.Path):
-    from jmeta.train.logging import MetricsLog
+    from jmeta.run.logs import MetricsLog
 
     m = run_dir / "metrics.jsonl"
     if not m.exists():
@@ -268,7 +268,7 @@ def trial_folder_state(run_dir, cfg: Config) -> tuple[str, str]:
     without a readable ``config.json``, a lone ``config.json`` that is not
     this trial's, a file): never written to.
     """
-    from jmeta.train.runner import existing_run, foreign_config
+    from jmeta.run.runner import existing_run, foreign_config
 
     d = pathlib.Path(run_dir)
     if d.exists() and not d.is_dir():
@@ -315,7 +315,7 @@ def run(base: Config, trials: list[dict], out_dir, *, progress: bool = True, ten
         metric: str | None = None, data_dir=None, log=print) -> dict:
     """Runs the trials one after another (:func:`_run`) with the sweep folder locked (:mod:`jmeta.train.lock`;
     each trial folder is locked while it trains)."""
-    from jmeta.train.lock import RunLock
+    from jmeta.run.lock import RunLock
 
     with RunLock(out_dir, "jmeta sweep"):
         return _run(base, trials, out_dir, progress=progress, tensorboard=tensorboard, metric=metric,
@@ -339,7 +339,7 @@ def _run(base: Config, trials: list[dict], out_dir, *, progress: bool = True, te
         holds a run of another config (all checked for every trial before the
         first one runs).
     """
-    from jmeta.train.runner import NonFiniteError, train
+    from jmeta.run.runner import NonFiniteError, train
 
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -416,7 +416,7 @@ def run_vectorized(base: Config, trials: list[dict], out_dir, *, progress: bool 
     (:mod:`jmeta.train.lock`)."""
     import contextlib
 
-    from jmeta.train.lock import RunLock
+    from jmeta.run.lock import RunLock
 
     with contextlib.ExitStack() as locks:
         locks.enter_context(RunLock(out_dir, "jmeta sweep --vectorize"))
@@ -450,13 +450,13 @@ def _run_vectorized(base: Config, trials: list[dict], out_dir, *, progress: bool
     import numpy as np
     import optax
 
-    from jmeta.experiment import build
+    from jmeta.run.experiment import build
     from jmeta.train import sweep as VS
-    from jmeta.train.checkpoint import Checkpointer
+    from jmeta.run.checkpoint import Checkpointer
     from jmeta.train.determinism import nondeterminism_warning
-    from jmeta.train.lock import RunLock
-    from jmeta.train.logging import MetricsLog, Progress, atomic_write_json
-    from jmeta.train.runner import evaluate_run, run_keys
+    from jmeta.run.lock import RunLock
+    from jmeta.run.logs import MetricsLog, Progress, atomic_write_json
+    from jmeta.run.runner import evaluate_run, run_keys
 
     out = pathlib.Path(out_dir)
     cfgs = [trial_config(base, t, i) for i, t in enumerate(trials)]
@@ -508,7 +508,7 @@ def _run_vectorized(base: Config, trials: list[dict], out_dir, *, progress: bool
         atomic_write_json(d / "config.json", cfg.to_dict())
         sinks = []
         if tensorboard:
-            from jmeta.train.tensorboard import TensorBoardSink
+            from jmeta.run.tensorboard import TensorBoardSink
 
             sinks.append(TensorBoardSink(d))
         logs.append(MetricsLog(d / "metrics.jsonl", sinks))
@@ -559,7 +559,7 @@ def _run_vectorized(base: Config, trials: list[dict], out_dir, *, progress: bool
 def _diverged_vectorized(run_dir: pathlib.Path, cfg: Config) -> bool:
     """A trial of a finished vectorised sweep whose loss turned non-finite: no ``eval.json``, and the
     ``metrics.jsonl`` record of the final step holds a non-finite loss."""
-    from jmeta.train.logging import MetricsLog
+    from jmeta.run.logs import MetricsLog
 
     try:
         recs = MetricsLog.read(run_dir / "metrics.jsonl")
@@ -617,7 +617,7 @@ def _finish(rows, keys, metric, out, log) -> dict:
 
 def write_results(result: dict, out_dir) -> None:
     """``results.json`` and ``results.csv`` (one row per trial)."""
-    from jmeta.train.logging import atomic_write_json
+    from jmeta.run.logs import atomic_write_json
 
     out = pathlib.Path(out_dir)
     atomic_write_json(out / "results.json", result)
@@ -631,7 +631,7 @@ def write_results(result: dict, out_dir) -> None:
 
 def plot(result: dict, path) -> pathlib.Path:
     """The metric (mean, 95% CI) against each swept key; failed trials are left out."""
-    from jmeta.plots import pyplot, save_figure
+    from jmeta.run.plots import pyplot, save_figure
 
     plt = pyplot()
     metric, keys = result["metric"], result["keys"]

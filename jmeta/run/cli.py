@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _resolve_config(args):
-    from jmeta import config as C
+    from jmeta.run import config as C
 
     if args.resume:
         run = pathlib.Path(args.resume)
@@ -187,7 +187,7 @@ def _print_eval(ev: dict) -> None:
 
 
 def cmd_train(args) -> int:
-    from jmeta.train.runner import train
+    from jmeta.run.runner import train
 
     cfg, out = _resolve_config(args)
     _determinism(cfg)
@@ -195,7 +195,7 @@ def cmd_train(args) -> int:
           f"({cfg.algorithm.name}, {cfg.train.steps} meta-steps) -> {out}", flush=True)
     sinks = []
     if args.wandb:
-        from jmeta.train.wandb_logger import WandbSink
+        from jmeta.run.wandb_logger import WandbSink
 
         try:
             sinks.append(WandbSink(out, cfg.to_dict(), project=args.wandb_project, name=pathlib.Path(out).name,
@@ -220,8 +220,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from jmeta.train.interrupt import StopSignals
-    from jmeta.train.lock import RunLock
+    from jmeta.run.interrupt import StopSignals
+    from jmeta.run.lock import RunLock
 
     run = pathlib.Path(args.run_dir)
     if not (run / "config.json").is_file():
@@ -233,10 +233,10 @@ def cmd_eval(args) -> int:
 
 
 def _eval_locked(args, run: pathlib.Path) -> int:
-    from jmeta import config as C
-    from jmeta.experiment import load_run
-    from jmeta.train.logging import atomic_write_json
-    from jmeta.train.runner import EVAL_JSON, evaluate_run, run_keys
+    from jmeta.run import config as C
+    from jmeta.run.experiment import load_run
+    from jmeta.run.logs import atomic_write_json
+    from jmeta.run.runner import EVAL_JSON, evaluate_run, run_keys
 
     cfg = C.load(str(run))
     _determinism(cfg)
@@ -265,7 +265,7 @@ def _eval_locked(args, run: pathlib.Path) -> int:
 
 
 def cmd_export(args) -> int:
-    from jmeta.export import export_run
+    from jmeta.run.export import export_run
 
     run = pathlib.Path(args.run_dir)
     if not (run / "config.json").is_file():
@@ -276,7 +276,7 @@ def cmd_export(args) -> int:
     valid = ("cpu", "cuda", "rocm", "tpu")
     if plats is not None and (not plats or any(p not in valid for p in plats)):
         raise CLIError(f"--platforms must be 'native' or a comma-separated list of {list(valid)}, got {args.platforms!r}")
-    from jmeta.train.interrupt import StopSignals
+    from jmeta.run.interrupt import StopSignals
 
     with StopSignals("interrupted ({signal}) while exporting; an earlier export there is left as it was"):
         out = export_run(run, args.out, num_steps=args.steps, step=args.checkpoint, platforms=plats,
@@ -290,8 +290,8 @@ def cmd_export(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from jmeta import config as C
-    from jmeta import sweep as S
+    from jmeta.run import config as C
+    from jmeta.run import search as S
 
     cfg = C.load(args.config)
     cfg = C.apply_overrides(cfg, ([f"train.steps={args.steps}"] if args.steps is not None else []) + list(args.set))
@@ -320,7 +320,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from jmeta.plots import plot_run
+    from jmeta.run.plots import plot_run
 
     for p in plot_run(args.run_dir):
         print(p)
@@ -328,7 +328,7 @@ def cmd_plot(args) -> int:
 
 
 def cmd_presets(args) -> int:
-    from jmeta.config import PRESETS
+    from jmeta.run.config import PRESETS
 
     for name in sorted(PRESETS):
         doc = (PRESETS[name].__doc__ or "").strip().splitlines()
@@ -349,7 +349,7 @@ def _one_line_checkpoint_warnings() -> None:
     default = warnings.formatwarning
 
     def fmt(message, category, filename, lineno, line=None):
-        from jmeta.train.checkpoint import CheckpointWarning
+        from jmeta.run.checkpoint import CheckpointWarning
 
         if issubclass(category, CheckpointWarning):
             return f"warning: {_one_line(message)}\n"
@@ -376,7 +376,7 @@ def main(argv=None) -> int:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
-        from jmeta.train.interrupt import Interrupted
+        from jmeta.run.interrupt import Interrupted
 
         if isinstance(e, Interrupted):  # SIGINT/SIGTERM in a run: what was saved, and how to resume
             print(f"jmeta: {_one_line(e)}", file=sys.stderr)
@@ -385,11 +385,11 @@ def main(argv=None) -> int:
         return 130
     except Exception as e:  # user-facing errors as one line; bugs keep their traceback
         from jmeta._io import output_error_message
-        from jmeta.config import ConfigError
+        from jmeta.run.config import ConfigError
         from jmeta.data.errors import DataError
-        from jmeta.train.checkpoint import CheckpointError
-        from jmeta.train.lock import RunLockedError
-        from jmeta.train.runner import NonFiniteError
+        from jmeta.run.checkpoint import CheckpointError
+        from jmeta.run.lock import RunLockedError
+        from jmeta.run.runner import NonFiniteError
 
         disk = output_error_message(e)  # a full disk, a read-only folder: the path and the cause
         if disk is not None:

@@ -114,7 +114,7 @@ def plot_run(run_dir) -> list[pathlib.Path]:
     A run of 0 meta-steps (an evaluation of the initialisation) has no
     learning curves: only the evaluation's plots are drawn.
     """
-    from jmeta.train.logging import MetricsLog
+    from jmeta.run.logs import MetricsLog
 
     run_dir = pathlib.Path(run_dir)
     out = []

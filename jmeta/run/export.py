@@ -160,7 +160,7 @@ def _preprocessing(cfg) -> str | None:
         return None
     text = "uint8 images x -> float32 x / 255"
     if cfg.task.family == "miniimagenet":
-        from jmeta.experiment import MINIIMAGENET_MEAN, MINIIMAGENET_STD
+        from jmeta.run.experiment import MINIIMAGENET_MEAN, MINIIMAGENET_STD
 
         text += (f", then (x - mean) / std per channel with mean={[round(m, 6) for m in MINIIMAGENET_MEAN]}, "
                  f"std={[round(v, 6) for v in MINIIMAGENET_STD]}")
@@ -217,7 +217,7 @@ def export_run(run_dir, out_dir=None, *, num_steps: int | None = None, step: int
 def _lock_run(run: pathlib.Path, out: pathlib.Path, stack: contextlib.ExitStack) -> None:
     """Locks ``run`` until ``stack`` closes; a read-only run folder exported elsewhere is only checked to be
     unlocked (no process here can be writing it)."""
-    from jmeta.train.lock import RunLock, RunLockedError, is_locked
+    from jmeta.run.lock import RunLock, RunLockedError, is_locked
 
     try:
         stack.enter_context(RunLock(run, "jmeta export"))
@@ -232,7 +232,7 @@ def _lock_run(run: pathlib.Path, out: pathlib.Path, stack: contextlib.ExitStack)
 
 def _export(run_dir, out: pathlib.Path, *, num_steps, step, platforms, data_dir) -> pathlib.Path:
     """:func:`export_run` with the run folder locked and ``out`` found writable."""
-    from jmeta.experiment import load_run
+    from jmeta.run.experiment import load_run
 
     cfg, exp, state = load_run(run_dir, step=step, data_dir=data_dir)
     if num_steps is None:  # the run's evaluation (what eval.json reports)

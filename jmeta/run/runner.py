@@ -48,10 +48,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jmeta import validate
-from jmeta.config import Config
+from jmeta.run.config import Config
 from jmeta.train.keys import run_keys  # noqa: F401  (re-exported: the runner's keys)
 from jmeta.train.determinism import deterministic_ops_enabled, nondeterminism_warning
-from jmeta.train.logging import MetricsLog, Progress, atomic_write_json
+from jmeta.run.logs import MetricsLog, Progress, atomic_write_json
 
 PyTree = Any
 
@@ -69,7 +69,7 @@ def foreign_config(out_dir, cfg: Config) -> str | None:
 
     Compared through :class:`Config`, so a file written before a key existed holds that key's default.
     """
-    from jmeta.config import ConfigError, from_dict
+    from jmeta.run.config import ConfigError, from_dict
 
     path = pathlib.Path(out_dir) / "config.json"
     if not path.exists():
@@ -204,7 +204,7 @@ def _restore_carry(out: pathlib.Path, step: int, extra: dict | None = None) -> _
     that window is not empty. The skipped-update count then comes from the
     last metrics record.
     """
-    from jmeta.train.checkpoint import CheckpointWarning
+    from jmeta.run.checkpoint import CheckpointWarning
 
     path = out / RUNNER_STATE
     saved, problem = _read_runner_state(path)
@@ -349,9 +349,9 @@ def train(cfg: Config, out_dir, *, resume: bool = False, progress: bool = True, 
     Returns:
       A summary dict (``steps``, ``wall_time``, ``eval``).
     """
-    from jmeta.config import validate
-    from jmeta.train.interrupt import StopSignals
-    from jmeta.train.lock import RunLock
+    from jmeta.run.config import validate
+    from jmeta.run.interrupt import StopSignals
+    from jmeta.run.lock import RunLock
 
     validate(cfg)
     # The lock (which also finds a read-only or full disk) before anything is read or written.
@@ -372,9 +372,9 @@ def resume_command(out, data_dir=None) -> str:
 def _train(cfg: Config, out_dir, *, resume, progress, data_dir, sinks, evaluate_at_end, stop_after, tensorboard,
            plots, on_eval, stop) -> dict:
     """:func:`train` with the run folder locked; ``stop``: the :class:`~jmeta.train.interrupt.StopSignals`."""
-    from jmeta.config import ConfigError, validate
-    from jmeta.experiment import build
-    from jmeta.train.checkpoint import CheckpointError, Checkpointer
+    from jmeta.run.config import ConfigError, validate
+    from jmeta.run.experiment import build
+    from jmeta.run.checkpoint import CheckpointError, Checkpointer
     from jmeta.train.step import init_train_state, make_meta_step
 
     validate(cfg)
@@ -432,7 +432,7 @@ def _train(cfg: Config, out_dir, *, resume, progress, data_dir, sinks, evaluate_
         MetricsLog.truncate_after(out / "metrics.jsonl", start)
     sinks = list(sinks)
     if tensorboard:
-        from jmeta.train.tensorboard import TensorBoardSink
+        from jmeta.run.tensorboard import TensorBoardSink
 
         sinks.append(TensorBoardSink(out, resume_step=start if resume else None))
     log = MetricsLog(out / "metrics.jsonl", sinks)
@@ -533,7 +533,7 @@ def _train(cfg: Config, out_dir, *, resume, progress, data_dir, sinks, evaluate_
     if not plots:
         return summary
     try:
-        from jmeta.plots import plot_run
+        from jmeta.run.plots import plot_run
 
         plot_run(out)
         if exp.task_kind == "regression" and cfg.task.family == "sinusoid":
@@ -608,7 +608,7 @@ def evaluate_run(cfg: Config, exp, state, key, out=None, *, progress: bool = Fal
 
 
 def _sinusoid_predictions(cfg, exp, state, key, out) -> None:
-    from jmeta.plots import sinusoid_fits
+    from jmeta.run.plots import sinusoid_fits
     from jmeta.tasks import Sinusoid
 
     k = cfg.task.k_support
