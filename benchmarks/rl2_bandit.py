@@ -109,7 +109,7 @@ def main(argv=None):
               "bayes_optimal": bayes_optimal_return(k, n), "oracle": n * k / (k + 1)}
     print(json.dumps({key: v for key, v in result.items() if key != "rl2"}, indent=1))
     if args.out:
-        from jmeta.train.logging import atomic_write_json
+        from jmeta.run.logs import atomic_write_json
 
         pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(args.out, result)

@@ -29,11 +29,11 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from jmeta import config as C  # noqa: E402
-from jmeta.experiment import load_run  # noqa: E402
+from jmeta.run import config as C  # noqa: E402
+from jmeta.run.experiment import load_run  # noqa: E402
 from jmeta.tasks import Sinusoid  # noqa: E402
 from jmeta.train.evaluate import eval_batch_keys, task_statistics  # noqa: E402
-from jmeta.train.runner import run_keys  # noqa: E402
+from jmeta.run.runner import run_keys  # noqa: E402
 
 
 def top_eigenvalue(loss_fn, params, key, iters: int):
@@ -103,7 +103,7 @@ def main(argv=None):
         return lams, jnp.append(lq, mse(p_end, xq, yq))
 
     if args.tasks == "eval":
-        # exactly the tasks `jmeta train` / `jmeta eval` evaluated (jmeta.train.runner.evaluate_run)
+        # exactly the tasks `jmeta train` / `jmeta eval` evaluated (jmeta.run.runner.evaluate_run)
         if args.shots not in exp.eval_samples:
             p.error(f"--shots {args.shots}: the run evaluated shots {sorted(exp.eval_samples)} (eval.shots)")
         fam = exp.eval_samples[args.shots].__self__  # the run's Sinusoid evaluation family

@@ -63,6 +63,9 @@ _EXPORTS = {
     "evaluate": "jmeta.train",
 }
 
+# Deprecated attributes -> the shim module that warns and stands for the new home (one release).
+_MOVED = {"config": "jmeta.config"}
+
 __all__ = sorted([*_EXPORTS, *_SUBMODULES, "__version__"])
 
 
@@ -75,6 +78,8 @@ def __getattr__(name: str):
         module = importlib.import_module(f"jmeta.{name}")
         globals()[name] = module
         return module
+    if name in _MOVED:
+        return importlib.import_module(_MOVED[name])
     raise AttributeError(f"module 'jmeta' has no attribute {name!r}")
 
 

@@ -196,7 +196,7 @@ def _accuracy(ev: dict) -> dict:
 def run_train_stage(stage: Stage, work: pathlib.Path, *, budget: float, eval_budget: float, rehearse: bool,
                     env: dict, data_dir: pathlib.Path | None) -> dict:
     """Trains ``stage.preset`` into ``work/runs/NAME`` within ``budget`` s and evaluates it; returns the record."""
-    from jmeta import config as C
+    from jmeta.run import config as C
 
     protocol_steps = C.load(stage.preset).train.steps
     run = work / "runs" / stage.name
@@ -257,7 +257,7 @@ def evaluate_stopped_run(run: pathlib.Path, log: pathlib.Path, *, budget: float,
 def run_eval_stage(stage: Stage, work: pathlib.Path, *, budget: float, rehearse: bool, env: dict,
                    data_dir: pathlib.Path | None) -> dict:
     """``jmeta eval`` of another stage's run with ``stage.sets`` (e.g. 20-way test episodes) in a copy of it."""
-    from jmeta import config as C
+    from jmeta.run import config as C
 
     src, run = work / "runs" / stage.eval_of, work / "runs" / stage.name
     log = work / "logs" / f"{stage.name}.log"

@@ -204,7 +204,7 @@ def import_run(run: pathlib.Path, dest: pathlib.Path, *, machine: str, command: 
     for name in ("config.json", "eval.json", "metrics.jsonl"):
         if (run / name).is_file():
             shutil.copy2(run / name, dest / name)
-    from jmeta import config as C
+    from jmeta.run import config as C
 
     protocol = C.load(cfg["name"]).train.steps if cfg["name"] in C.PRESETS else cfg["train"]["steps"]
     stage = {"stage": cfg["name"], "preset": cfg["name"], "machine": machine, "command": command,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from jmeta import config as C
+from jmeta.run import config as C
 
 
 def test_default_is_the_papers_sinusoid_setting():
@@ -18,7 +18,7 @@ def test_default_is_the_papers_sinusoid_setting():
 
 
 def test_every_preset_builds_and_roundtrips_through_json(tmp_path):
-    from jmeta.experiment import build
+    from jmeta.run.experiment import build
 
     for name, make in C.PRESETS.items():
         cfg = make()
@@ -77,7 +77,7 @@ def test_unknown_preset_and_bad_file(tmp_path):
 
 
 def test_anil_without_head_is_a_clear_error():
-    from jmeta.experiment import build
+    from jmeta.run.experiment import build
 
     cfg = C.apply_override(C.load(None), "algorithm.name=anil")
     with pytest.raises(C.ConfigError, match="adapt_params must name the head"):
@@ -108,14 +108,14 @@ def test_eval_steps_are_one_setting():
 ])
 def test_options_the_algorithm_does_not_use_are_refused(overrides, message):
     """They were saved in config.json and changed nothing."""
-    from jmeta.experiment import build
+    from jmeta.run.experiment import build
 
     with pytest.raises(C.ConfigError, match=message):
         build(C.apply_overrides(C.load("sinusoid-maml"), overrides))
 
 
 def test_head_and_resnet_options_are_refused_before_any_data_is_read():
-    from jmeta.experiment import _refuse_unused
+    from jmeta.run.experiment import _refuse_unused
 
     cfg = C.apply_overrides(C.load("miniimagenet-5w1s-protonet"), ["algorithm.first_order=true"])
     with pytest.raises(C.ConfigError, match="first_order=True is not used by algorithm.name='protonet'"):
@@ -127,7 +127,7 @@ def test_head_and_resnet_options_are_refused_before_any_data_is_read():
 def test_resnet12_refuses_conv4_widths(tmp_path, monkeypatch):
     import numpy as np
 
-    from jmeta import experiment
+    from jmeta.run import experiment
     from jmeta.data import ClassStore
 
     store = ClassStore(np.zeros((6, 30, 84, 84, 3), np.uint8), [f"c{i}" for i in range(6)], "toy")
@@ -140,7 +140,7 @@ def test_resnet12_refuses_conv4_widths(tmp_path, monkeypatch):
 def test_sinusoid_eval_k_query_reaches_the_evaluation_tasks():
     import jax
 
-    from jmeta.experiment import build
+    from jmeta.run.experiment import build
 
     exp = build(C.apply_overrides(C.load("sinusoid-maml"), ["eval.k_query=100"]))
     assert exp.eval_samples[5](jax.random.key(0), 2).query_x.shape == (2, 100, 1)
@@ -154,7 +154,7 @@ def test_cosine_meta_lr_schedule_and_the_mamlpp_preset():
     import jax.numpy as jnp
     import numpy as np
 
-    from jmeta.experiment import build_meta_optimizer
+    from jmeta.run.experiment import build_meta_optimizer
 
     cfg = C.apply_overrides(C.load("sinusoid-maml"), ["train.steps=100", "train.lr_cosine=true",
                                                       "train.lr_min=1e-5", "train.meta_optimizer=sgd"])
@@ -216,7 +216,7 @@ def test_a_name_is_a_name_not_a_path(name):
 def test_a_saved_config_always_loads_back(tmp_path):
     """Every value a config accepts survives config.json (non-finite numbers, which JSON writes as null, never
     get in); with the extreme accepted values too."""
-    from jmeta.train.logging import atomic_write_json  # how the runner writes config.json
+    from jmeta.run.logs import atomic_write_json  # how the runner writes config.json
 
     cfg = C.apply_overrides(C.load(None), ["train.grad_clip=1e308", "train.weight_decay=0", "train.steps=2147483647",
                                            "name=x..y", "train.lr_min=5e-324"])
@@ -233,7 +233,7 @@ def test_a_saved_config_always_loads_back(tmp_path):
     (["train", "--steps", "100000000000000000000"], "train.steps must be an integer <= 2147483647"),
 ])
 def test_cli_refuses_bad_values_up_front_in_one_line(tmp_path, monkeypatch, capsys, argv, fragment):
-    from jmeta.cli import main
+    from jmeta.run.cli import main
 
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2

@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("flatbuffers")  # jax.export serialization needs it
 
-from jmeta.cli import main  # noqa: E402
+from jmeta.run.cli import main  # noqa: E402
 
 # Runs in a fresh interpreter that can import only the standard library and what the docs list (jax with the
 # packages jax requires, numpy, flatbuffers; argv[4], JSON): as in a fresh `pip install jax numpy flatbuffers`
@@ -69,7 +69,7 @@ def run_dir(tmp_path_factory):
 
 def _reference(run_dir: pathlib.Path, tasks, num_steps):
     """jmeta's own adapt + predict on the restored checkpoint."""
-    from jmeta.experiment import load_run
+    from jmeta.run.experiment import load_run
 
     cfg, exp, state = load_run(run_dir)
     algo = exp.algorithm
@@ -113,7 +113,7 @@ def test_export_runs_standalone_with_same_predictions(run_dir, tmp_path, capsys)
             np.testing.assert_allclose(z[f"out{k}"], want[k], rtol=1e-5, atol=1e-6)
 
     # Adaptation really happens inside the program: 0 steps would predict differently.
-    from jmeta.export import load_exported
+    from jmeta.run.export import load_exported
 
     predict = load_exported(art)
     np.testing.assert_allclose(np.asarray(predict(*tasks[3])), want[3], rtol=1e-5, atol=1e-6)
@@ -129,8 +129,8 @@ def test_export_runs_standalone_with_same_predictions(run_dir, tmp_path, capsys)
 
 
 def test_export_steps_override_and_missing_checkpoint(run_dir, tmp_path):
-    from jmeta.export import export_run
-    from jmeta.train.checkpoint import CheckpointError
+    from jmeta.run.export import export_run
+    from jmeta.run.checkpoint import CheckpointError
 
     out = export_run(run_dir, tmp_path / "a", num_steps=1, platforms=None)
     assert json.loads((out / "export.json").read_text())["adaptation_steps"] == 1
@@ -156,7 +156,7 @@ def test_export_steps_override_and_missing_checkpoint(run_dir, tmp_path):
 
 
 def test_load_run_names_what_is_missing(tmp_path):
-    from jmeta.experiment import load_run
+    from jmeta.run.experiment import load_run
 
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_run(tmp_path)
@@ -196,7 +196,7 @@ except ImportError as e:
 
 
 def test_loader_without_flatbuffers_says_what_to_install(run_dir, tmp_path):
-    from jmeta.export import export_run
+    from jmeta.run.export import export_run
 
     art = export_run(run_dir, tmp_path / "a", platforms=None)
     proc = subprocess.run([sys.executable, "-c", NO_FLATBUFFERS, str(art)], capture_output=True, text=True,
@@ -209,7 +209,7 @@ def test_loader_without_flatbuffers_says_what_to_install(run_dir, tmp_path):
 def classifier_artifact(tmp_path_factory):
     """A small classification artifact in the export format (3 classes, float images that training scaled from
     uint8), written without a training run: the loader's input checks are what is tested."""
-    from jmeta.export import LOADER_SOURCE
+    from jmeta.run.export import LOADER_SOURCE
 
     d = tmp_path_factory.mktemp("classifier")
     w = np.linspace(-1, 1, 4 * 3, dtype=np.float32).reshape(4, 3)
@@ -246,7 +246,7 @@ def classifier_artifact(tmp_path_factory):
                                                  r"preprocessed as in training \(uint8 images x -> float32 x / 255\)"),
 ])
 def test_exported_predict_refuses_what_a_cast_would_silently_change(classifier_artifact, labels, images, message):
-    from jmeta.export import load_exported
+    from jmeta.run.export import load_exported
 
     predict = load_exported(classifier_artifact)
     sx = np.full((3, 2, 2, 1), 0.5, np.float32) if images is None else images

@@ -12,10 +12,10 @@ import jax
 import numpy as np
 import pytest
 
-from jmeta import config as C
-from jmeta.cli import main
-from jmeta.train.checkpoint import Checkpointer
-from jmeta.train.logging import MetricsLog
+from jmeta.run import config as C
+from jmeta.run.cli import main
+from jmeta.run.checkpoint import Checkpointer
+from jmeta.run.logs import MetricsLog
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SMALL = ["train.meta_batch_size=5", "train.log_every=10", "train.checkpoint_every=10"]
@@ -37,7 +37,7 @@ def _one_line_error(capsys, argv, rc=2):
 
 
 def test_nan_stops_the_process_with_a_one_line_error_naming_step_and_checkpoint(tmp_path):
-    from jmeta.train.runner import train
+    from jmeta.run.runner import train
 
     run = tmp_path / "run"
     train(_cfg("train.steps=20"), run, progress=False, evaluate_at_end=False, plots=False)
@@ -72,8 +72,8 @@ def test_nan_stops_the_process_with_a_one_line_error_naming_step_and_checkpoint(
 
 
 def test_nan_skip_drops_updates_and_counts_them(tmp_path):
-    from jmeta.experiment import build
-    from jmeta.train.runner import train
+    from jmeta.run.experiment import build
+    from jmeta.run.runner import train
     from jmeta.train.step import init_train_state
 
     cfg = _cfg("train.steps=20", "train.on_nan=\"skip\"", "algorithm.inner_lr=1e6")
@@ -94,7 +94,7 @@ def test_nan_skip_drops_updates_and_counts_them(tmp_path):
 
 
 def test_out_of_memory_is_one_line_with_options(monkeypatch, capsys, tmp_path):
-    from jmeta.train import runner
+    from jmeta.run import runner
 
     def fake_guarded(step_fn, on_nan):
         def run(*args):
@@ -151,7 +151,7 @@ def _records(run):
 
 
 def test_skipped_updates_count_on_across_a_resume(tmp_path):
-    from jmeta.train.runner import train
+    from jmeta.run.runner import train
 
     cfg = _cfg("train.steps=30", "train.on_nan=\"skip\"", "algorithm.inner_lr=1e6")
     train(cfg, tmp_path / "whole", progress=False, evaluate_at_end=False, plots=False, tensorboard=False)
@@ -166,7 +166,7 @@ def test_skipped_updates_count_on_across_a_resume(tmp_path):
 def test_records_average_the_whole_window_whatever_the_checkpoints(tmp_path):
     """A record averages every meta-step since the previous one: the same with checkpoints inside the window,
     and after a resume from a checkpoint inside a window (the partial window is saved with the checkpoint)."""
-    from jmeta.train.runner import train
+    from jmeta.run.runner import train
 
     kw = dict(progress=False, evaluate_at_end=False, plots=False, tensorboard=False)
     base = ["train.steps=20", "train.checkpoint_every=0"]
@@ -183,7 +183,7 @@ def test_records_average_the_whole_window_whatever_the_checkpoints(tmp_path):
 def test_resume_at_the_final_step_writes_the_last_partial_window(tmp_path):
     """train.steps raised only to a checkpoint inside a logging window: nothing runs, but the record the
     uninterrupted run writes at its last step is written, and a later resume averages as before."""
-    from jmeta.train.runner import train
+    from jmeta.run.runner import train
 
     kw = dict(progress=False, evaluate_at_end=False, plots=False, tensorboard=False)
     ck15 = ["train.checkpoint_every=15", "train.log_every=10"]
@@ -201,7 +201,7 @@ def test_resume_at_the_final_step_writes_the_last_partial_window(tmp_path):
 
 def test_an_infinite_window_mean_stays_infinite_across_a_resume(tmp_path):
     """Window sums are saved with the checkpoint; inf must come back as inf (it came back as NaN)."""
-    from jmeta.train.runner import _Carry, _restore_carry, _save_carry
+    from jmeta.run.runner import _Carry, _restore_carry, _save_carry
 
     class Ck:
         def all_steps(self):
@@ -220,7 +220,7 @@ def test_resume_refuses_a_run_whose_checkpoints_are_gone(tmp_path, capsys):
     but a finished (or checkpointed) run whose checkpoints were deleted would lose its metrics."""
     import shutil
 
-    from jmeta.train.runner import train
+    from jmeta.run.runner import train
 
     kw = dict(progress=False, evaluate_at_end=False, plots=False, tensorboard=False)
     run = tmp_path / "run"
@@ -247,7 +247,7 @@ def test_a_fresh_run_never_overwrites_another_config_json(tmp_path, capsys):
     assert "not a jmeta config" in err and "another --out" in err
     assert (d / "config.json").read_text() == '{"my": "precious config"}'
     # Another run's config (nothing else there yet) is refused too; the same config is this run's own.
-    from jmeta.train.runner import train
+    from jmeta.run.runner import train
 
     kw = dict(progress=False, evaluate_at_end=False, plots=False, tensorboard=False)
     e = tmp_path / "e"

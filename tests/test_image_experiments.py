@@ -6,8 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from jmeta import config as C
-from jmeta.config import ConfigError
+from jmeta.run import config as C
+from jmeta.run.config import ConfigError
 
 
 def _small(name, *extra):
@@ -18,7 +18,7 @@ def _small(name, *extra):
 
 
 def _run(cfg, tmp_path, data_dir):
-    from jmeta.train.runner import train
+    from jmeta.run.runner import train
 
     return train(cfg, tmp_path, progress=False, data_dir=data_dir, tensorboard=False, plots=False)
 
@@ -42,7 +42,7 @@ def test_omniglot_maml_preset_runs_and_reports_accuracy_with_ci(tmp_path, data_d
 
 
 def test_protonet_trains_with_more_ways_than_it_tests(tmp_path, data_dir):
-    from jmeta.experiment import build
+    from jmeta.run.experiment import build
 
     cfg = _small("omniglot-5w1s-protonet", "task.n_way=10")
     exp = build(cfg, data_dir=data_dir)
@@ -55,7 +55,7 @@ def test_protonet_trains_with_more_ways_than_it_tests(tmp_path, data_dir):
 
 
 def test_imaml_and_mamlpp_presets_take_a_finite_meta_step(data_dir):
-    from jmeta.experiment import build
+    from jmeta.run.experiment import build
     from jmeta.train.step import init_train_state, make_meta_step
 
     for name, extra in (("omniglot-5w1s-imaml", ["algorithm.inner_steps=2"]),
@@ -75,7 +75,7 @@ def test_imaml_and_mamlpp_presets_take_a_finite_meta_step(data_dir):
 @pytest.mark.parametrize("name", ["omniglot-5w1s-maml", "miniimagenet-5w1s-protonet"])
 @pytest.mark.parametrize("split", ["test", "val"])
 def test_held_out_classes_are_never_meta_trained_on(name, split, data_dir):
-    from jmeta.experiment import load_image_data
+    from jmeta.run.experiment import load_image_data
 
     cfg = C.apply_overrides(C.load(name), [f"eval.split={split}", "task.rotations=false"]
                             if name.startswith("omniglot") else [f"eval.split={split}"])
@@ -86,7 +86,7 @@ def test_held_out_classes_are_never_meta_trained_on(name, split, data_dir):
 
 
 def test_image_config_errors_name_the_key(data_dir):
-    from jmeta.experiment import build
+    from jmeta.run.experiment import build
 
     with pytest.raises(ConfigError, match="eval.n_way"):
         build(_small("omniglot-5w1s-maml", "eval.n_way=20"), data_dir=data_dir)
@@ -118,7 +118,7 @@ def _has_conv(model, shape):
 ])
 def test_image_model_convolution_form_follows_backend_and_algorithm(name, extra, backend, expected, data_dir,
                                                                    monkeypatch):
-    from jmeta.experiment import build
+    from jmeta.run.experiment import build
 
     cfg = _small(name, *extra)
     reference = build(cfg, data_dir=data_dir).model.params  # this machine's backend
@@ -140,7 +140,7 @@ def test_every_convolution_form_gives_the_same_meta_step(data_dir):
     and would amplify rounding in the near-zero gradients of the biases before BatchNorm)."""
     import optax
 
-    from jmeta.experiment import build
+    from jmeta.run.experiment import build
     from jmeta.train.step import init_train_state, make_meta_step
 
     grads = {}
@@ -170,7 +170,7 @@ def test_bad_conv_impl_names_the_key_and_choices():
 
 
 def test_meta_optimizer_schedules():
-    from jmeta.experiment import build_meta_optimizer
+    from jmeta.run.experiment import build_meta_optimizer
 
     cfg = C.load("miniimagenet-5w1s-metaoptnet-svm")
     opt = build_meta_optimizer(cfg)

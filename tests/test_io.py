@@ -9,7 +9,7 @@ import pytest
 
 from jmeta._io import atomic_write, atomic_write_text
 from jmeta.data._cache import save_npz_atomic
-from jmeta.train.logging import atomic_write_json
+from jmeta.run.logs import atomic_write_json
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jmeta.cli import main as jmeta_main
+from jmeta.run.cli import main as jmeta_main
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

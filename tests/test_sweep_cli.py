@@ -8,9 +8,9 @@ import math
 
 import pytest
 
-from jmeta import sweep as S
-from jmeta.cli import main
-from jmeta.config import ConfigError, from_dict, load
+from jmeta.run import search as S
+from jmeta.run.cli import main
+from jmeta.run.config import ConfigError, from_dict, load
 
 
 def test_parse_grid_and_range():
@@ -183,7 +183,7 @@ TINY = ["--config", "sinusoid-maml", "--set", "train.log_every=10", "--set", "tr
 
 
 def _trial_cfg(steps: int, overrides: dict, index: int, extra=()):
-    from jmeta.config import apply_overrides
+    from jmeta.run.config import apply_overrides
 
     sets = [TINY[i + 1] for i, a in enumerate(TINY) if a == "--set"] + list(extra)
     return S.trial_config(apply_overrides(load("sinusoid-maml"), [f"train.steps={steps}", *sets]), overrides, index)
@@ -204,7 +204,7 @@ def test_unknown_metric_fails_before_any_trial(tmp_path, capsys):
 
 def test_rerun_resumes_interrupted_and_stale_trials(tmp_path, capsys):
     """A trial killed mid-training is resumed; an eval.json of fewer steps than the config is not reused."""
-    from jmeta.train.runner import train
+    from jmeta.run.runner import train
 
     out = tmp_path / "s"
     argv = ["sweep", *TINY, "--grid", "algorithm.inner_lr=0.01,0.02", "--steps", "20",
@@ -286,7 +286,7 @@ def test_rerun_of_vectorized_sweep_reuses_or_refuses(tmp_path, capsys):
 def test_a_diverged_vectorised_trial_is_recognised_as_metrics_log_writes_it(tmp_path):
     """The runner's MetricsLog writes a NaN loss as the string "nan": a trial whose last record holds it (and
     no eval.json) diverged."""
-    from jmeta.train.logging import MetricsLog
+    from jmeta.run.logs import MetricsLog
 
     cfg = load("sinusoid-maml")
     cfg.train.steps = 20

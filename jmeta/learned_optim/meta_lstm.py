@@ -162,7 +162,7 @@ class MetaLSTM:
 
     @classmethod
     def from_config(cls, cfg, *, apply: Callable[..., Any], loss: str | Callable = "cross_entropy") -> "MetaLSTM":
-        """The Meta-LSTM of a :class:`jmeta.config.Config` (``algorithm.name="meta-lstm"``).
+        """The Meta-LSTM of a :class:`jmeta.run.config.Config` (``algorithm.name="meta-lstm"``).
 
         ``algorithm.inner_steps`` -> :attr:`num_steps`, ``algorithm.eval_steps``
         (0: the same) -> :attr:`eval_steps`, ``algorithm.first_order`` -> not

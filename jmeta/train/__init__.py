@@ -6,9 +6,9 @@
 * :mod:`.distributed` -- meshes and multi-host set-up; :mod:`.precision` --
   bfloat16 compute; :mod:`.sweep` -- several configurations in one program.
 
-The run-level machinery (:mod:`.runner`, :mod:`.checkpoint`, :mod:`.logging`,
-:mod:`.tensorboard`, the run-folder :mod:`.lock`, SIGINT/SIGTERM handling in
-:mod:`.interrupt`) is imported on use.
+The run-level machinery (runner, checkpoints, logs, TensorBoard, the run-folder
+lock, SIGINT/SIGTERM handling) is :mod:`jmeta.run`, above this package; the old
+paths (``jmeta.train.runner`` ...) are deprecated aliases for one release.
 """
 
 from jmeta.train.evaluate import evaluate, mean_ci95

@@ -97,7 +97,7 @@ def test_per_step_needs_a_step_argument():
 def test_adapt_then_predict_uses_the_row_of_the_steps_taken():
     """predict(num_steps=k) after adapt(num_steps=k) equals evaluate's curve at k, for k below the training K
     too; the exported program does the same."""
-    from jmeta.export import predict_fn
+    from jmeta.run.export import predict_fn
 
     model = _model(K)
     params = _perturb_rows(model.params, jax.random.key(2))

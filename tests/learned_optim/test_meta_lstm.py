@@ -226,9 +226,9 @@ def test_bad_arguments_name_the_field():
 
 
 def test_config_maps_onto_the_meta_lstm():
-    from jmeta import config as C
-    from jmeta.config import ConfigError
-    from jmeta.experiment import build_algorithm, build_meta_optimizer
+    from jmeta.run import config as C
+    from jmeta.run.config import ConfigError
+    from jmeta.run.experiment import build_algorithm, build_meta_optimizer
 
     cfg = C.load("miniimagenet-5w5s-meta-lstm")
     assert (cfg.algorithm.inner_steps, cfg.train.meta_batch_size, cfg.train.grad_clip, cfg.task.k_query,
@@ -249,8 +249,8 @@ def test_config_maps_onto_the_meta_lstm():
 
 def test_short_omniglot_run_learns_above_chance(tmp_path, data_dir):
     """40 meta-steps of the Omniglot preset (one episode each) beat 5-way chance (20%) by 20 points."""
-    from jmeta import config as C
-    from jmeta.train.runner import train
+    from jmeta.run import config as C
+    from jmeta.run.runner import train
 
     cfg = C.apply_overrides(C.load("omniglot-5w1s-meta-lstm"),
                             ["train.steps=40", "train.log_every=10", "train.checkpoint_every=0",

@@ -27,9 +27,9 @@ import jax
 import numpy as np
 import pytest
 
-from jmeta import config as C
-from jmeta.cli import main
-from jmeta.train.checkpoint import Checkpointer
+from jmeta.run import config as C
+from jmeta.run.cli import main
+from jmeta.run.checkpoint import Checkpointer
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SUMS = "jmeta_checksums.json"
@@ -45,8 +45,8 @@ def _cfg(*extra):
 
 
 def _template(cfg):
-    from jmeta.experiment import build
-    from jmeta.train.runner import run_keys
+    from jmeta.run.experiment import build
+    from jmeta.run.runner import run_keys
     from jmeta.train.step import init_train_state
 
     exp = build(cfg)
@@ -72,7 +72,7 @@ def _assert_same(a, b):
 
 
 def _records(run):
-    from jmeta.train.logging import MetricsLog
+    from jmeta.run.logs import MetricsLog
 
     return [{k: v for k, v in r.items() if k != "time"} for r in MetricsLog.read(run / "metrics.jsonl")]
 
@@ -80,7 +80,7 @@ def _records(run):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """The run folder (checkpoints 4, 8, 12), its template, and its checkpoints' states."""
-    from jmeta.train.runner import train
+    from jmeta.run.runner import train
 
     run = tmp_path_factory.mktemp("integrity") / "run"
     cfg = _cfg()
@@ -349,7 +349,7 @@ def test_leftover_tmp_files_are_removed_at_resume(run):
 
 def test_orbax_event_loop_noise_is_dropped_and_other_unraisables_are_not(monkeypatch):
     """TensorStore callbacks that reach orbax's closed event loop after a failed read: not shown."""
-    from jmeta.train import checkpoint as ck
+    from jmeta.run import checkpoint as ck
 
     seen = []
     monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(str(u.exc_value)))

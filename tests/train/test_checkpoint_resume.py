@@ -23,9 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jmeta import config as C
-from jmeta.train.checkpoint import COMMIT_MARKER, CheckpointError, Checkpointer, check_orbax_version
-from jmeta.train.logging import MetricsLog
+from jmeta.run import config as C
+from jmeta.run.checkpoint import COMMIT_MARKER, CheckpointError, Checkpointer, check_orbax_version
+from jmeta.run.logs import MetricsLog
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 STEPS = 3000
@@ -41,7 +41,7 @@ def _cfg():
 
 
 def _final_state(run_dir, cfg, step):
-    from jmeta.experiment import build
+    from jmeta.run.experiment import build
     from jmeta.train.step import init_train_state
 
     exp = build(cfg)
@@ -62,8 +62,8 @@ def _complete_steps(ckpt_dir: pathlib.Path) -> list[int]:
 
 
 def test_sigkill_then_resume_is_bit_identical(tmp_path):
-    from jmeta.cli import main
-    from jmeta.train.runner import train
+    from jmeta.run.cli import main
+    from jmeta.run.runner import train
 
     killed, whole = tmp_path / "killed", tmp_path / "whole"
     cmd = [sys.executable, "-m", "jmeta", "train", "--config", "sinusoid-maml", "--steps", str(STEPS),
@@ -159,7 +159,7 @@ def test_interrupted_write_never_loads_and_previous_stays(tmp_path, monkeypatch)
 
 
 def test_restore_into_other_structure_is_a_clear_error(tmp_path):
-    from jmeta.train.checkpoint import CheckpointError
+    from jmeta.run.checkpoint import CheckpointError
 
     ck = Checkpointer(tmp_path)
     ck.save(1, {"w": jnp.ones(3)})
@@ -198,7 +198,7 @@ def test_installed_orbax_writes_the_commit_marker(tmp_path):
 def test_checkpointer_and_cli_refuse_an_old_orbax(tmp_path, monkeypatch, capsys):
     import orbax.checkpoint as ocp
 
-    from jmeta.cli import main
+    from jmeta.run.cli import main
 
     monkeypatch.setattr(ocp, "__version__", "0.12.2")
     with pytest.raises(CheckpointError, match="too old"):

@@ -7,7 +7,7 @@ import pathlib
 
 import pytest
 
-from jmeta.cli import main
+from jmeta.run.cli import main
 
 TINY = ["--steps", "20", "--set", "train.log_every=10", "--set", "train.checkpoint_every=10",
         "--set", "train.meta_batch_size=5", "--set", "eval.num_tasks=8", "--set", "eval.shots=[5]",
@@ -144,7 +144,7 @@ def test_eval_json_is_standard_json_when_a_value_is_not_finite(run_dir, tmp_path
 
 def test_default_run_folders_of_one_second_are_distinct(tmp_path, monkeypatch):
     """Two runs started in the same second get runs/NAME-DATE-TIME and runs/NAME-DATE-TIME-2, never one folder."""
-    from jmeta import cli
+    from jmeta.run import cli
 
     monkeypatch.setattr(cli.time, "strftime", lambda fmt: "20261126-001500")
     a, b = cli._new_run_dir(tmp_path / "runs", "sinusoid-maml"), cli._new_run_dir(tmp_path / "runs", "sinusoid-maml")

@@ -9,7 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from jmeta import config as C
+from jmeta.run import config as C
 from jmeta.train import determinism as det
 from jmeta.train.evaluate import task_statistics
 
@@ -102,7 +102,7 @@ def test_warning_only_for_a_gpu_without_the_flag(monkeypatch):
 def test_train_warns_on_a_gpu_without_the_flag(monkeypatch, tmp_path):
     import jax
 
-    from jmeta.train.runner import train
+    from jmeta.run.runner import train
 
     monkeypatch.setenv("XLA_FLAGS", "")
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
@@ -117,9 +117,9 @@ def test_train_warns_once_and_library_evaluation_warns(monkeypatch, tmp_path):
 
     import jax
 
-    from jmeta import sweep as S
-    from jmeta.experiment import build, load_run
-    from jmeta.train.runner import evaluate_run, train
+    from jmeta.run import search as S
+    from jmeta.run.experiment import build, load_run
+    from jmeta.run.runner import evaluate_run, train
 
     monkeypatch.setenv("XLA_FLAGS", "")
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
@@ -151,7 +151,7 @@ def test_config_key():
 
 
 def test_cli_sets_the_flag_and_records_it(monkeypatch, tmp_path):
-    from jmeta.cli import main
+    from jmeta.run.cli import main
 
     _cpu_only()
     monkeypatch.setenv("XLA_FLAGS", "")
@@ -170,7 +170,7 @@ def test_cli_sets_the_flag_and_records_it(monkeypatch, tmp_path):
 
 
 def test_cli_reports_the_contradiction_as_one_line(monkeypatch, tmp_path, capsys):
-    from jmeta.cli import main
+    from jmeta.run.cli import main
 
     monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_deterministic_ops=false")
     assert main(["train", "--steps", "2", "--out", str(tmp_path / "c"), "--no-progress"]) == 2
@@ -194,7 +194,7 @@ def test_task_statistics_with_diverged_tasks():
 
 
 def test_cli_prints_diverged_tasks(capsys):
-    from jmeta.cli import _print_eval
+    from jmeta.run.cli import _print_eval
 
     _print_eval({"summary": {"K=5 loss after 10 step(s)": {"mean": float("nan"), "ci95": float("nan"),
                                                              "median": 0.129, "nonfinite": 1},

@@ -6,8 +6,8 @@ import struct
 
 import pytest
 
-from jmeta.train.logging import MetricsLog, Progress
-from jmeta.train.tensorboard import TensorBoardSink, crc32c, encode_event, masked_crc32c, tfrecord
+from jmeta.run.logs import MetricsLog, Progress
+from jmeta.run.tensorboard import TensorBoardSink, crc32c, encode_event, masked_crc32c, tfrecord
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
 event_file_loader = pytest.importorskip("tensorboard.backend.event_processing.event_file_loader")

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from jmeta.train.wandb_logger import WandbSink
+from jmeta.run.wandb_logger import WandbSink
 
 
 def test_missing_wandb_gives_install_hint(monkeypatch, tmp_path):
@@ -58,7 +58,7 @@ def test_offline_run_logs_records_and_resumes_same_id(tmp_path, monkeypatch):
 def test_cli_wandb_without_package_is_a_one_line_error(monkeypatch, tmp_path, capsys):
     import builtins
 
-    from jmeta.cli import main
+    from jmeta.run.cli import main
 
     real = builtins.__import__
 

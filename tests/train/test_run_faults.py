@@ -31,8 +31,8 @@ import pytest
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from test_faults import REPO, _cfg, _one_line_error  # noqa: E402
 
-from jmeta.cli import main  # noqa: E402
-from jmeta.train.logging import MetricsLog  # noqa: E402
+from jmeta.run.cli import main  # noqa: E402
+from jmeta.run.logs import MetricsLog  # noqa: E402
 
 QUIET = ["--no-progress", "--no-plots", "--no-tensorboard", "--no-eval"]
 SMALL_CLI = ["--set", "train.meta_batch_size=5", "--set", "train.log_every=10", "--set", "train.checkpoint_every=10"]
@@ -44,9 +44,9 @@ def _records(run):
 
 
 def _final_state(run, cfg):
-    from jmeta.experiment import build
-    from jmeta.train.checkpoint import Checkpointer
-    from jmeta.train.runner import run_keys
+    from jmeta.run.experiment import build
+    from jmeta.run.checkpoint import Checkpointer
+    from jmeta.run.runner import run_keys
     from jmeta.train.step import init_train_state
 
     exp = build(cfg)
@@ -68,7 +68,7 @@ def _assert_same_state(a, b):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """An uninterrupted run: 30 meta-steps, records every 10, checkpoints every 10."""
-    from jmeta.train.runner import train
+    from jmeta.run.runner import train
 
     run = tmp_path_factory.mktemp("ref") / "run"
     cfg = _cfg("train.steps=30")
@@ -77,8 +77,8 @@ def reference(tmp_path_factory):
 
 
 def _lock_module():
-    """jmeta/train/lock.py loaded alone (a child process holding a lock needs neither jax nor jmeta)."""
-    return str(REPO / "jmeta" / "train" / "lock.py")
+    """jmeta/run/lock.py loaded alone (a child process holding a lock needs neither jax nor jmeta)."""
+    return str(REPO / "jmeta" / "run" / "lock.py")
 
 
 _HOLDER = """
@@ -107,7 +107,7 @@ def _holder(folder, release):
 # -- item 3: the run-folder lock -------------------------------------------------------------------------------
 
 def test_lock_is_exclusive_released_on_exit_and_a_killed_owner_is_taken_over(tmp_path):
-    from jmeta.train.lock import LOCK_NAME, RunLock, RunLockedError
+    from jmeta.run.lock import LOCK_NAME, RunLock, RunLockedError
 
     d = tmp_path / "run"
     with RunLock(d, "first") as held:
@@ -149,7 +149,7 @@ def test_processes_racing_for_one_folder_exactly_one_wins(tmp_path):
 
 
 def test_lock_without_flock_falls_back_to_the_pid(tmp_path, monkeypatch):
-    from jmeta.train import lock as L
+    from jmeta.run import lock as L
 
     monkeypatch.setattr(L, "fcntl", None)
     d = tmp_path / "run"
@@ -173,7 +173,7 @@ def test_lock_without_flock_falls_back_to_the_pid(tmp_path, monkeypatch):
 
 
 def test_sweep_folders_and_trials_are_locked(tmp_path, capsys):
-    from jmeta.train.lock import RunLock
+    from jmeta.run.lock import RunLock
 
     out = tmp_path / "sweep"
     argv = ["sweep", "--grid", "algorithm.inner_lr=0.01,0.02", "--steps", "5", "--out", str(out), "--no-progress",
@@ -190,7 +190,7 @@ def test_sweep_folders_and_trials_are_locked(tmp_path, capsys):
 # -- items 3 and 7: a second writer refuses; SIGTERM checkpoints; the resume is bit-identical -----------------
 
 def test_sigterm_checkpoints_and_resumes_bit_identically_while_other_writers_are_refused(tmp_path, capsys):
-    from jmeta.train.runner import train
+    from jmeta.run.runner import train
 
     run = tmp_path / "run"
     args = ["--set", "train.meta_batch_size=5", "--set", "train.log_every=50", "--set", "train.checkpoint_every=0"]
@@ -252,8 +252,8 @@ class _Signaller:
 def test_sigint_in_process_checkpoints_the_current_step(tmp_path, reference):
     """SIGINT as SIGTERM (the subprocess test above): the checkpoint of the step reached (not a periodic one),
     then a resume that equals the uninterrupted reference."""
-    from jmeta.train.interrupt import Interrupted
-    from jmeta.train.runner import train
+    from jmeta.run.interrupt import Interrupted
+    from jmeta.run.runner import train
 
     signum = signal.SIGINT
     run = tmp_path / "run"
@@ -273,7 +273,7 @@ def test_sigint_in_process_checkpoints_the_current_step(tmp_path, reference):
 
 
 def test_a_second_signal_stops_at_once_and_the_cli_says_what_holds(tmp_path, capsys, monkeypatch):
-    from jmeta.train import runner
+    from jmeta.run import runner
 
     run = tmp_path / "run"
     real = runner.train
@@ -326,7 +326,7 @@ def test_disk_full_in_the_metrics_flush_is_one_line_naming_the_file(tmp_path, ca
 
 
 def test_disk_full_in_tensorboard_names_the_event_file(tmp_path):
-    from jmeta.train.tensorboard import TensorBoardSink
+    from jmeta.run.tensorboard import TensorBoardSink
 
     sink = TensorBoardSink(tmp_path)
     sink.write(1, {"loss": 1.0})
@@ -361,7 +361,7 @@ def test_read_only_png_is_one_line_naming_it_after_the_numbers(tmp_path, capsys,
 
 def test_a_full_disk_in_orbax_is_not_reported_as_device_memory():
     from jmeta._io import output_error
-    from jmeta.train.runner import _is_oom
+    from jmeta.run.runner import _is_oom
 
     e = ValueError("RESOURCE_EXHAUSTED: Error writing \"x\" in OCDBT database at local file \"/r/c/10.orbax-"
                    "checkpoint-tmp/\": ... Failed to write 276 bytes to file 8: No space left on device "
@@ -434,7 +434,7 @@ def _disk_full(folder):
 
 
 def test_full_disk_before_the_start_refuses_before_any_work(tmpfs, capsys, monkeypatch):
-    from jmeta import experiment
+    from jmeta.run import experiment
 
     monkeypatch.setattr(experiment, "build", lambda *a, **k: pytest.fail("built on a full disk"))
     monkeypatch.setattr(experiment, "load_run", lambda *a, **k: pytest.fail("loaded on a full disk"))
@@ -449,7 +449,7 @@ def test_full_disk_mid_run_loses_nothing_and_the_run_resumes(tmpfs, reference, c
     """The disk fills up after the record of step 20: the checkpoint of step 20 cannot be written. One line
     naming it (not orbax's text, not 'the device ran out of memory'), checkpoint 10 and the records intact,
     no partial checkpoint left; after freeing space the resume ends as the uninterrupted run."""
-    from jmeta.train.checkpoint import Checkpointer
+    from jmeta.run.checkpoint import Checkpointer
 
     run = tmpfs / "mid"
     save = Checkpointer.save
@@ -487,7 +487,7 @@ def evaluated(tmp_path_factory):
 
 
 def test_sigterm_during_eval_is_one_line_and_leaves_the_folder_as_it_was(evaluated, capsys, monkeypatch):
-    from jmeta.train import runner
+    from jmeta.run import runner
 
     before = (evaluated / "eval.json").read_bytes()
 
@@ -503,8 +503,8 @@ def test_sigterm_during_eval_is_one_line_and_leaves_the_folder_as_it_was(evaluat
 
 def test_full_disk_in_eval_and_plots_prints_the_numbers_and_keeps_the_old_files(tmpfs, evaluated, capsys,
                                                                                 monkeypatch):
-    from jmeta import plots
-    from jmeta.train import runner
+    from jmeta.run import plots
+    from jmeta.run import runner
 
     run = tmpfs / "evaluated"
     shutil.copytree(evaluated, run)
@@ -549,7 +549,7 @@ def read_only_run(evaluated, tmp_path_factory):
 
 
 def test_read_only_run_folder_every_command_is_one_line_before_work(read_only_run, tmp_path, capsys, monkeypatch):
-    from jmeta import experiment
+    from jmeta.run import experiment
 
     run = read_only_run
     ro = "Read-only file system (the file system is mounted read-only: write elsewhere)"
