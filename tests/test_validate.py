@@ -121,7 +121,7 @@ def test_a_numpy_hyperparameter_is_sweepable():
     """Stored as a Python float, ``inner_lr=np.float32(...)`` is a float field the vectorised sweep can vary."""
     from jmeta.algorithms import MAML
     from jmeta.models import mlp
-    from jmeta.train.sweep import with_hparams
+    from jmeta.train.vectorized import with_hparams
 
     alg = with_hparams(MAML(mlp().apply, inner_lr=np.float32(0.01)), inner_lr=0.5)
     assert alg.inner_lr == 0.5

@@ -5,7 +5,7 @@
 * :mod:`.estimators`: meta-gradient estimators (truncated BPTT, ES, PES),
   apart from the optimizer.
 * :mod:`.train`: the jitted meta-step and a small meta-training loop.
-* :mod:`.tasks`: optimizee task families (quadratics, MLPs and conv nets on
+* :mod:`.optimizees`: optimizee task families (quadratics, MLPs and conv nets on
   MNIST digits).
 * :mod:`.evaluate`: loss curves and learning-rate tuning of baselines.
 * :mod:`.meta_lstm`: the Meta-LSTM few-shot learner (Ravi & Larochelle, 2017),
@@ -17,7 +17,7 @@ from jmeta.learned_optim.estimators import ES, META_LOSSES, PES, PESWorkerState,
 from jmeta.learned_optim.evaluate import baseline_optimizers, loss_curves, steps_to_reach, tune_learning_rate
 from jmeta.learned_optim.meta_lstm import META_LSTM_BN_MODES, MetaLSTM, MetaLSTMCarry
 from jmeta.learned_optim.lstm import LSTMOptimizer, LSTMOptimizerState, lstm_optimizer, preprocess_gradients
-from jmeta.learned_optim.tasks import (
+from jmeta.learned_optim.optimizees import (
     ConvFamily,
     ConvTask,
     MLPFamily,

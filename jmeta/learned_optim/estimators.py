@@ -75,7 +75,7 @@ class UnrollState(NamedTuple):
     """Where one worker (or, with a leading axis, a batch of workers) stands.
 
     Attributes:
-      task: the optimizee task (a pytree, see :mod:`.tasks`).
+      task: the optimizee task (a pytree, see :mod:`.optimizees`).
       params: the optimizee parameters.
       opt_state: the learned optimizer's state.
       step: optimizee steps taken since the last reset (int32 scalar).
@@ -116,7 +116,7 @@ class _Unroller:
     Attributes:
       learned_opt: an object with ``init(key)`` and ``opt_fn(theta)`` (e.g.
         :class:`~jmeta.learned_optim.LSTMOptimizer`).
-      task_family: an object with ``sample(key) -> task`` (see :mod:`.tasks`).
+      task_family: an object with ``sample(key) -> task`` (see :mod:`.optimizees`).
       num_tasks: workers (optimizee tasks) per estimate, run under ``vmap``.
       horizon: optimizee steps before a worker is reset (e.g. 100).
       truncation_length: optimizee steps per estimate (e.g. 20); must divide

@@ -44,7 +44,7 @@ are). The meta-optimizer of the paper's code is Adam (``lr=1e-3``) with the
 meta-gradient clipped to a global norm of 0.25.
 
 It follows the contract of :mod:`jmeta.algorithms.base`, so
-:func:`jmeta.train.step.make_meta_step` and :func:`jmeta.train.evaluate.evaluate`
+:func:`jmeta.train.step.make_meta_step` and :func:`jmeta.train.evaluation.evaluate`
 run it like any other algorithm::
 
     model = conv4(5, hidden=32)

@@ -439,7 +439,7 @@ class MAMLRL:
           ``{"num_tasks", "num_steps", "return": {"mean", "ci95", "median", "nonfinite"} (lists over steps),
           "summary": {"return after k step(s)": {"mean", "ci95", "median", "nonfinite"}}}``.
         """
-        from jmeta.train.evaluate import task_statistics
+        from jmeta.train.evaluation import task_statistics
 
         k_tasks, k_roll = jax.random.split(key)
         if tasks is None:

@@ -290,7 +290,7 @@ class RL2:
           per episode), "summary": {"return in episode i": mean, "return in episode i ci95": half-width,
           "trial return": mean, "trial return ci95": half-width}}``.
         """
-        from jmeta.train.evaluate import mean_ci95, task_statistics
+        from jmeta.train.evaluation import mean_ci95, task_statistics
 
         num_tasks = validate.integer("num_tasks", num_tasks, min=1)
         batch_size = validate.integer("batch_size", batch_size, min=1)

@@ -562,7 +562,7 @@ def evaluate_run(cfg: Config, exp, state, key, out=None, *, progress: bool = Fal
     asks for them, warns (unless ``warn_nondeterminism=False``: :func:`train`
     has warned already) and ``eval.json`` records it.
     """
-    from jmeta.train.evaluate import evaluate
+    from jmeta.train.evaluation import evaluate
 
     if warn_nondeterminism:
         warning = nondeterminism_warning(cfg.train.deterministic)

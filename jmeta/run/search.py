@@ -37,7 +37,7 @@ is finite: a diverged trial is never the best).
 
 With ``--vectorize`` (:func:`run_vectorized`) the trials are trained
 together, ``vmap``-ed over a configuration axis in one compiled program
-(:mod:`jmeta.train.sweep`), then each is checkpointed and evaluated into its
+(:mod:`jmeta.train.vectorized`), then each is checkpointed and evaluated into its
 own ``trial_NNN`` folder exactly as a separate run would be. Only the keys
 that do not change the program can be vectorised: ``algorithm.inner_lr``
 (without a learned learning rate), ``train.meta_lr`` (Adam or SGD without a
@@ -382,7 +382,7 @@ def _run(base: Config, trials: list[dict], out_dir, *, progress: bool = True, te
     return _finish(rows, keys, metric, out, log)
 
 
-#: config keys :func:`run_vectorized` can vary inside one program -> the jmeta.train.sweep axis name.
+#: config keys :func:`run_vectorized` can vary inside one program -> the jmeta.train.vectorized axis name.
 VECTOR_KEYS = {"algorithm.inner_lr": "inner_lr", "train.meta_lr": "meta_lr", "train.seed": "seed"}
 
 
@@ -451,7 +451,7 @@ def _run_vectorized(base: Config, trials: list[dict], out_dir, *, progress: bool
     import optax
 
     from jmeta.run.experiment import build
-    from jmeta.train import sweep as VS
+    from jmeta.train import vectorized as VS
     from jmeta.run.checkpoint import Checkpointer
     from jmeta.train.determinism import nondeterminism_warning
     from jmeta.run.lock import RunLock

@@ -4,14 +4,14 @@
   over tasks, optionally sharded over a device mesh, optionally mixed precision);
 * :func:`evaluate` -- held-out tasks, mean and 95% CI per adaptation step;
 * :mod:`.distributed` -- meshes and multi-host set-up; :mod:`.precision` --
-  bfloat16 compute; :mod:`.sweep` -- several configurations in one program.
+  bfloat16 compute; :mod:`.vectorized` -- several configurations in one program.
 
 The run-level machinery (runner, checkpoints, logs, TensorBoard, the run-folder
 lock, SIGINT/SIGTERM handling) is :mod:`jmeta.run`, above this package; the old
 paths (``jmeta.train.runner`` ...) are deprecated aliases for one release.
 """
 
-from jmeta.train.evaluate import evaluate, mean_ci95
+from jmeta.train.evaluation import evaluate, mean_ci95
 from jmeta.train.step import (ChunkChoice, TrainState, batched_loss_and_grad, choose_chunk_size,
                               compiled_memory_bytes, default_memory_budget, init_train_state, make_meta_step,
                               sharded_loss_and_grad)

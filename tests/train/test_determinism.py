@@ -11,7 +11,7 @@ import pytest
 
 from jmeta.run import config as C
 from jmeta.train import determinism as det
-from jmeta.train.evaluate import task_statistics
+from jmeta.train.evaluation import task_statistics
 
 FLAG = "--xla_gpu_deterministic_ops=true"
 

@@ -17,7 +17,7 @@ from _problems import tiny_model  # noqa: E402
 
 from jmeta.algorithms import MAML  # noqa: E402
 from jmeta.tasks import Sinusoid  # noqa: E402
-from jmeta.train import sweep  # noqa: E402
+from jmeta.train import vectorized as sweep  # noqa: E402  (the vmapped sweep engine)
 from jmeta.train.step import init_train_state, make_meta_step  # noqa: E402
 
 STEPS = 4
