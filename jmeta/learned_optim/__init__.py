@@ -30,7 +30,8 @@ from jmeta.learned_optim.train import (
     MetaTrainState,
     default_meta_optimizer,
     init_meta_train,
-    make_meta_step,
+    make_meta_step,  # deprecated name of make_optimizer_meta_step (not in __all__)
+    make_optimizer_meta_step,
     meta_train,
 )
 
@@ -62,6 +63,6 @@ __all__ = [
     "MetaTrainState",
     "default_meta_optimizer",
     "init_meta_train",
-    "make_meta_step",
+    "make_optimizer_meta_step",
     "meta_train",
 ]

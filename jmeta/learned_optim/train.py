@@ -5,7 +5,7 @@ of the meta-gradient, then applies an optax meta-optimizer (Adam, as in the
 paper) to the meta-parameters::
 
     state = init_meta_train(estimator, key)
-    step = make_meta_step(estimator)
+    step = make_optimizer_meta_step(estimator)
     for i in range(n):
         state, metrics = step(state, jax.random.fold_in(key, i))
 
@@ -19,6 +19,7 @@ Reference:
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -32,7 +33,7 @@ __all__ = [
     "MetaTrainState",
     "default_meta_optimizer",
     "init_meta_train",
-    "make_meta_step",
+    "make_optimizer_meta_step",
     "meta_train",
 ]
 
@@ -97,7 +98,7 @@ def init_meta_train(
     return MetaTrainState(theta, meta_opt.init(theta), worker_state, jnp.zeros((), jnp.int32))
 
 
-def make_meta_step(
+def make_optimizer_meta_step(
     estimator: Any, meta_opt: optax.GradientTransformation | None = None
 ) -> Callable[[MetaTrainState, Array], tuple[MetaTrainState, dict]]:
     """Builds the jitted ``step(state, key) -> (state, metrics)``.
@@ -122,6 +123,15 @@ def make_meta_step(
         return MetaTrainState(theta, meta_opt_state, worker_state, state.step + 1), metrics
 
     return step
+
+
+def make_meta_step(estimator: Any, meta_opt: optax.GradientTransformation | None = None):
+    """Deprecated name of :func:`make_optimizer_meta_step` (renamed apart from
+    :func:`jmeta.train.make_meta_step`, the few-shot meta-step); this name goes in the next release."""
+    warnings.warn("jmeta.learned_optim.make_meta_step was renamed make_optimizer_meta_step (apart from "
+                  "jmeta.train.make_meta_step); the old name goes in the next release", DeprecationWarning,
+                  stacklevel=2)
+    return make_optimizer_meta_step(estimator, meta_opt)
 
 
 def meta_train(
@@ -155,7 +165,7 @@ def meta_train(
     meta_opt = default_meta_optimizer() if meta_opt is None else meta_opt
     k_init, k_run = jax.random.split(key)
     state = init_meta_train(estimator, k_init, meta_opt, theta)
-    step = make_meta_step(estimator, meta_opt)
+    step = make_optimizer_meta_step(estimator, meta_opt)
     history: list[dict] = []
     t0 = time.perf_counter()
     metrics = None

@@ -11,6 +11,7 @@ lock, SIGINT/SIGTERM handling) is :mod:`jmeta.run`, above this package; the old
 paths (``jmeta.train.runner`` ...) are deprecated aliases for one release.
 """
 
+from jmeta._deprecation import renamed_module
 from jmeta.train.evaluation import evaluate, mean_ci95
 from jmeta.train.step import (ChunkChoice, TrainState, batched_loss_and_grad, choose_chunk_size,
                               compiled_memory_bytes, default_memory_budget, init_train_state, make_meta_step,
@@ -19,3 +20,7 @@ from jmeta.train.step import (ChunkChoice, TrainState, batched_loss_and_grad, ch
 __all__ = ["ChunkChoice", "TrainState", "batched_loss_and_grad", "choose_chunk_size", "compiled_memory_bytes",
            "default_memory_budget", "evaluate", "init_train_state", "make_meta_step", "mean_ci95",
            "sharded_loss_and_grad"]
+
+# The module jmeta/train/evaluate.py is now evaluation.py (``jmeta.train.evaluate`` is the function);
+# ``from jmeta.train.evaluate import ...`` still works for one release, with a DeprecationWarning.
+renamed_module("jmeta.train.evaluate", "jmeta.train.evaluation")

@@ -16,7 +16,7 @@ from jmeta.learned_optim import (
     QuadraticFamily,
     TruncatedBPTT,
     init_meta_train,
-    make_meta_step,
+    make_optimizer_meta_step,
 )
 
 SMALL_LOPT = LSTMOptimizer(hidden_size=6)
@@ -242,7 +242,7 @@ def test_estimator_smoke(cls):
     est = cls(SMALL_LOPT, QuadraticFamily(dim=3), num_tasks=4, horizon=4, truncation_length=2)
     counting = _CountingEstimator(est)
     state = init_meta_train(counting, jax.random.key(0))
-    step = make_meta_step(counting)
+    step = make_optimizer_meta_step(counting)
     theta0 = state.theta
     for i in range(3):
         state, metrics = step(state, jax.random.key(10 + i))
