@@ -133,3 +133,22 @@ def test_the_old_learned_optimizer_meta_step_name_warns_and_builds_the_same_step
     import jmeta.learned_optim as LO
 
     assert "make_meta_step" not in LO.__all__ and "make_optimizer_meta_step" in LO.__all__
+
+
+def test_meta_lstm_from_config_is_deprecated_and_builds_what_the_run_layer_builds():
+    import dataclasses
+
+    from jmeta.learned_optim import MetaLSTM
+    from jmeta.run import config as C
+    from jmeta.run.experiment import build_algorithm
+
+    def apply(params, state, x, **kw):
+        return x @ params["w"], state
+
+    cfg = C.apply_overrides(C.load("miniimagenet-5w5s-meta-lstm"), ["algorithm.eval_steps=3"])
+    built = build_algorithm(cfg, apply, loss="cross_entropy")
+    assert (built.num_steps, built.eval_steps, built.second_order) == (8, 3, False)
+    with pytest.warns(DeprecationWarning, match="build_algorithm") as record:
+        old = MetaLSTM.from_config(cfg, apply=apply, loss="cross_entropy")
+    assert record[0].filename == __file__
+    assert all(getattr(old, f.name) == getattr(built, f.name) for f in dataclasses.fields(MetaLSTM))

@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -162,12 +163,15 @@ class MetaLSTM:
 
     @classmethod
     def from_config(cls, cfg, *, apply: Callable[..., Any], loss: str | Callable = "cross_entropy") -> "MetaLSTM":
-        """The Meta-LSTM of a :class:`jmeta.run.config.Config` (``algorithm.name="meta-lstm"``).
+        """Deprecated (the library does not read run configs; :func:`jmeta.run.experiment.build_algorithm`
+        builds the Meta-LSTM of a config): goes in the next release.
 
         ``algorithm.inner_steps`` -> :attr:`num_steps`, ``algorithm.eval_steps``
         (0: the same) -> :attr:`eval_steps`, ``algorithm.first_order`` -> not
         :attr:`second_order`, ``algorithm.bn_mode`` -> :attr:`bn_mode`.
         """
+        warnings.warn("MetaLSTM.from_config is deprecated: build MetaLSTM(...) from its fields, or a run's algorithm "
+                      "with jmeta.run.experiment.build_algorithm(cfg, ...)", DeprecationWarning, stacklevel=2)
         a = cfg.algorithm
         return cls(apply=apply, loss=loss, num_steps=a.inner_steps, eval_steps=a.eval_steps or a.inner_steps,
                    second_order=not a.first_order, bn_mode=a.bn_mode)

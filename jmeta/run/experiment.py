@@ -115,7 +115,8 @@ def _build_algorithm(cfg: Config, apply: Callable, *, loss: str, n_way: int | No
     if a.name == "meta-lstm":
         from jmeta.learned_optim.meta_lstm import MetaLSTM
 
-        return MetaLSTM.from_config(cfg, apply=apply, loss=loss)
+        return MetaLSTM(apply=apply, loss=loss, num_steps=a.inner_steps, eval_steps=a.eval_steps or a.inner_steps,
+                        second_order=not a.first_order, bn_mode=a.bn_mode)
     raise ConfigError(f"algorithm.name={a.name!r} is not available in this build of jmeta")
 
 
