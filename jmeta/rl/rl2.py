@@ -193,10 +193,7 @@ class RL2:
     ppo: PPOConfig = dataclasses.field(default_factory=PPOConfig)
 
     def __post_init__(self):
-        env = check_env(self.env)
-        if not env.discrete:
-            raise ValueError(f"RL2 needs a discrete environment (a categorical GRU policy); "
-                             f"{type(env).__name__} has discrete=False")
+        env = check_env(self.env, discrete=True, user="RL2 (a categorical GRU policy)")
         if not isinstance(self.policy, RecurrentPolicy):
             raise TypeError(f"policy must be a jmeta.rl.RecurrentPolicy (see gru_policy); got "
                             f"{type(self.policy).__name__}")
