@@ -139,9 +139,7 @@ class MAMLRL:
     target_inner_kl: float = 0.01
 
     def __post_init__(self):
-        check_env(self.env)
-        if self.env.discrete:
-            raise ValueError(f"MAMLRL needs a continuous-action env; {type(self.env).__name__} has discrete=True")
+        check_env(self.env, discrete=False, user="MAMLRL")
         check_policy_env(self.policy, self.env)
         validate.integer("num_tasks", self.num_tasks, min=1)
         validate.integer("num_episodes", self.num_episodes, min=1)

@@ -2,7 +2,9 @@
 
 * :func:`discounted_returns`: ``G_t = sum_{t' >= t} gamma^{t'-t} r_t'`` within the episode.
 * :func:`gae`: generalized advantage estimation (Schulman et al. 2016) with values ``V(s_t)`` and a zero
-  value after the last step (rllab's convention: paths end at the horizon or at ``done``).
+  value after the last step (rllab's convention: paths end at the horizon or at ``done``); masked steps are
+  skipped. The one GAE of jmeta.rl: MAML-RL/ProMP use it per episode, RL^2 (:func:`jmeta.rl.rl2.trial_gae`)
+  over a whole trial.
 * :func:`normalize_advantages`: ``(A - mean) / (std + eps)`` over the valid steps (rllab's ``center_adv``).
 * :func:`fit_linear_baseline` / :func:`linear_baseline_values`: the linear feature baseline of Duan et al.
   (2016) as rllab's ``LinearFeatureBaseline``: features ``[o, o^2, t/100, (t/100)^2, (t/100)^3, 1]`` with
@@ -42,19 +44,27 @@ def gae(rewards, values, mask, gamma: float, lam: float):
     """Generalized advantage estimates ``A_t = sum_k (gamma lam)^k delta_{t+k}``; 0 at masked steps.
 
     ``delta_t = r_t + gamma V(s_{t+1}) - V(s_t)`` with ``V = 0`` after the last valid step. With ``lam = 1``,
-    ``A_t = G_t - V(s_t)``.
+    ``A_t = G_t - V(s_t)``. Masked steps (``mask`` 0/False) are skipped: on the valid steps the result equals
+    GAE of the sequence with the masked steps removed. For the done-masks of :func:`jmeta.rl.rollout` (1 up to
+    ``done``, 0 after) each episode ends at its ``done``; for an RL^2 trial (episodes concatenated, each masked
+    after its own ``done``, :func:`jmeta.rl.rl2.trial_gae`) the estimate runs on across episode boundaries.
+
+    Args:
+      rewards, values: ``[..., T]``.
+      mask: ``[..., T]`` valid steps (bool or 0/1); ``None``: all valid.
+      gamma, lam: discount and GAE parameter.
     """
-    r, v = rewards * mask, values * mask
-    v_next = jnp.concatenate([v[..., 1:] * mask[..., 1:], jnp.zeros_like(v[..., :1])], axis=-1)
-    delta = (r + gamma * v_next - v) * mask
+    dtype = jnp.result_type(rewards, values)
+    valid = jnp.ones(jnp.shape(rewards), bool) if mask is None else jnp.asarray(mask).astype(bool)
 
-    def f(a, x):
-        d_t, m_next = x
-        a = d_t + gamma * lam * a * m_next
-        return a, a
+    def f(carry, x):
+        adv_next, v_next = carry
+        r_t, v_t, m_t = x
+        adv = r_t + gamma * v_next - v_t + gamma * lam * adv_next
+        return (jnp.where(m_t, adv, adv_next), jnp.where(m_t, v_t, v_next)), jnp.where(m_t, adv, 0.0).astype(dtype)
 
-    m_next = jnp.concatenate([mask[..., 1:], jnp.zeros_like(mask[..., :1])], axis=-1)
-    return _reverse_scan(f, jnp.zeros(r.shape[:-1], r.dtype), (delta, m_next)) * mask
+    zero = jnp.zeros(jnp.shape(rewards)[:-1], dtype)
+    return _reverse_scan(f, (zero, zero), (jnp.asarray(rewards, dtype), jnp.asarray(values, dtype), valid))
 
 
 def normalize_advantages(adv, mask=None, eps: float = 1e-8):

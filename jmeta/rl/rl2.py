@@ -48,6 +48,7 @@ from jmeta import validate
 from jmeta.rl.envs.base import check_env, task_axis_size
 from jmeta.rl.ppo import PPOConfig, normalize_advantages, ppo_loss, ppo_update
 from jmeta.rl.recurrent import RecurrentPolicy, categorical_entropy, categorical_log_prob
+from jmeta.rl.returns import gae
 
 PyTree = Any
 
@@ -133,22 +134,13 @@ def trial_gae(rewards: jax.Array, values: jax.Array, *, discount: float, gae_lam
 
     :math:`\delta_t = r_t + \gamma V_{t+1} - V_t`, :math:`A_t = \delta_t + \gamma\lambda A_{t+1}`; masked steps
     (``mask`` False) are skipped: the result on the valid steps equals GAE on the sequence with the masked
-    steps removed, and a masked step repeats the next valid step's advantage.
+    steps removed, and a masked step has advantage 0 (return = value; it weighs nothing in the PPO loss).
+    This is :func:`jmeta.rl.returns.gae` on the trial as one sequence.
 
     Returns:
       ``(advantages [L], returns [L])`` with ``returns = advantages + values``.
     """
-    mask = jnp.ones(rewards.shape, jnp.bool_) if mask is None else mask
-
-    def body(carry, rvm):
-        adv_next, v_next = carry
-        r, v, m = rvm
-        adv = r + discount * v_next - v + discount * gae_lambda * adv_next
-        adv = jnp.where(m, adv, adv_next)
-        return (adv, jnp.where(m, v, v_next)), adv
-
-    zero = jnp.zeros((), values.dtype)
-    _, adv = jax.lax.scan(body, (zero, zero), (rewards, values, mask), reverse=True)
+    adv = gae(rewards, values, mask, discount, gae_lambda)
     return adv, adv + values
 
 
@@ -201,10 +193,7 @@ class RL2:
     ppo: PPOConfig = dataclasses.field(default_factory=PPOConfig)
 
     def __post_init__(self):
-        env = check_env(self.env)
-        if not env.discrete:
-            raise ValueError(f"RL2 needs a discrete environment (a categorical GRU policy); "
-                             f"{type(env).__name__} has discrete=False")
+        env = check_env(self.env, discrete=True, user="RL2 (a categorical GRU policy)")
         if not isinstance(self.policy, RecurrentPolicy):
             raise TypeError(f"policy must be a jmeta.rl.RecurrentPolicy (see gru_policy); got "
                             f"{type(self.policy).__name__}")

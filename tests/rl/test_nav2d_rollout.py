@@ -63,8 +63,27 @@ def test_env_bad_input():
         envs.Nav2D(horizon=0)
     with pytest.raises(ValueError, match="reward_type"):
         envs.Nav2DCorner(reward_type="shaped")
-    with pytest.raises(ValueError, match="action must have shape"):
-        envs.Nav2D().step(jnp.zeros(2), jnp.zeros(3), {"goal": jnp.zeros(2)})
+    with pytest.raises(ValueError, match=r"action must have shape \(2,\) for Nav2DCorner; got \(3,\)"):
+        envs.Nav2DCorner().step(jnp.zeros(2), jnp.zeros(3), {"goal": jnp.zeros(2)})
+    with pytest.raises(ValueError, match="max_action"):
+        envs.Nav2DCorner(max_action=0.0)
+    with pytest.raises(ValueError, match="goal_high"):
+        envs.Nav2D(goal_low=0.5, goal_high=0.5)
+    with pytest.raises(TypeError):
+        envs.Nav2D(100, -0.5)  # keyword-only fields
+    assert (envs.Nav2D().max_action, envs.Nav2DCorner().max_action) == (0.1, 0.2)
+    assert hash(envs.Nav2DCorner()) == hash(envs.Nav2DCorner()) and envs.Nav2D() != envs.Nav2DCorner()
+
+
+def test_algorithms_name_the_action_space_they_need():
+    from jmeta.rl import MAMLRL, RL2
+
+    with pytest.raises(ValueError, match=r"MAMLRL needs an environment with continuous actions; "
+                                         r"BernoulliBandit has discrete=True"):
+        MAMLRL(envs.BernoulliBandit(), None)
+    with pytest.raises(ValueError, match=r"RL2 \(a categorical GRU policy\) needs an environment with discrete "
+                                         r"actions; Nav2D has discrete=False"):
+        RL2(envs.Nav2D(), None)
 
 
 @pytest.fixture(scope="module")

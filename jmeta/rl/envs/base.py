@@ -48,8 +48,14 @@ class Env(Protocol):
     def step(self, state: PyTree, action: jax.Array, task: PyTree) -> tuple[PyTree, jax.Array, jax.Array, jax.Array]: ...
 
 
-def check_env(env: Any) -> Any:
-    """Returns ``env`` if it has the contract's static fields and methods, else a ``TypeError``/``ValueError``."""
+def check_env(env: Any, *, discrete: bool | None = None, user: str = "this algorithm") -> Any:
+    """Returns ``env`` if it has the contract's static fields and methods, else a ``TypeError``/``ValueError``.
+
+    Args:
+      env: the environment.
+      discrete: if given, the kind of action space ``user`` needs (a ``ValueError`` naming ``user`` if not).
+      user: who needs it, for that error (e.g. ``"MAMLRL"``).
+    """
     missing = [m for m in ("sample_tasks", "reset", "step") if not callable(getattr(env, m, None))]
     if missing:
         raise TypeError(f"env must have methods sample_tasks, reset and step (jmeta.rl.envs.Env); "
@@ -58,6 +64,9 @@ def check_env(env: Any) -> Any:
         validate.integer(f"env.{name}", getattr(env, name, None), min=1)
     validate.integer("env.horizon", getattr(env, "horizon", None), min=1)
     validate.flag("env.discrete", getattr(env, "discrete", None))
+    if discrete is not None and env.discrete != discrete:
+        raise ValueError(f"{user} needs an environment with {'discrete' if discrete else 'continuous'} actions; "
+                         f"{type(env).__name__} has discrete={env.discrete}")
     return env
 
 

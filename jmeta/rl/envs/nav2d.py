@@ -24,7 +24,8 @@
   ``||s_t - g|| - ||s_{t+1} - g||`` when the goal is the corner nearest to ``s_{t+1}``, else 0.
   ``"dense"``: ``-||s_{t+1} - g||``; ``"dense_squared"``: ``-||s_{t+1} - g||^2``. Never done.
 
-Both have ``obs_size=2``, ``action_size=2``, continuous actions, and tasks ``{"goal": [n, 2]}``.
+Both have ``obs_size=2``, ``action_size=2``, continuous actions, and tasks ``{"goal": [n, 2]}``; their fields
+are keyword-only.
 """
 
 from __future__ import annotations
@@ -43,13 +44,44 @@ __all__ = ["Nav2D", "Nav2DCorner", "CORNERS"]
 CORNERS = ((-2.0, -2.0), (2.0, -2.0), (-2.0, 2.0), (2.0, 2.0))
 
 
-def _check_action(action, size):
-    if action.shape != (size,):
-        raise ValueError(f"action must have shape ({size},) for this environment; got {action.shape}")
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _PointRobot:
+    """What the point robots share: static sizes, the move of an action and their checks.
+
+    Attributes:
+      horizon: episode length.
+      max_action: per-coordinate bound on the move.
+      normalize_actions: rllab's ``normalize`` wrapper: the move is ``clip(max_action * u)`` for a policy
+        action ``u`` (so ``u`` in ``[-1, 1]`` spans the box); ``False`` clips ``u`` itself.
+    """
+
+    horizon: int = 100
+    max_action: float = 0.1
+    normalize_actions: bool = True
+    obs_size: int = dataclasses.field(default=2, init=False)
+    action_size: int = dataclasses.field(default=2, init=False)
+    discrete: bool = dataclasses.field(default=False, init=False)
+
+    def __post_init__(self):
+        validate.integer("horizon", self.horizon, min=1)
+        validate.number("max_action", self.max_action, min=0, min_open=True)
+        validate.flag("normalize_actions", self.normalize_actions)
+        self._check_fields()
+        check_env(self)
+
+    def _check_fields(self):
+        """The subclass's own field checks."""
+
+    def _move(self, state, action):
+        """The position after ``action`` from ``state`` (the action checked, scaled and clipped)."""
+        if action.shape != (2,):
+            raise ValueError(f"action must have shape (2,) for {type(self).__name__}; got {action.shape}")
+        a = self.max_action * action if self.normalize_actions else action
+        return state + jnp.clip(a, -self.max_action, self.max_action).astype(state.dtype)
 
 
-@dataclasses.dataclass(frozen=True)
-class Nav2D:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Nav2D(_PointRobot):
     """MAML-RL's 2D navigation: reach a goal uniform in ``[goal_low, goal_high]^2`` from the origin.
 
     Attributes:
@@ -62,24 +94,14 @@ class Nav2D:
         never ends it early.
     """
 
-    horizon: int = 100
     goal_low: float = -0.5
     goal_high: float = 0.5
-    max_action: float = 0.1
-    normalize_actions: bool = True
     goal_tolerance: float = 0.01
-    obs_size: int = dataclasses.field(default=2, init=False)
-    action_size: int = dataclasses.field(default=2, init=False)
-    discrete: bool = dataclasses.field(default=False, init=False)
 
-    def __post_init__(self):
-        validate.integer("horizon", self.horizon, min=1)
+    def _check_fields(self):
         lo = validate.number("goal_low", self.goal_low)
         validate.number("goal_high", self.goal_high, min=lo, min_open=True)
-        validate.number("max_action", self.max_action, min=0, min_open=True)
-        validate.flag("normalize_actions", self.normalize_actions)
         validate.number("goal_tolerance", self.goal_tolerance, min=0)
-        check_env(self)
 
     def sample_tasks(self, key, n: int):
         n = validate.integer("n", n, min=1)
@@ -91,22 +113,16 @@ class Nav2D:
         pos = jnp.zeros((2,), jnp.result_type(task["goal"]))
         return pos, pos
 
-    def _move(self, action):
-        a = self.max_action * action if self.normalize_actions else action
-        return jnp.clip(a, -self.max_action, self.max_action)
-
     def step(self, state, action, task):
-        _check_action(action, 2)
-        goal = task["goal"]
-        pos = state + self._move(action).astype(state.dtype)
-        d = pos - goal
+        pos = self._move(state, action)
+        d = pos - task["goal"]
         reward = -jnp.sqrt(jnp.sum(d * d))
         done = jnp.all(jnp.abs(d) < self.goal_tolerance)
         return pos, pos, reward, done
 
 
-@dataclasses.dataclass(frozen=True)
-class Nav2DCorner:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Nav2DCorner(_PointRobot):
     """ProMP's corner-goal point robot (sparse reward by default; see the module docstring).
 
     Attributes:
@@ -118,24 +134,15 @@ class Nav2DCorner:
       start_radius: the start is uniform in ``[-start_radius, start_radius]^2`` (0.2).
     """
 
-    horizon: int = 100
+    max_action: float = 0.2
     reward_type: str = "sparse"
     sparse_reward_radius: float = 0.5
-    max_action: float = 0.2
-    normalize_actions: bool = True
     start_radius: float = 0.2
-    obs_size: int = dataclasses.field(default=2, init=False)
-    action_size: int = dataclasses.field(default=2, init=False)
-    discrete: bool = dataclasses.field(default=False, init=False)
 
-    def __post_init__(self):
-        validate.integer("horizon", self.horizon, min=1)
+    def _check_fields(self):
         validate.choice("reward_type", self.reward_type, ("sparse", "dense", "dense_squared"))
         validate.number("sparse_reward_radius", self.sparse_reward_radius, min=0)
-        validate.number("max_action", self.max_action, min=0, min_open=True)
-        validate.flag("normalize_actions", self.normalize_actions)
         validate.number("start_radius", self.start_radius, min=0)
-        check_env(self)
 
     def sample_tasks(self, key, n: int):
         n = validate.integer("n", n, min=1)
@@ -148,10 +155,8 @@ class Nav2DCorner:
         return pos, pos
 
     def step(self, state, action, task):
-        _check_action(action, 2)
         goal = task["goal"]
-        a = self.max_action * action if self.normalize_actions else action
-        new = state + jnp.clip(a, -self.max_action, self.max_action).astype(state.dtype)
+        new = self._move(state, action)
         dist = jnp.linalg.norm(new - goal)
         if self.reward_type == "dense":
             reward = -dist
