@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import optax
 
 from jmeta import validate
-from jmeta.algorithms.base import combine, make_param_filter, partition
+from jmeta.algorithms.base import check_one_task, combine, make_param_filter, partition
 from jmeta.implicit.root import custom_root
 from jmeta.inner.loop import check_inner_transform, inner_loop
 from jmeta.losses import get_loss, metrics_for
@@ -222,6 +222,7 @@ class IMAML:
 
     def task_loss(self, meta_params, model_state, task, *, key=None, step=0):
         del key, step
+        check_one_task("IMAML", task, self.apply)
         phi, slow, first = self._solve(meta_params, model_state, task.support_x, task.support_y, self.num_steps)
         out, new_state = self.apply(combine(phi, slow), model_state, task.query_x, train=self._train_mode)
         metrics = metrics_for(self.loss, out, task.query_y)

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import optax
 
 from jmeta import validate
-from jmeta.algorithms.base import combine, make_param_filter, partition
+from jmeta.algorithms.base import check_one_task, combine, make_param_filter, partition
 from jmeta.inner.loop import check_inner_transform, inner_loop, remat_policy
 from jmeta.inner.lr import LR_KINDS, init_log_lr, scale_by_learned_lr
 from jmeta.losses import get_loss, metrics_for
@@ -215,6 +215,7 @@ class GradientLearner:
 
     def task_loss(self, meta_params, model_state, task, *, key=None, step=0):
         del key
+        check_one_task(type(self).__name__, task, self.apply)
         loss_fn = get_loss(self.loss)
         fast, slow = self._split(meta_params["params"])
         support = self._support_loss(slow, model_state, task.support_x, task.support_y)

@@ -275,6 +275,7 @@ def with_per_step(model, num_steps: int, select: Callable[[str], bool]):
         return jax.tree.map(lambda a, sel: jnp.repeat(jnp.asarray(a)[None], num_steps, axis=0) if sel else a, tree, m)
 
     base_apply = model.apply
+    from jmeta.models.bridge import DECLARED, declare, declared
 
     def apply(params, state, x, *, train: bool, step=0):
         k = jnp.clip(jnp.asarray(step, jnp.int32), 0, num_steps - 1)
@@ -287,7 +288,8 @@ def with_per_step(model, num_steps: int, select: Callable[[str], bool]):
             if sel else new, state, new_s_k, s_mask)
         return out, new_state
 
-    return Model(apply=apply, params=tile(model.params, p_mask), state=tile(model.state, s_mask))
+    return declare(Model(apply=apply, params=tile(model.params, p_mask), state=tile(model.state, s_mask)),
+                   **{name: declared(base_apply, name) for name in DECLARED})
 
 
 def conv4(n_way: int | None = 5, *, input_shape: Sequence[int] = (28, 28, 1), hidden: int = 64,
@@ -314,11 +316,12 @@ def conv4(n_way: int | None = 5, *, input_shape: Sequence[int] = (28, 28, 1), hi
     """
     from flax import nnx
 
-    from jmeta.models.bridge import from_nnx
+    from jmeta.models.bridge import declare, from_nnx
 
     rngs = nnx.Rngs(0) if key is None else nnx.Rngs(params=key)
     model = from_nnx(Conv4(n_way, input_shape=input_shape, hidden=hidden, num_blocks=num_blocks, pool=pool,
                            conv_impl=conv_impl, bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, rngs=rngs))
+    declare(model, input_ndim=3, head=None if n_way is None else "head")
     if per_step_bn is None:
         return model
     return with_per_step(model, per_step_bn, lambda p: "/bn/" in f"/{p}")
