@@ -285,12 +285,21 @@ class MetaSGD(GradientLearner):
 class ANIL(GradientLearner):
     """Almost No Inner Loop: adapt only the head (Raghu et al. 2020).
 
-    ``adapt_params`` names the head's parameter path prefix (required); the body is
-    a set of basis functions shared across tasks, the head their per-task
-    weights.
+    ``adapt_params`` names the head's parameter path prefix; the default
+    ``"head"`` means the head the model declares on its ``apply``
+    (:func:`jmeta.models.bridge.declare`: ``layers_{n}`` for
+    :func:`jmeta.models.mlp`, ``head`` for ``conv4``/``resnet12``), else the
+    parameters under ``head``. The body is a set of basis functions shared
+    across tasks, the head their per-task weights.
     """
 
     adapt_params: Any = "head"
+
+    def _split(self, params):
+        spec = self.adapt_params
+        if spec == "head":
+            spec = getattr(self.apply, "head", None) or spec
+        return partition(params, make_param_filter(spec))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
