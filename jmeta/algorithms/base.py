@@ -54,6 +54,30 @@ class MetaLearner(Protocol):
     def evaluate(self, meta_params: dict, model_state: PyTree, task, *, key=None, num_steps=None) -> dict: ...
 
 
+def check_one_task(owner: str, task, apply: Callable, *, class_labels: bool = False) -> None:
+    """Refuses a batch of tasks (a leading task axis) given to ``task_loss``, which takes one task.
+
+    Static (array ranks only): free under ``jit``, and right under ``jax.vmap`` over tasks, where the task
+    axis is gone. A batch is recognised when ``support_x`` has more than one axis beyond the examples' own
+    (``apply.input_ndim``, declared by jmeta's models: see :func:`jmeta.models.bridge.declare`) or, for
+    classifiers of integer class labels (``class_labels``), when the labels have more than one axis.
+
+    Raises:
+      ValueError: naming the shapes, ``jax.vmap`` and ``jmeta.train.make_meta_step``.
+    """
+    sx, sy = getattr(task.support_x, "shape", None), getattr(task.support_y, "shape", None)
+    ndim = getattr(apply, "input_ndim", None)
+    batched = ndim is not None and sx is not None and len(sx) > ndim + 1
+    batched = batched or (class_labels and sy is not None and len(sy) > 1)
+    if batched:
+        raise ValueError(
+            f"{owner}.task_loss takes one task, got a batch of tasks (a leading task axis): support_x has shape "
+            f"{tuple(sx)} and support_y {tuple(sy)}, one task's are [examples, *x_shape] and [examples, ...]"
+            f"{f' with {ndim}-d examples' if ndim is not None else ''}. For the mean over a batch, map it over "
+            f"the task axis with jax.vmap(lambda t: algo.task_loss(meta_params, model_state, t)) or train with "
+            f"jmeta.train.make_meta_step")
+
+
 def make_param_filter(spec) -> Callable[[str], bool] | None:
     """Turns an ``adapt_params=`` spec into a predicate on parameter paths.
 

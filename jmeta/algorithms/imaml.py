@@ -42,20 +42,34 @@ import jax.numpy as jnp
 import optax
 
 from jmeta import validate
-from jmeta.algorithms.base import combine, make_param_filter, partition
+from jmeta.algorithms.base import check_one_task, combine, make_param_filter, partition
 from jmeta.implicit.root import custom_root
 from jmeta.inner.loop import check_inner_transform, inner_loop
 from jmeta.losses import get_loss, metrics_for
 
 PyTree = Any
 
-IMAML_HVPS = ("forward", "reverse")
+IMAML_HVPS = ("auto", "forward", "reverse")
 IMAML_BN_MODES = ("batch", "frozen")
 IMAML_SOLVES = ("cg", "dense", "gmres", "bicgstab")
 
 
 def _sqnorm(tree):
     return sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree))
+
+
+def _calls_custom_vjp(jaxpr) -> bool:
+    """Whether ``jaxpr`` (or a jaxpr nested in it) calls a ``jax.custom_vjp`` function, which has no
+    forward mode (JAX raises only when such a ``jvp`` is lowered, not when it is traced)."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name.startswith("custom_vjp"):
+            return True
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                sub = getattr(sub, "jaxpr", sub)
+                if hasattr(sub, "eqns") and _calls_custom_vjp(sub):
+                    return True
+    return False
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -88,10 +102,13 @@ class IMAML:
       bn_mode: ``"batch"`` (training-mode BatchNorm everywhere, as MAML) or
         ``"frozen"`` (evaluation mode, ``model_state`` never updated).
       hvp: how the Hessian-vector products of CG are formed: ``"forward"``
-        (forward-over-reverse, the default) or ``"reverse"``
-        (reverse-over-reverse: the same numbers, needed when the model calls
-        ``jax.custom_vjp`` functions, which have no forward mode -- e.g.
-        ``conv_impl="patches_vjp"`` convolutions, ``"auto"``'s choice on CPU).
+        (forward-over-reverse), ``"reverse"`` (reverse-over-reverse: the same
+        numbers, needed when the model calls ``jax.custom_vjp`` functions,
+        which have no forward mode -- e.g. ``conv_impl="patches_vjp"``
+        convolutions, ``"auto"``'s choice on CPU) or ``"auto"`` (the default:
+        ``"forward"`` unless the model calls a ``custom_vjp`` function, then
+        ``"reverse"``; decided by tracing the support loss once more when
+        ``task_loss`` is traced, at no run-time cost).
     """
 
     apply: Callable[..., Any]
@@ -107,7 +124,7 @@ class IMAML:
     linear_solve: str = "cg"
     adapt_params: Any = None
     bn_mode: str = "batch"
-    hvp: str = "forward"
+    hvp: str = "auto"
 
     def __post_init__(self):
         if not callable(self.apply):
@@ -171,12 +188,19 @@ class IMAML:
 
         return solver
 
+    def forward_hvp(self, fast, slow, state, x, y) -> bool:
+        """Whether CG's Hessian-vector products go forward-over-reverse (``hvp``; ``"auto"``: unless the
+        support loss calls a ``jax.custom_vjp`` function, found by tracing it, which runs nothing)."""
+        if self.hvp != "auto":
+            return self.hvp == "forward"
+        return not _calls_custom_vjp(jax.make_jaxpr(self._support_loss)(fast, slow, state, x, y).jaxpr)
+
     def _solve(self, meta_params, model_state, x, y, num_steps):
         """``(phi, slow, support_loss_before)`` with the implicit derivative attached."""
         fast, slow = self._split(meta_params["params"])
         solver = custom_root(self.optimality, solve=self.linear_solve, has_aux=True, tol=self.cg_tol,
                              maxiter=self.cg_steps, ridge=self.cg_damping,
-                             symmetric=self.hvp == "forward")(self._inner(num_steps))
+                             symmetric=self.forward_hvp(fast, slow, model_state, x, y))(self._inner(num_steps))
         phi, (first, _) = solver(jax.lax.stop_gradient(fast), fast, slow, model_state, x, y)
         return phi, slow, first
 
@@ -198,6 +222,7 @@ class IMAML:
 
     def task_loss(self, meta_params, model_state, task, *, key=None, step=0):
         del key, step
+        check_one_task("IMAML", task, self.apply)
         phi, slow, first = self._solve(meta_params, model_state, task.support_x, task.support_y, self.num_steps)
         out, new_state = self.apply(combine(phi, slow), model_state, task.query_x, train=self._train_mode)
         metrics = metrics_for(self.loss, out, task.query_y)
@@ -222,4 +247,4 @@ class IMAML:
         return evals
 
 
-__all__ = ["IMAML", "IMAML_BN_MODES", "IMAML_SOLVES"]
+__all__ = ["IMAML", "IMAML_BN_MODES", "IMAML_HVPS", "IMAML_SOLVES"]

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import optax
 
 from jmeta import validate
-from jmeta.algorithms.base import combine, make_param_filter, partition
+from jmeta.algorithms.base import check_one_task, combine, make_param_filter, partition
 from jmeta.inner.loop import check_inner_transform, inner_loop, remat_policy
 from jmeta.inner.lr import LR_KINDS, init_log_lr, scale_by_learned_lr
 from jmeta.losses import get_loss, metrics_for
@@ -215,6 +215,7 @@ class GradientLearner:
 
     def task_loss(self, meta_params, model_state, task, *, key=None, step=0):
         del key
+        check_one_task(type(self).__name__, task, self.apply)
         loss_fn = get_loss(self.loss)
         fast, slow = self._split(meta_params["params"])
         support = self._support_loss(slow, model_state, task.support_x, task.support_y)
@@ -284,12 +285,21 @@ class MetaSGD(GradientLearner):
 class ANIL(GradientLearner):
     """Almost No Inner Loop: adapt only the head (Raghu et al. 2020).
 
-    ``adapt_params`` names the head's parameter path prefix (required); the body is
-    a set of basis functions shared across tasks, the head their per-task
-    weights.
+    ``adapt_params`` names the head's parameter path prefix; the default
+    ``"head"`` means the head the model declares on its ``apply``
+    (:func:`jmeta.models.bridge.declare`: ``layers_{n}`` for
+    :func:`jmeta.models.mlp`, ``head`` for ``conv4``/``resnet12``), else the
+    parameters under ``head``. The body is a set of basis functions shared
+    across tasks, the head their per-task weights.
     """
 
     adapt_params: Any = "head"
+
+    def _split(self, params):
+        spec = self.adapt_params
+        if spec == "head":
+            spec = getattr(self.apply, "head", None) or spec
+        return partition(params, make_param_filter(spec))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

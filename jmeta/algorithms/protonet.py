@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from jmeta import validate
+from jmeta.algorithms.base import check_one_task
 from jmeta.losses import accuracy, cross_entropy
 
 PyTree = Any
@@ -192,6 +193,7 @@ class ProtoNet:
     def task_loss(self, meta_params, model_state, task, *, key=None, step=0):
         """Query cross-entropy against the support prototypes."""
         del key, step
+        check_one_task("ProtoNet", task, self.apply, class_labels=True)
         train = self.bn_mode != "frozen"
         logits, new_state = self._task_logits(meta_params["params"], model_state, task, train)
         loss = cross_entropy(logits, task.query_y)

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import optax
 
 from jmeta import validate
+from jmeta.algorithms.base import check_one_task
 from jmeta.losses import metrics_for
 
 PyTree = Any
@@ -219,6 +220,7 @@ class ClosedFormHead:
 
     def task_loss(self, meta_params, model_state, task, *, key=None, step=0):
         del key, step
+        check_one_task(type(self).__name__, task, self.apply, class_labels=True)
         logits, metrics, new_state = self._episode(meta_params, model_state, task, self._train_flag)
         objective = self._objective(logits, task.query_y, metrics)
         if self.bn_mode == "frozen":

@@ -21,7 +21,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from jmeta.algorithms.base import combine
+from jmeta.algorithms.base import check_one_task, combine
 from jmeta.algorithms.maml import GradientLearner
 from jmeta.inner.loop import inner_loop
 from jmeta.losses import metrics_for
@@ -59,6 +59,7 @@ class Reptile(GradientLearner):
 
     def task_loss(self, meta_params, model_state, task, *, key=None, step=0):
         del key, step
+        check_one_task("Reptile", task, self.apply)
         theta = meta_params["params"]
         fast, slow = self._split(theta)
         if self.train_on_query:

@@ -47,6 +47,31 @@ class Model:
         return self.apply(self.params, self.state, x, train=train)[0]
 
 
+#: What a model may declare about itself on its ``apply`` function (see :func:`declare`).
+DECLARED = ("input_ndim", "head")
+
+
+def declare(model: Model, *, input_ndim: int | None = None, head: str | None = None) -> Model:
+    """Records on ``model.apply`` what algorithms may read without seeing data, and returns ``model``.
+
+    Args:
+      model: a :class:`Model` whose ``apply`` is its own function (not shared with another model).
+      input_ndim: axes of one example (1 for vectors, 3 for ``[H, W, C]`` images); ``task_loss`` refuses a
+        ``support_x`` with more than ``input_ndim + 1`` axes (a batch of tasks given as one task).
+      head: path prefix of the output layer's parameters (``"layers_2"``, ``"head"``): ANIL's default
+        ``adapt_params="head"`` adapts these.
+    """
+    for name, value in (("input_ndim", input_ndim), ("head", head)):
+        if value is not None:
+            setattr(model.apply, name, value)
+    return model
+
+
+def declared(apply: Callable, name: str):
+    """What ``apply``'s model declared (:func:`declare`), or ``None``."""
+    return getattr(apply, name, None)
+
+
 def from_apply(apply: Callable[..., Any], params: PyTree, state: PyTree | None = None, *,
                stateless: bool = False) -> Model:
     """Wraps a plain function as a :class:`Model`.
@@ -121,7 +146,7 @@ def from_nnx(module) -> Model:
             raise ValueError(f"{what} do not match the module's structure: expected {pure_def}, got {got}")
         return jax.tree.unflatten(treedef, leaves)
 
-    def apply(params, state, x, *, train: bool):
+    def apply(params, state, x, *, train: bool):  # noqa: F811 -- a fresh function per module (see declare)
         p = _to_state(params, p_def, p_pure_def, "params")
         s = _to_state(state, s_def, s_pure_def, "state")
         m = nnx.merge(graph_train if train else graph_eval, p, s, copy=True)

@@ -32,8 +32,9 @@ task: MAML's transductive default, ``GradientLearner(bn_mode="batch")``) and
 returns running statistics updated with momentum; ``train=False`` uses the
 running statistics in ``state`` (``bn_mode="frozen"``).
 
-Integer inputs (``uint8`` images) are scaled to ``[0, 1]``; float inputs are
-used as given.
+Parameters are float32 (also under ``jax_enable_x64``, as Flax's layers); the
+model computes in its first kernel's dtype: integer inputs (``uint8`` images)
+are scaled to ``[0, 1]`` in it, float inputs are cast to it.
 """
 
 from __future__ import annotations
@@ -50,12 +51,13 @@ POOLS = ("max", "stride")
 
 
 def as_float(x, dtype=jnp.float32):
-    """Images as the model's float dtype: integers (uint8) scaled to [0, 1] in ``dtype`` (the first kernel's:
-    bfloat16 under mixed precision); NumPy arrays canonicalised as JAX would (float64 -> float32 without x64)."""
+    """Images as the model's float dtype ``dtype`` (the first kernel's: bfloat16 under mixed precision, float32
+    by default also under x64): integers (uint8) scaled to [0, 1], floats cast (float64 images of an x64 session
+    into a float32 model)."""
     x = jnp.asarray(x)
     if jnp.issubdtype(x.dtype, jnp.integer):
         return x.astype(dtype) / 255.0
-    return x
+    return x.astype(dtype) if x.dtype != dtype else x
 
 
 def check_input(x, in_channels, name, input_shape=None, flatten=""):
@@ -114,8 +116,10 @@ def conv_module():
         def __init__(self, in_features: int, out_features: int, kernel_size: int = 3, *, stride: int = 1,
                      padding="SAME", use_bias: bool = True, impl: str = "auto", rngs):
             init = nnx.initializers.lecun_normal()
-            self.kernel = nnx.Param(init(rngs.params(), (kernel_size, kernel_size, in_features, out_features)))
-            self.bias = nnx.Param(jnp.zeros((out_features,))) if use_bias else None
+            # float32 as every Flax layer's parameters (param_dtype), also under jax_enable_x64: one dtype per model
+            self.kernel = nnx.Param(init(rngs.params(), (kernel_size, kernel_size, in_features, out_features),
+                                         jnp.float32))
+            self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32)) if use_bias else None
             self.stride = stride
             self.padding = padding
             self.impl = impl
@@ -133,7 +137,8 @@ def Conv2d(in_features: int, out_features: int, kernel_size: int = 3, *, stride:
            use_bias: bool = True, impl: str = "auto", rngs=None):
     """An NNX 2-D convolution layer whose convolution is :func:`jmeta.ops.conv2d` (``impl`` chooses the form).
 
-    Parameters: ``kernel`` ``[k, k, in, out]`` (LeCun-normal) and ``bias`` ``[out]`` (zeros).
+    Parameters: ``kernel`` ``[k, k, in, out]`` (LeCun-normal) and ``bias`` ``[out]`` (zeros), float32 (as
+    Flax's layers, also under ``jax_enable_x64``; cast the parameters for another dtype).
     """
     from flax import nnx
 
@@ -270,6 +275,7 @@ def with_per_step(model, num_steps: int, select: Callable[[str], bool]):
         return jax.tree.map(lambda a, sel: jnp.repeat(jnp.asarray(a)[None], num_steps, axis=0) if sel else a, tree, m)
 
     base_apply = model.apply
+    from jmeta.models.bridge import DECLARED, declare, declared
 
     def apply(params, state, x, *, train: bool, step=0):
         k = jnp.clip(jnp.asarray(step, jnp.int32), 0, num_steps - 1)
@@ -282,7 +288,8 @@ def with_per_step(model, num_steps: int, select: Callable[[str], bool]):
             if sel else new, state, new_s_k, s_mask)
         return out, new_state
 
-    return Model(apply=apply, params=tile(model.params, p_mask), state=tile(model.state, s_mask))
+    return declare(Model(apply=apply, params=tile(model.params, p_mask), state=tile(model.state, s_mask)),
+                   **{name: declared(base_apply, name) for name in DECLARED})
 
 
 def conv4(n_way: int | None = 5, *, input_shape: Sequence[int] = (28, 28, 1), hidden: int = 64,
@@ -309,11 +316,12 @@ def conv4(n_way: int | None = 5, *, input_shape: Sequence[int] = (28, 28, 1), hi
     """
     from flax import nnx
 
-    from jmeta.models.bridge import from_nnx
+    from jmeta.models.bridge import declare, from_nnx
 
     rngs = nnx.Rngs(0) if key is None else nnx.Rngs(params=key)
     model = from_nnx(Conv4(n_way, input_shape=input_shape, hidden=hidden, num_blocks=num_blocks, pool=pool,
                            conv_impl=conv_impl, bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, rngs=rngs))
+    declare(model, input_ndim=3, head=None if n_way is None else "head")
     if per_step_bn is None:
         return model
     return with_per_step(model, per_step_bn, lambda p: "/bn/" in f"/{p}")

@@ -26,8 +26,9 @@ def MLP(in_features: int, hidden: Sequence[int], out_features: int, *,
         activation: str | Callable = "relu", rngs=None):
     """A fully connected network as an NNX module.
 
-    Layers are named ``layers_0 ... layers_{n}``; the last one is also the
-    natural "head" for ANIL (``adapt="layers_{n}"``).
+    Layers are named ``layers_0 ... layers_{n}``; the last one is the head
+    (:func:`mlp` declares it, so ANIL's default ``adapt_params="head"`` adapts
+    ``layers_{n}``; for the bare module pass ``adapt_params="layers_{n}"``).
 
     Args:
       in_features: input width (a positive int).
@@ -66,11 +67,16 @@ def MLP(in_features: int, hidden: Sequence[int], out_features: int, *,
 
 def mlp(in_features: int = 1, hidden: Sequence[int] = (40, 40), out_features: int = 1, *,
         activation: str | Callable = "relu", key=None):
-    """An MLP bridged to a pure :class:`~jmeta.models.Model` (default: 1-40-40-1 ReLU)."""
+    """An MLP bridged to a pure :class:`~jmeta.models.Model` (default: 1-40-40-1 ReLU).
+
+    Its examples are vectors (``input_ndim=1``) and its head is the last layer ``layers_{len(hidden)}``
+    (declared on ``apply``: see :func:`jmeta.models.bridge.declare`).
+    """
     from flax import nnx
 
-    from jmeta.models.bridge import from_nnx
+    from jmeta.models.bridge import declare, from_nnx
 
     seed = 0
     rngs = nnx.Rngs(seed) if key is None else nnx.Rngs(params=key)
-    return from_nnx(MLP(in_features, hidden, out_features, activation=activation, rngs=rngs))
+    module = MLP(in_features, hidden, out_features, activation=activation, rngs=rngs)
+    return declare(from_nnx(module), input_ndim=1, head=f"layers_{module.num_layers - 1}")

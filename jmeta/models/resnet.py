@@ -153,12 +153,13 @@ def resnet12(n_way: int | None = None, *, input_shape: Sequence[int] = (84, 84, 
     """
     from flax import nnx
 
-    from jmeta.models.bridge import from_nnx
+    from jmeta.models.bridge import declare, from_nnx
 
     rngs = nnx.Rngs(0) if key is None else nnx.Rngs(params=key)
-    return from_nnx(ResNet12(n_way, input_shape=input_shape, widths=widths, output=output,
-                             negative_slope=negative_slope, conv_impl=conv_impl, bn_momentum=bn_momentum,
-                             bn_epsilon=bn_epsilon, rngs=rngs))
+    model = from_nnx(ResNet12(n_way, input_shape=input_shape, widths=widths, output=output,
+                              negative_slope=negative_slope, conv_impl=conv_impl, bn_momentum=bn_momentum,
+                              bn_epsilon=bn_epsilon, rngs=rngs))
+    return declare(model, input_ndim=3, head=None if n_way is None else "head")
 
 
 __all__ = ["OUTPUTS", "ResNet12", "resnet12", "resnet12_feature_dim"]
