@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import shutil
+import tempfile
 
 import jax
 import pytest
@@ -45,6 +47,38 @@ def data_dir() -> pathlib.Path:
     if d is None:
         pytest.skip("real datasets not found: set JMETA_DATA_DIR or place shared/data beside the repo")
     return d
+
+
+_CACHE_DIR_ENV = "JAX_COMPILATION_CACHE_DIR"
+_CACHE_ENV = {_CACHE_DIR_ENV: None, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+              "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
+
+
+def pytest_configure(config):
+    """One JAX persistent compilation cache for the whole run: a fresh temporary folder (removed at the end), shared
+    through the environment with the pytest-xdist workers and with every ``jmeta`` subprocess the tests start, so a
+    program that one test, worker or subprocess compiled is loaded, not compiled again, by the next (the cache key is
+    the program's HLO plus compile options, so a loaded program is the one XLA would have compiled: same numerics).
+    An existing ``JAX_COMPILATION_CACHE_DIR`` is used as it is; ``JMETA_TEST_JAX_CACHE=0`` turns this off."""
+    if os.environ.get("JMETA_TEST_JAX_CACHE", "1") == "0":
+        return
+    if not os.environ.get(_CACHE_DIR_ENV):  # the xdist controller (or a plain run): workers inherit the variable
+        config._jmeta_jax_cache = os.environ[_CACHE_DIR_ENV] = tempfile.mkdtemp(prefix="jmeta-tests-jax-cache-")
+    for name, value in _CACHE_ENV.items():
+        if value is not None:
+            os.environ.setdefault(name, value)
+    # jax read the variables when conftest imported it: set the options too (no program is compiled before this)
+    jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_DIR_ENV])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                      float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes",
+                      int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]))
+
+
+def pytest_unconfigure(config):
+    path = getattr(config, "_jmeta_jax_cache", None)
+    if path is not None:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
