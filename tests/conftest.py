@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import shutil
+import tempfile
 
 import jax
 import pytest
@@ -47,6 +49,38 @@ def data_dir() -> pathlib.Path:
     return d
 
 
+_CACHE_DIR_ENV = "JAX_COMPILATION_CACHE_DIR"
+_CACHE_ENV = {_CACHE_DIR_ENV: None, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+              "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
+
+
+def pytest_configure(config):
+    """One JAX persistent compilation cache for the whole run: a fresh temporary folder (removed at the end), shared
+    through the environment with the pytest-xdist workers and with every ``jmeta`` subprocess the tests start, so a
+    program that one test, worker or subprocess compiled is loaded, not compiled again, by the next (the cache key is
+    the program's HLO plus compile options, so a loaded program is the one XLA would have compiled: same numerics).
+    An existing ``JAX_COMPILATION_CACHE_DIR`` is used as it is; ``JMETA_TEST_JAX_CACHE=0`` turns this off."""
+    if os.environ.get("JMETA_TEST_JAX_CACHE", "1") == "0":
+        return
+    if not os.environ.get(_CACHE_DIR_ENV):  # the xdist controller (or a plain run): workers inherit the variable
+        config._jmeta_jax_cache = os.environ[_CACHE_DIR_ENV] = tempfile.mkdtemp(prefix="jmeta-tests-jax-cache-")
+    for name, value in _CACHE_ENV.items():
+        if value is not None:
+            os.environ.setdefault(name, value)
+    # jax read the variables when conftest imported it: set the options too (no program is compiled before this)
+    jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_DIR_ENV])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                      float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes",
+                      int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]))
+
+
+def pytest_unconfigure(config):
+    path = getattr(config, "_jmeta_jax_cache", None)
+    if path is not None:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def pytest_collection_modifyitems(config, items):
     """Under ``pytest -n N`` (pytest-xdist, ``--dist loadgroup``, as ``scripts/test.sh`` runs it) one test file runs
     on one worker, so the module- and session-scoped fixtures that share compiled programs and decoded data are built
@@ -55,6 +89,23 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+    # The longest files first (xdist hands out the groups in this order), so that no long file starts last and
+    # leaves the other worker idle at the end; the order inside a file is kept (a stable sort).
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
+
+
+# Files whose tests take the longest in total (sum of their `--durations`, seconds, 2 xdist workers on the shared 2-core
+# machine at load 4-7), longest first. A static list: the order only balances the two workers, it changes no result.
+LONGEST_FILES = (
+    "tests/test_omniglot_short_run.py",      # ~140 s
+    "tests/learned_optim/test_meta_lstm.py",  # ~140 s
+    "tests/test_image_experiments.py",       # ~135 s
+    "tests/algorithms/test_per_step_bn.py",  # ~120 s
+    "tests/test_gpu_tables.py",              # ~115 s
+    "tests/test_sweep_cli.py",               # ~110 s
+    "tests/rl/test_maml_rl_learning.py",     # ~30 s
+)
 
 
 @pytest.fixture(autouse=True)
