@@ -600,8 +600,9 @@ class Preset:
         return importlib.import_module(f"{_PRESET_PACKAGE}.{self.name.replace('-', '_')}")
 
     @property
-    def __doc__(self):  # noqa: D105 (the preset's own docstring)
-        return self.module().__doc__
+    def doc(self) -> str:
+        """The preset module's docstring."""
+        return self.module().__doc__ or ""
 
     def __call__(self) -> Config:
         return from_dict({"name": self.name, **self.module().CONFIG})
