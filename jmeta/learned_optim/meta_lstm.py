@@ -164,13 +164,11 @@ class MetaLSTM:
     def from_config(cls, cfg, *, apply: Callable[..., Any], loss: str | Callable = "cross_entropy") -> "MetaLSTM":
         """The Meta-LSTM of a :class:`jmeta.config.Config` (``algorithm.name="meta-lstm"``).
 
-        ``algorithm.inner_steps`` -> :attr:`num_steps`, ``algorithm.eval_steps``
-        (0: the same) -> :attr:`eval_steps`, ``algorithm.first_order`` -> not
-        :attr:`second_order`, ``algorithm.bn_mode`` -> :attr:`bn_mode`.
+        The ``algorithm`` section holds this class's options; ``eval.steps`` (0: ``num_steps``) ->
+        :attr:`eval_steps`.
         """
-        a = cfg.algorithm
-        return cls(apply=apply, loss=loss, num_steps=a.inner_steps, eval_steps=a.eval_steps or a.inner_steps,
-                   second_order=not a.first_order, bn_mode=a.bn_mode)
+        return cls(apply=apply, loss=loss, **dict(cfg.algorithm.options),
+                   eval_steps=cfg.eval.steps or cfg.algorithm.num_steps)
 
     # -- meta-parameters --------------------------------------------------------
     def init(self, params: PyTree, *, key=None) -> dict:
