@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-from typing import Any, Callable
+from typing import Any
 
 from jmeta import validate as _validate
 from jmeta.run import registry as _registry

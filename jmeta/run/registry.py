@@ -115,7 +115,7 @@ class Entry:
             return e
         msg = str(e)
         for key in sorted(self.options(), key=len, reverse=True):
-            for lead in (key, f"{type(self).__name__}.{key}", f"{self.target.rpartition(':')[2]}.{key}"):
+            for lead in (key, f"{self.target.rpartition(':')[2]}.{key}"):
                 if msg.startswith(lead) and not msg[len(lead):len(lead) + 1].isidentifier():
                     return ConfigError(f"{self.kind}.{key}{msg[len(lead):]}")
         return ConfigError(f"{self.kind}: {msg}")
