@@ -61,6 +61,8 @@ class Section:
         return "family" if self.kind == "task" else "name"
 
     def __getattr__(self, item):
+        if item.startswith("__") or "options" not in self.__dict__:  # copy/pickle probing a bare instance
+            raise AttributeError(item)
         if item == self.key:
             return self.entry.name
         opts = self.__dict__["options"]

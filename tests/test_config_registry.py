@@ -165,3 +165,16 @@ def test_the_registry_builds_what_it_lists():
             assert set(entry.wiring) <= params and set(entry.fixed) <= params, (kind, name)
             assert params - set(entry.options()) <= set(entry.wiring) | set(entry.fixed) | {"inner_transform"}, \
                 (kind, name)
+
+
+def test_a_config_copies_pickles_and_reads_older_option_names():
+    import copy
+    import pickle
+
+    cfg = C.load("omniglot-5w1s-maml")
+    assert copy.deepcopy(cfg) == cfg and pickle.loads(pickle.dumps(cfg)) == cfg
+    assert (cfg.model.filters, cfg.model.hidden, cfg.algorithm.inner_steps) == (64, 64, 1)
+    with pytest.raises(AttributeError, match=r"algorithm 'maml' has no option 'svm_c'; its options: \["):
+        cfg.algorithm.svm_c
+    with pytest.raises(AttributeError, match="read-only"):
+        cfg.algorithm.inner_lr = 0.1
