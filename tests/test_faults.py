@@ -112,7 +112,7 @@ def test_out_of_memory_is_one_line_with_options(monkeypatch, capsys, tmp_path):
     (["--set", "train.nope=1"], ["unknown key 'train.nope'", "valid keys of train:", "meta_lr"]),
     (["--set", "trainer.steps=1"], ["'trainer.steps'", "section one of", "'train'"]),
     (["--set", "train.on_nan=maybe"], ["train.on_nan must be one of ['stop', 'skip']", "'maybe'"]),
-    (["--set", "algorithm.inner_steps=two"], ["algorithm.inner_steps must be an integer", "'two'"]),
+    (["--set", "algorithm.inner_steps=two"], ["algorithm.num_steps must be an integer", "'two'"]),
     (["--set", "algorithm.name=maml3"], ["algorithm.name must be one of", "'fomaml'", "'maml3'"]),
     (["--set", "train.steps=-1"], ["train.steps must be >= 0"]),
     (["--set", "inner_lr"], ["must look like section.key=value"]),

@@ -61,7 +61,7 @@ def test_trial_config_validates_and_leaves_base_alone():
     cfg = S.trial_config(base, {"algorithm.inner_lr": 0.02}, 3)
     assert cfg.algorithm.inner_lr == 0.02 and cfg.name == "sinusoid-maml-trial003"
     assert base.algorithm.inner_lr == 0.01 and base.name == "sinusoid-maml"
-    with pytest.raises(ConfigError, match="algorithm.inner_lr must be > 0"):
+    with pytest.raises(ConfigError, match="algorithm.inner_lr must be a number > 0"):
         S.trial_config(base, {"algorithm.inner_lr": -1.0}, 0)
 
 
@@ -106,7 +106,7 @@ def test_grid_sweep_end_to_end(tmp_path, capsys):
 
 def test_bad_sweep_override_fails_before_any_trial(tmp_path, capsys):
     assert main(["sweep", "--grid", "algorithm.inner_lr=0.01,-1", "--out", str(tmp_path / "s")]) == 2
-    assert "algorithm.inner_lr must be > 0" in capsys.readouterr().err
+    assert "algorithm.inner_lr must be a number > 0" in capsys.readouterr().err
     assert not (tmp_path / "s" / "trial_000").exists()
 
 
@@ -301,20 +301,20 @@ def test_a_diverged_vectorised_trial_is_recognised_as_metrics_log_writes_it(tmp_
 
 
 def test_trial_config_written_before_a_key_existed_is_the_same_config(tmp_path):
-    """A trial folder's config.json from an older jmeta lacks keys added since (e.g. model.conv_impl); with their
+    """A trial folder's config.json from an older jmeta lacks keys added since (e.g. model.activation); with their
     defaults it is the same config, so a re-run reuses or resumes the trial instead of refusing the folder."""
     cfg = _trial_cfg(5, {"algorithm.inner_lr": 0.02}, 1)
     d = tmp_path / "trial_001"
     d.mkdir()
     old = json.loads(cfg.to_json())
-    del old["model"]["conv_impl"]
+    del old["model"]["activation"]
     (d / "config.json").write_text(json.dumps(old))
     (d / "metrics.jsonl").write_text('{"step": 5, "loss": 1.0}\n')
     assert S.trial_folder_state(d, cfg)[0] == "resume"
-    old["model"]["conv_impl"] = "nope"  # not a valid config: never written to
+    old["model"]["activation"] = "nope"  # not a valid config: never written to
     (d / "config.json").write_text(json.dumps(old))
     state, why = S.trial_folder_state(d, cfg)
-    assert state == "other" and "model.conv_impl" in why
+    assert state == "other" and "model.activation" in why
 
 
 def test_trial_folder_with_only_another_config_json_is_left_alone(tmp_path):

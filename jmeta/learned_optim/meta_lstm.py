@@ -167,15 +167,13 @@ class MetaLSTM:
         """Deprecated (the library does not read run configs; :func:`jmeta.run.experiment.build_algorithm`
         builds the Meta-LSTM of a config): goes in the next release.
 
-        ``algorithm.inner_steps`` -> :attr:`num_steps`, ``algorithm.eval_steps``
-        (0: the same) -> :attr:`eval_steps`, ``algorithm.first_order`` -> not
-        :attr:`second_order`, ``algorithm.bn_mode`` -> :attr:`bn_mode`.
+        The ``algorithm`` section holds this class's options; ``eval.steps`` (0: ``num_steps``) ->
+        :attr:`eval_steps`.
         """
         warnings.warn("MetaLSTM.from_config is deprecated: build MetaLSTM(...) from its fields, or a run's algorithm "
                       "with jmeta.run.experiment.build_algorithm(cfg, ...)", DeprecationWarning, stacklevel=2)
-        a = cfg.algorithm
-        return cls(apply=apply, loss=loss, num_steps=a.inner_steps, eval_steps=a.eval_steps or a.inner_steps,
-                   second_order=not a.first_order, bn_mode=a.bn_mode)
+        return cls(apply=apply, loss=loss, **dict(cfg.algorithm.options),
+                   eval_steps=cfg.eval.steps or cfg.algorithm.num_steps)
 
     # -- meta-parameters --------------------------------------------------------
     def init(self, params: PyTree, *, key=None) -> dict:

@@ -1,6 +1,7 @@
 """Running experiments: the layer above the library.
 
-* :mod:`.config` -- the run configuration, presets and overrides;
+* :mod:`.config` -- the run configuration, presets and overrides; :mod:`.registry` -- name -> constructor for
+  algorithms, models and task families; :mod:`.presets` -- one small file per preset;
 * :mod:`.experiment` -- a config wired into task sampler, model, algorithm and optimizer;
 * :mod:`.runner` -- ``train``/``evaluate_run``: the host loop, checkpoints, logs, the run folder;
 * :mod:`.checkpoint`, :mod:`.lock`, :mod:`.interrupt` -- Orbax checkpoints, the run-folder lock,

@@ -331,8 +331,8 @@ def cmd_presets(args) -> int:
     from jmeta.run.config import PRESETS
 
     for name in sorted(PRESETS):
-        doc = (PRESETS[name].__doc__ or "").strip().splitlines()
-        print(f"{name:32s} {doc[0] if doc else ''}")
+        doc = " ".join(PRESETS[name].doc.strip().split("\n\n")[0].split())  # the first paragraph, one line
+        print(f"{name:34s} {doc if len(doc) <= 100 else doc[:99] + '…'}")
     return 0
 
 

@@ -7,6 +7,16 @@ RUN_DIR/config.json`` reproduces the run. Presets are named configs
 overrides any field (values parse as JSON, else as strings):
 
     jmeta train --config sinusoid-maml --set algorithm.inner_lr=0.02 --set train.steps=5000
+
+The ``task``, ``model`` and ``algorithm`` sections name an entry of :mod:`jmeta.run.registry`
+(``task.family``, ``model.name``, ``algorithm.name``) and hold that entry's options only: the keyword
+arguments of its constructor less what the wiring supplies (:mod:`jmeta.run.experiment`), checked by the
+constructor (an option it does not have is an error naming it, the entry and its options). Options of the
+run rather than of one constructor live in ``train`` and ``eval``: the evaluation's inner steps are
+``eval.steps`` (passed to the algorithm as ``eval_steps``); the convolution form is the model's
+``conv_impl`` (``"auto"`` is resolved by the wiring). A ``config.json`` of an earlier jmeta (flat sections
+holding every algorithm's options) still loads: options the run did not use are dropped when at their old
+defaults and refused otherwise (:func:`from_dict`).
 """
 
 from __future__ import annotations
@@ -14,106 +24,85 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-from typing import Any, Callable
+from typing import Any
 
 from jmeta import validate as _validate
+from jmeta.run import registry as _registry
+from jmeta.run.registry import ConfigError
 
 
-class ConfigError(ValueError):
-    """A config key or value that is not valid; the message names it and the valid choices."""
+class Section:
+    """A ``task``, ``model`` or ``algorithm`` section: the entry's name and its options.
 
-
-@dataclasses.dataclass
-class TaskConfig:
-    """The task family.
-
-    Attributes:
-      family: ``"sinusoid"``, ``"omniglot"`` or ``"miniimagenet"``.
-      k_support: support examples (per class for classification).
-      k_query: query examples (per class for classification).
-      n_way: classes per episode (classification).
-      rotations: Omniglot rotation augmentation as extra classes.
-      image_size: image side length (classification).
-      allow_pickle: allow loading mini-ImageNet from a pickle
-        (``mini-imagenet-cache-*.pkl``) when no zip or npz is there; unpickling
-        can run arbitrary code, so only for files you trust
-        (``jmeta train --allow-pickle``).
+    Options read as attributes (``cfg.algorithm.inner_lr``; an older name such as ``inner_steps`` reads its
+    new one, ``num_steps``); :meth:`to_dict` is the JSON form ``{"name": ..., **options}`` (``"family"`` for
+    the task). Build one with :meth:`make`, which checks the options.
     """
 
-    family: str = "sinusoid"
-    k_support: int = 10
-    k_query: int = 10
-    n_way: int = 5
-    rotations: bool = True
-    image_size: int = 28
-    allow_pickle: bool = False
+    def __init__(self, kind: str, name: str, options: dict):
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "entry", _registry.get(kind, name))
+        object.__setattr__(self, "options", dict(options))
+
+    @classmethod
+    def make(cls, kind: str, name: str, options: dict | None = None, placeholders: dict | None = None) -> "Section":
+        """The section of entry ``name`` with ``options`` (defaults for the rest), checked by the entry."""
+        entry = _registry.get(kind, name)
+        opts = {}
+        for k, v in (options or {}).items():
+            k = entry.aliases.get(k, k)
+            if k in opts:
+                raise ConfigError(f"{kind}.{k} is given twice (also under an older name)")
+            opts[k] = v
+        return cls(kind, name, entry.check(opts, placeholders or {}))
+
+    @property
+    def key(self) -> str:
+        return "family" if self.kind == "task" else "name"
+
+    def __getattr__(self, item):
+        if item.startswith("__") or "options" not in self.__dict__:  # copy/pickle probing a bare instance
+            raise AttributeError(item)
+        if item == self.key:
+            return self.entry.name
+        opts = self.__dict__["options"]
+        item = self.entry.aliases.get(item, item)
+        if item in opts:
+            v = opts[item]
+            return tuple(v) if isinstance(v, list) else v
+        raise AttributeError(f"{self.kind} {self.entry.name!r} has no option {item!r}; its options: {sorted(opts)}")
+
+    def __setattr__(self, item, value):
+        raise AttributeError(f"config sections are read-only: use apply_overrides(cfg, ['{self.kind}.{item}=...'])")
+
+    def get(self, item, default=None):
+        """The option ``item`` (an older name reads its new one), or ``default`` if the entry has none."""
+        try:
+            return getattr(self, item)
+        except AttributeError:
+            return default
+
+    def to_dict(self) -> dict:
+        return {self.key: self.entry.name, **{k: _json_value(v) for k, v in self.options.items()}}
+
+    def __eq__(self, other):
+        return isinstance(other, Section) and self.to_dict() == other.to_dict()
+
+    def __repr__(self):
+        return f"Section({self.to_dict()!r})"
 
 
-@dataclasses.dataclass
-class ModelConfig:
-    """The model: ``"mlp"`` (hidden widths, activation), ``"conv4"`` or ``"resnet12"``.
-
-    ``conv_impl`` (image models): the convolution form, one of
-    :data:`jmeta.ops.CONV_IMPLS`; ``"auto"`` picks per backend and per algorithm
-    (per-task or shared kernels, :func:`jmeta.ops.recommended_conv_impl`).
-    """
-
-    name: str = "mlp"
-    hidden: tuple = (40, 40)
-    activation: str = "relu"
-    filters: int = 64
-    pool: str = "max"
-    conv_impl: str = "auto"
+def _json_value(v):
+    if isinstance(v, tuple):
+        return [_json_value(x) for x in v]
+    return v
 
 
-@dataclasses.dataclass
-class AlgorithmConfig:
-    """The meta-learning algorithm and its inner loop.
-
-    Attributes:
-      name: one of :data:`ALGORITHMS`. ``"mamlpp"`` is MAML with MAML++'s
-        options on: the multi-step loss always, ``learn_lr`` defaulting to
-        ``"per_layer_per_step"`` (for ablations of single components use
-        ``"maml"`` with ``multi_step_loss``/``learn_lr``/``bn_mode``);
-        ``"metasgd"`` defaults ``learn_lr`` to ``"per_param"``. Options of the
-        MAML inner loop set for an algorithm without one are refused.
-      inner_lr: inner learning rate (initial value when learned).
-      inner_steps: inner steps during meta-training.
-      eval_steps: inner steps at evaluation; an override of it or of
-        ``eval.steps`` sets both (the evaluation, ``jmeta eval`` and
-        ``jmeta export`` adapt ``eval.steps`` steps).
-      first_order: drop second-order terms.
-      inner_optimizer: ``"sgd"`` or ``"adam"`` (Adam with ``eps_root=1e-8``).
-      learn_lr: ``None`` or a learned-lr kind (``"scalar"``, ``"per_layer"``,
-        ``"per_param"``, ``"per_layer_per_step"``).
-      adapt_params: parameter path prefix(es) the inner loop adapts (ANIL), or ``None`` for all.
-      remat: ``None``, ``"full"``, ``"dots"``, ``"dots_no_batch"``.
-      multi_step_loss: MAML++ multi-step loss.
-      msl_anneal_steps: meta-steps over which the multi-step loss anneals.
-      bn_mode: ``"batch"``, ``"frozen"`` or ``"per_step"`` (MAML++ per-step
-        BatchNorm; conv4 only).
-      reg_lambda: iMAML's proximal regulariser lambda.
-      cg_steps: iMAML's conjugate-gradient steps.
-      svm_c: MetaOptNet-SVM's C.
-      label_smoothing: label smoothing of the query loss (closed-form heads).
-    """
-
-    name: str = "maml"
-    inner_lr: float = 0.01
-    inner_steps: int = 1
-    eval_steps: int = 10
-    first_order: bool = False
-    inner_optimizer: str = "sgd"
-    learn_lr: Any = None
-    adapt_params: Any = None
-    remat: Any = None
-    multi_step_loss: bool = False
-    msl_anneal_steps: int = 10_000
-    bn_mode: str = "batch"
-    reg_lambda: float = 2.0
-    cg_steps: int = 5
-    svm_c: float = 0.1
-    label_smoothing: float = 0.0
+def _default_section(kind: str, name: str):
+    def make():
+        entry = _registry.get(kind, name)
+        return Section(kind, name, entry.options())
+    return make
 
 
 @dataclasses.dataclass
@@ -200,26 +189,29 @@ class Config:
     """A whole experiment."""
 
     name: str = "sinusoid-maml"
-    task: TaskConfig = dataclasses.field(default_factory=TaskConfig)
-    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-    algorithm: AlgorithmConfig = dataclasses.field(default_factory=AlgorithmConfig)
+    task: Section = dataclasses.field(default_factory=_default_section("task", "sinusoid"))
+    model: Section = dataclasses.field(default_factory=_default_section("model", "mlp"))
+    algorithm: Section = dataclasses.field(default_factory=_default_section("algorithm", "maml"))
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {"name": self.name, "task": self.task.to_dict(), "model": self.model.to_dict(),
+                "algorithm": self.algorithm.to_dict(), "train": dataclasses.asdict(self.train),
+                "eval": dataclasses.asdict(self.eval)}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
 
 
-ALGORITHMS = ("maml", "fomaml", "metasgd", "anil", "reptile", "mamlpp", "protonet", "r2d2", "metaoptnet-svm",
-              "metaoptnet-rr", "imaml", "meta-lstm")
-FAMILIES = ("sinusoid", "omniglot", "miniimagenet")
-MODELS = ("mlp", "conv4", "resnet12")
+ALGORITHMS = _registry.names("algorithm")
+FAMILIES = _registry.names("task")
+MODELS = _registry.names("model")
 
-_SECTIONS = {"task": TaskConfig, "model": ModelConfig, "algorithm": AlgorithmConfig, "train": TrainConfig,
-             "eval": EvalConfig}
+#: Sections whose keys are fixed fields, and sections that name a registry entry.
+_SECTIONS = {"train": TrainConfig, "eval": EvalConfig}
+_REGISTERED = ("task", "model", "algorithm")
+_ALL_SECTIONS = ("task", "model", "algorithm", "train", "eval")
 
 
 #: The largest integer a config holds: step counters and task indices are int32 on the device.
@@ -289,29 +281,138 @@ def _coerce(section: str, field: dataclasses.Field, value):
 
 
 def from_dict(d: dict) -> Config:
-    """Builds a :class:`Config` from a (possibly partial) nested dict, validating every key."""
+    """Builds a :class:`Config` from a (possibly partial) nested dict, validating every key.
+
+    ``task``, ``model`` and ``algorithm`` are ``{name, **options}`` (``family`` for the task), checked by the
+    registry entry they name. A flat section of an earlier jmeta (every family's, model's or algorithm's keys,
+    :data:`V0_DEFAULTS`) is converted as that version built it: the options it passed on are kept (``inner_steps``
+    as ``num_steps``, ``svm_c`` as ``C``, ``filters`` as ``hidden``, ``algorithm.eval_steps`` as
+    ``eval.steps``), the others are dropped when at their old defaults and refused otherwise.
+    """
     if not isinstance(d, dict):
         raise ConfigError(f"a config must be a JSON object, got {type(d).__name__}")
-    unknown = set(d) - {"name", *_SECTIONS}
+    unknown = set(d) - {"name", *_ALL_SECTIONS}
     if unknown:
-        raise ConfigError(f"unknown config section(s) {sorted(unknown)}; valid: {['name', *_SECTIONS]}")
+        raise ConfigError(f"unknown config section(s) {sorted(unknown)}; valid: {['name', *_ALL_SECTIONS]}")
     cfg = Config()
     if "name" in d:
         cfg.name = check_name(str(d["name"]))
-    for section, cls in _SECTIONS.items():
+    subs = {}
+    for section in _ALL_SECTIONS:
         sub = d.get(section, {})
         if not isinstance(sub, dict):
             raise ConfigError(f"config section {section!r} must be an object, got {sub!r}")
+        subs[section] = dict(sub)
+    for section, cls in _SECTIONS.items():
         fields = {f.name: f for f in dataclasses.fields(cls)}
-        bad = set(sub) - set(fields)
+        bad = set(subs[section]) - set(fields)
         if bad:
             raise ConfigError(f"unknown key(s) {sorted(f'{section}.{b}' for b in bad)}; valid keys of {section}: "
                               f"{sorted(fields)}")
         obj = getattr(cfg, section)
-        for k, v in sub.items():
+        for k, v in subs[section].items():
             setattr(obj, k, _coerce(section, fields[k], v))
+    algo = subs["algorithm"]
+    if "eval_steps" in algo:  # the evaluation's inner steps live in eval.steps
+        steps = algo.pop("eval_steps")
+        if "steps" not in subs["eval"]:
+            cfg.eval.steps = _integer("algorithm.eval_steps", steps, min=0)
+    for kind, default in (("task", "sinusoid"), ("model", "mlp"), ("algorithm", "maml")):
+        sub = subs[kind]
+        if set(V0_DEFAULTS[kind]) - {"eval_steps"} <= set(sub):
+            sub = _from_v0(kind, sub)
+        key = "family" if kind == "task" else "name"
+        name = sub.pop(key, default)
+        placeholders = _placeholders(cfg, name, sub) if kind == "algorithm" else None
+        setattr(cfg, kind, Section.make(kind, name, sub, placeholders))
     validate(cfg)
     return cfg
+
+
+def _placeholder_apply(*args, **kwargs):
+    """The model function an algorithm is checked with before the model exists (never called)."""
+    raise RuntimeError("placeholder model: the config check builds the algorithm without a model")
+
+
+def _placeholders(cfg: Config, name: str, options: dict) -> dict:
+    """The wiring an algorithm's constructor is checked with in :func:`from_dict` (:mod:`jmeta.run.experiment`
+    supplies the real ones)."""
+    wiring = _registry.get("algorithm", name).wiring
+    values = {"apply": _placeholder_apply, "loss": "mse" if cfg.task.family == "sinusoid" else "cross_entropy",
+              "eval_steps": cfg.eval.steps, "n_way": cfg.task.get("n_way", 5),
+              "inner_transform": _registry.inner_transform(options.get("inner_optimizer", "sgd"))}
+    return {k: v for k, v in values.items() if k in wiring}
+
+
+#: The flat sections of an earlier jmeta: every key with its default.
+V0_DEFAULTS = {
+    "task": {"family": "sinusoid", "k_support": 10, "k_query": 10, "n_way": 5, "rotations": True, "image_size": 28,
+             "allow_pickle": False},
+    "model": {"name": "mlp", "hidden": [40, 40], "activation": "relu", "filters": 64, "pool": "max",
+              "conv_impl": "auto"},
+    "algorithm": {"name": "maml", "inner_lr": 0.01, "inner_steps": 1, "eval_steps": 10, "first_order": False,
+                  "inner_optimizer": "sgd", "learn_lr": None, "adapt_params": None, "remat": None,
+                  "multi_step_loss": False, "msl_anneal_steps": 10_000, "bn_mode": "batch", "reg_lambda": 2.0,
+                  "cg_steps": 5, "svm_c": 0.1, "label_smoothing": 0.0},
+}
+_V0_GRADIENT = {k: k for k in ("inner_lr", "inner_optimizer", "remat", "bn_mode", "first_order", "learn_lr",
+                               "adapt_params", "multi_step_loss", "msl_anneal_steps")} | {"inner_steps": "num_steps"}
+#: What the earlier wiring passed on to each constructor: {old key: option}.
+_V0_USED = {
+    "task": {"sinusoid": ("k_support", "k_query"),
+             "omniglot": ("n_way", "k_support", "k_query", "rotations", "image_size"),
+             "miniimagenet": ("n_way", "k_support", "k_query", "image_size", "allow_pickle")},
+    "model": {"mlp": ("hidden", "activation"), "conv4": {"filters": "hidden", "pool": "pool", "conv_impl": "conv_impl"},
+              "resnet12": ("conv_impl",)},
+    "algorithm": {**{n: _V0_GRADIENT for n in ("maml", "fomaml", "metasgd", "anil", "mamlpp")},
+                  "reptile": {k: v for k, v in _V0_GRADIENT.items() if k not in ("first_order", "msl_anneal_steps")},
+                  "imaml": {"inner_lr": "inner_lr", "inner_steps": "num_steps", "inner_optimizer": "inner_optimizer",
+                            "reg_lambda": "reg_lambda", "cg_steps": "cg_steps", "adapt_params": "adapt_params",
+                            "bn_mode": "bn_mode"},
+                  "protonet": (), "r2d2": ("label_smoothing",),
+                  "metaoptnet-svm": {"label_smoothing": "label_smoothing", "svm_c": "C"},
+                  "metaoptnet-rr": {"label_smoothing": "label_smoothing", "svm_c": "C"},
+                  "meta-lstm": {"inner_steps": "num_steps", "bn_mode": "bn_mode", "first_order": "second_order"}},
+}
+
+
+def _from_v0(kind: str, sub: dict) -> dict:
+    """A flat section of an earlier jmeta as ``{name, **options}`` (see :func:`from_dict`)."""
+    key = "family" if kind == "task" else "name"
+    name = sub[key]
+    entry = _registry.get(kind, name)
+    used = _V0_USED[kind][name]
+    used = used if isinstance(used, dict) else {k: k for k in used}
+    out = {key: name}
+    for k, v in sub.items():
+        if k == "remat" and v == "none":
+            v = None
+        if k in (key, "eval_steps"):
+            continue
+        if k in used:
+            out[used[k]] = v
+        elif _same(v, V0_DEFAULTS[kind].get(k)) or (name, k) == ("miniimagenet", "rotations"):
+            continue  # the earlier wiring ignored it (mini-ImageNet has no rotations)
+        else:
+            raise ConfigError(f"{kind}.{k}={v!r} (a config.json of an earlier jmeta) is not an option of {kind}.{key}="
+                              f"{name!r} (that version ignored it): remove it; its options: {sorted(entry.options())}")
+    # the earlier wiring's fixed choices per name
+    if name == "fomaml":
+        out["first_order"] = True
+    if name in ("metasgd", "mamlpp", "anil"):
+        for k in ("learn_lr", "adapt_params"):
+            if out.get(k, 0) is None:
+                del out[k]  # the entry's default (per_param, per_layer_per_step, the head)
+    if name == "mamlpp":
+        out["multi_step_loss"] = True
+    if name == "meta-lstm":
+        out["second_order"] = not out["second_order"]
+    return out
+
+
+def _same(a, b) -> bool:
+    norm = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
+    return norm(a) == norm(b) and type(a) is not bool or a is b
 
 
 def validate(cfg: Config) -> Config:
@@ -324,15 +425,7 @@ def validate(cfg: Config) -> Config:
         if value < lo:
             raise ConfigError(f"{name} must be >= {lo}, got {value!r}")
 
-    choice("task.family", cfg.task.family, FAMILIES)
-    choice("model.name", cfg.model.name, MODELS)
-    choice("algorithm.name", cfg.algorithm.name, ALGORITHMS)
-    choice("algorithm.inner_optimizer", cfg.algorithm.inner_optimizer, ("sgd", "adam"))
-    choice("algorithm.bn_mode", cfg.algorithm.bn_mode, ("batch", "frozen", "per_step"))
     choice("eval.split", cfg.eval.split, ("test", "val"))
-    choice("algorithm.remat", cfg.algorithm.remat, (None, "none", "full", "dots", "dots_no_batch"))
-    choice("algorithm.learn_lr", cfg.algorithm.learn_lr,
-           (None, "scalar", "per_layer", "per_param", "per_layer_per_step", "per_param_per_step"))
     choice("train.meta_optimizer", cfg.train.meta_optimizer, ("adam", "sgd", "momentum", "nesterov"))
     if len(cfg.train.lr_boundaries) != len(cfg.train.lr_scales):
         raise ConfigError(f"train.lr_boundaries and train.lr_scales must have the same length, got "
@@ -352,14 +445,6 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"train.weight_decay must be >= 0, got {cfg.train.weight_decay!r}")
     if not cfg.train.grad_clip >= 0:
         raise ConfigError(f"train.grad_clip must be >= 0 (0: no clipping), got {cfg.train.grad_clip!r}")
-    if cfg.algorithm.name == "meta-lstm" and cfg.algorithm.bn_mode not in ("batch", "frozen"):
-        raise ConfigError(f"algorithm.bn_mode must be 'batch' or 'frozen' for meta-lstm, got "
-                          f"{cfg.algorithm.bn_mode!r}")
-    for name, v in (("algorithm.reg_lambda", cfg.algorithm.reg_lambda), ("algorithm.svm_c", cfg.algorithm.svm_c)):
-        if not v > 0:
-            raise ConfigError(f"{name} must be > 0, got {v!r}")
-    if not 0 <= cfg.algorithm.label_smoothing < 1:
-        raise ConfigError(f"algorithm.label_smoothing must be in [0, 1), got {cfg.algorithm.label_smoothing!r}")
     if cfg.task.family == "sinusoid" and cfg.model.name != "mlp":
         raise ConfigError(f"task.family='sinusoid' needs model.name='mlp', got {cfg.model.name!r}")
     if cfg.task.family != "sinusoid" and cfg.model.name == "mlp":
@@ -379,31 +464,28 @@ def validate(cfg: Config) -> Config:
     if not _all_ok(_validate.integer, [seed], min=0, max=2**32 - 1):
         raise ConfigError(f"train.seed must be an integer in [0, 2**32), got {seed!r} (JAX keys hold 32 bits: larger "
                           "seeds would repeat smaller ones)")
+    # The model is built later (it costs an initialisation); its options that name a fixed set are checked here
+    # so that a typo fails before any data is read.
     if cfg.model.name == "mlp":
         from jmeta.models.mlp import ACTIVATIONS
 
         choice("model.activation", cfg.model.activation, tuple(ACTIVATIONS))
         if not _all_ok(_validate.integer, cfg.model.hidden, min=1, max=MAX_INT):
             raise ConfigError(f"model.hidden must be a list of positive integers, got {list(cfg.model.hidden)!r}")
-    if cfg.model.conv_impl != "auto":  # the default needs no check (and no jax import)
+    if cfg.model.get("conv_impl", "auto") != "auto":  # the default needs no check (and no jax import)
         from jmeta.ops.conv import CONV_IMPLS
 
         choice("model.conv_impl", cfg.model.conv_impl, CONV_IMPLS)
-    if cfg.algorithm.bn_mode == "per_step" and cfg.model.name != "conv4":
+    if cfg.algorithm.get("bn_mode") == "per_step" and cfg.model.name != "conv4":
         raise ConfigError(f"algorithm.bn_mode='per_step' is implemented for model.name='conv4' only, got "
                           f"{cfg.model.name!r}")
     if not cfg.eval.shots:
         raise ConfigError("eval.shots must list at least one shot count, e.g. [5, 10]")
-    if not cfg.algorithm.inner_lr > 0:
-        raise ConfigError(f"algorithm.inner_lr must be > 0, got {cfg.algorithm.inner_lr!r}")
     if not cfg.train.meta_lr > 0:
         raise ConfigError(f"train.meta_lr must be > 0, got {cfg.train.meta_lr!r}")
-    for name, value, lo in (("task.k_support", cfg.task.k_support, 1), ("task.k_query", cfg.task.k_query, 1),
-                            ("task.n_way", cfg.task.n_way, 2), ("algorithm.inner_steps", cfg.algorithm.inner_steps, 1),
-                            ("algorithm.eval_steps", cfg.algorithm.eval_steps, 0), ("train.steps", cfg.train.steps, 0),
+    for name, value, lo in (("train.steps", cfg.train.steps, 0),
                             ("train.meta_batch_size", cfg.train.meta_batch_size, 1),
                             ("train.lr_decay_every", cfg.train.lr_decay_every, 0),
-                            ("algorithm.cg_steps", cfg.algorithm.cg_steps, 1),
                             ("eval.n_way", cfg.eval.n_way, 0), ("eval.k_query", cfg.eval.k_query, 0),
                             ("train.log_every", cfg.train.log_every, 1),
                             ("train.checkpoint_every", cfg.train.checkpoint_every, 0),
@@ -419,18 +501,20 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-def _parse_assignment(d: dict, assignment: str) -> None:
+def _parse_assignment(d: dict, assignment: str) -> str:
+    """Sets ``section.key=value`` in the dict ``d``; returns the key as set (``algorithm.eval_steps`` is
+    ``eval.steps``)."""
     if not isinstance(assignment, str) or "=" not in assignment:
         raise ConfigError(f"an override must look like section.key=value, got {assignment!r}")
     path, raw = assignment.split("=", 1)
     parts = path.strip().split(".")
     if parts == ["name"]:
         d["name"] = raw
-        return
-    if len(parts) != 2 or parts[0] not in _SECTIONS:
-        raise ConfigError(f"override key {path!r} must be section.key with section one of {sorted(_SECTIONS)}")
+        return "name"
+    if len(parts) != 2 or parts[0] not in _ALL_SECTIONS:
+        raise ConfigError(f"override key {path!r} must be section.key with section one of {sorted(_ALL_SECTIONS)}")
     section, key = parts
-    if key not in d[section]:
+    if section in _SECTIONS and key not in d[section]:
         raise ConfigError(f"unknown key {path!r}; valid keys of {section}: {sorted(d[section])}")
     try:
         value = json.loads(raw)
@@ -438,30 +522,54 @@ def _parse_assignment(d: dict, assignment: str) -> None:
         value = raw
     if raw.strip().lower() in ("none", "null"):
         value = None
+    if (section, key) == ("algorithm", "eval_steps"):  # an older name of eval.steps
+        section, key = "eval", "steps"
+        if "algorithm.eval_steps" in d.setdefault("_given", {}) or "eval.steps" in d["_given"]:
+            other = d["_given"].get("eval.steps", d["_given"].get("algorithm.eval_steps"))
+            if other != value:
+                raise ConfigError(f"algorithm.eval_steps={value!r} and eval.steps={other!r} must agree (both are "
+                                  f"the evaluation's inner steps)")
+        d["_given"]["algorithm.eval_steps"] = value
+    elif (section, key) == ("eval", "steps"):
+        given = d.setdefault("_given", {})
+        if "algorithm.eval_steps" in given and given["algorithm.eval_steps"] != value:
+            raise ConfigError(f"algorithm.eval_steps={given['algorithm.eval_steps']!r} and eval.steps={value!r} "
+                              f"must agree (both are the evaluation's inner steps)")
+        given["eval.steps"] = value
+    elif section in _REGISTERED:  # an older option name (inner_steps, svm_c, filters) of the named entry
+        name = d[section].get("family" if section == "task" else "name")
+        if isinstance(name, str) and name in _registry.names(section):
+            key = _registry.get(section, name).aliases.get(key, key)
     d[section][key] = value
+    return f"{section}.{key}"
 
 
 def apply_overrides(cfg: Config, assignments) -> Config:
     """Applies ``section.key=value`` overrides together and validates the result once.
 
     The order does not matter for validity: ``eval.steps=20`` and
-    ``eval.report_steps=[1,20]`` may be given in either order.
+    ``eval.report_steps=[1,20]`` may be given in either order. A new ``algorithm.name`` (``model.name``,
+    ``task.family``) keeps the options of the old one that the new one also has and that were changed from
+    the old one's defaults; the others start at the new one's defaults.
     """
     d = cfg.to_dict()
-    assignments = list(assignments)
-    for a in assignments:
-        _parse_assignment(d, a)
-    # algorithm.eval_steps and eval.steps name one thing (the inner steps of the evaluation, of `jmeta eval`
-    # and of `jmeta export`): an override of one carries the other along; contradicting ones are refused.
-    given = {a.split("=", 1)[0].strip() for a in assignments}
-    if "algorithm.eval_steps" in given and "eval.steps" in given:
-        if d["algorithm"]["eval_steps"] != d["eval"]["steps"]:
-            raise ConfigError(f"algorithm.eval_steps={d['algorithm']['eval_steps']!r} and eval.steps="
-                              f"{d['eval']['steps']!r} must agree (both are the evaluation's inner steps)")
-    elif "algorithm.eval_steps" in given:
-        d["eval"]["steps"] = d["algorithm"]["eval_steps"]
-    elif "eval.steps" in given:
-        d["algorithm"]["eval_steps"] = d["eval"]["steps"]
+    given = {_parse_assignment(d, a) for a in list(assignments)}
+    d.pop("_given", None)
+    for kind in _REGISTERED:
+        old = getattr(cfg, kind)
+        new_name = d[kind][old.key]
+        if new_name == old.entry.name or not isinstance(new_name, str) or new_name not in _registry.names(kind):
+            continue  # same entry, or a bad name the entry lookup refuses
+        new = _registry.get(kind, new_name)
+        valid, defaults = new.options(), old.entry.options()
+        keep = {}
+        for k, v in d[kind].items():
+            k2 = new.aliases.get(k, k)
+            if f"{kind}.{k}" in given or k == old.key:
+                keep[k] = v
+            elif k2 in valid and v != defaults.get(k):
+                keep[k2] = v
+        d[kind] = keep
     steps, report = d["eval"]["steps"], d["eval"]["report_steps"]
     if "eval.report_steps" not in given and isinstance(steps, int) and not isinstance(steps, bool) \
             and isinstance(report, (list, tuple)) and any(isinstance(r, int) and r > steps for r in report):
@@ -477,154 +585,39 @@ def apply_override(cfg: Config, assignment: str) -> Config:
 
 # -- presets ---------------------------------------------------------------------------------------
 
-PRESETS: dict[str, Callable[[], Config]] = {}
+_PRESET_PACKAGE = "jmeta.run.presets"
 
 
-def preset(name: str):
-    """Registers a preset factory under ``name``."""
-    def deco(fn):
-        PRESETS[name] = fn
-        return fn
+class Preset:
+    """A named config: the module ``jmeta/run/presets/<name with _ for ->.py``, whose docstring says what it
+    is (first line) and the command that runs it, and whose ``CONFIG`` is the config dict (options left out
+    take their defaults). Calling it returns the :class:`Config`."""
 
-    return deco
+    def __init__(self, name: str):
+        self.name = name
 
+    def module(self):
+        import importlib
 
-@preset("sinusoid-maml")
-def _sinusoid_maml() -> Config:
-    """MAML on sinusoid regression with the paper's settings (Finn et al. 2017, section 5.1):
-    1-40-40-1 ReLU, K=10, one inner SGD step of 0.01, meta-batch 25, Adam 1e-3, 70,000 steps."""
-    return Config()
+        return importlib.import_module(f"{_PRESET_PACKAGE}.{self.name.replace('-', '_')}")
 
+    @property
+    def doc(self) -> str:
+        """The preset module's docstring."""
+        return self.module().__doc__ or ""
 
-@preset("sinusoid-maml-k5")
-def _sinusoid_maml_k5() -> Config:
-    """As ``sinusoid-maml`` but trained with K=5 (the 5-shot figures of the paper)."""
-    c = Config(name="sinusoid-maml-k5")
-    c.task.k_support = c.task.k_query = 5
-    return c
+    def __call__(self) -> Config:
+        return from_dict({"name": self.name, **self.module().CONFIG})
 
 
-def _sinusoid_variant(preset_name: str, **algo) -> Callable[[], Config]:
-    def make() -> Config:
-        c = Config(name=f"sinusoid-{preset_name}")
-        for k, v in algo.items():
-            setattr(c.algorithm, k, v)
-        return c
-
-    make.__doc__ = f"Sinusoid regression with {algo['name']} (other settings as sinusoid-maml)."
-    return make
+def _find_presets() -> dict[str, Preset]:
+    folder = pathlib.Path(__file__).resolve().parent / "run" / "presets"
+    return {p.stem.replace("_", "-"): Preset(p.stem.replace("_", "-"))
+            for p in sorted(folder.glob("*.py")) if not p.name.startswith("_")}
 
 
-for _n, _a in {
-    "fomaml": dict(name="fomaml", first_order=True),
-    "metasgd": dict(name="metasgd", learn_lr="per_param"),
-    "maml-learned-lr": dict(name="maml", learn_lr="scalar"),
-    "anil": dict(name="anil", adapt_params="layers_2"),
-    "reptile": dict(name="reptile", inner_steps=5, inner_lr=0.02),
-    "mamlpp": dict(name="mamlpp", inner_steps=5, learn_lr="per_layer_per_step", multi_step_loss=True),
-}.items():
-    PRESETS[f"sinusoid-{_n}"] = _sinusoid_variant(_n, **_a)
-
-
-# -- image presets (the papers' settings) ------------------------------------------------------------
-
-
-def _image(name: str, family: str, n_way: int, k_shot: int, *, k_query: int, model: str = "conv4",
-           filters: int = 64, pool: str = "max", algorithm: dict, train: dict, eval_steps: int = 0,
-           eval_way: int = 0, eval_query: int = 15, doc: str) -> None:
-    def make() -> Config:
-        c = Config(name=name)
-        c.task = TaskConfig(family=family, k_support=k_shot, k_query=k_query, n_way=n_way,
-                            rotations=family == "omniglot", image_size=28 if family == "omniglot" else 84)
-        c.model = ModelConfig(name=model, filters=filters, pool=pool)
-        for k, v in algorithm.items():
-            setattr(c.algorithm, k, v)
-        c.algorithm.eval_steps = eval_steps
-        for k, v in {"log_every": 100, "checkpoint_every": 2_000, "task_parallel": "auto", **train}.items():
-            setattr(c.train, k, v)
-        c.eval = EvalConfig(split="test", n_way=eval_way, k_query=eval_query, num_tasks=600, shots=(k_shot,),
-                            steps=eval_steps, report_steps=(0, eval_steps) if eval_steps else (0,), batch_size=50)
-        return c
-
-    make.__doc__ = doc
-    PRESETS[name] = make
-
-
-# MAML (Finn et al. 2017, appendix A.1 and the official README): Omniglot 5-way one inner step of 0.4,
-# meta-batch 32, evaluated with 3 steps; 20-way 5 steps of 0.1, meta-batch 16; strided convs, 64 filters;
-# mini-ImageNet 5 steps of 0.01 (10 at test), 32 filters, max-pool, meta-batch 4 (1-shot) / 2 (5-shot);
-# 60,000 meta-steps, Adam 1e-3.
-for _way, _shot in ((5, 1), (5, 5), (20, 1), (20, 5)):
-    for _alg in ("maml", "fomaml"):
-        _five = _way == 5
-        _image(f"omniglot-{_way}w{_shot}s-{_alg}", "omniglot", _way, _shot, k_query=_shot, pool="stride",
-               algorithm=dict(name=_alg, first_order=_alg == "fomaml", inner_lr=0.4 if _five else 0.1,
-                              inner_steps=1 if _five else 5),
-               train=dict(steps=60_000, meta_batch_size=32 if _five else 16), eval_steps=3 if _five else 5,
-               eval_query=_shot,
-               doc=f"{'First-order ' if _alg == 'fomaml' else ''}MAML, Omniglot {_way}-way {_shot}-shot, the "
-                   f"paper's settings (Finn et al. 2017).")
-for _shot, _mb in ((1, 4), (5, 2)):
-    for _alg in ("maml", "fomaml"):
-        _image(f"miniimagenet-5w{_shot}s-{_alg}", "miniimagenet", 5, _shot, k_query=15, filters=32,
-               algorithm=dict(name=_alg, first_order=_alg == "fomaml", inner_lr=0.01, inner_steps=5),
-               train=dict(steps=60_000, meta_batch_size=_mb), eval_steps=10,
-               doc=f"{'First-order ' if _alg == 'fomaml' else ''}MAML, mini-ImageNet 5-way {_shot}-shot, "
-                   f"Conv4-32 with max-pool, the paper's settings (Finn et al. 2017).")
-# MAML++ (Antoniou et al. 2019): 5 steps, per-step BatchNorm, learned per-layer per-step rates, multi-step loss.
-_image("omniglot-5w1s-mamlpp", "omniglot", 5, 1, k_query=1, pool="max",
-       algorithm=dict(name="mamlpp", inner_lr=0.1, inner_steps=5, bn_mode="per_step", multi_step_loss=True,
-                      learn_lr="per_layer_per_step", msl_anneal_steps=5_000),
-       train=dict(steps=50_000, meta_batch_size=8, lr_cosine=True, lr_min=1e-5), eval_steps=5, eval_query=1,
-       doc="MAML++ on Omniglot 5-way 1-shot (Antoniou et al. 2019): 5 steps, per-step BatchNorm, LSLR, MSL over "
-           "the first 5,000 steps (10 epochs of 500), Adam 1e-3 cosine-annealed to 1e-5 (the authors' config).")
-# Prototypical Networks (Snell et al. 2017): Omniglot 60-way training, 5 queries; mini-ImageNet 30-way
-# (1-shot) / 20-way (5-shot), 15 queries; Adam 1e-3 halved every 2,000 episodes; tested 5-way, 15 queries.
-for _shot in (1, 5):
-    _image(f"omniglot-5w{_shot}s-protonet", "omniglot", 60, _shot, k_query=5,
-           algorithm=dict(name="protonet"), train=dict(steps=20_000, meta_batch_size=1, lr_decay_every=2_000),
-           eval_way=5, doc=f"Prototypical Networks, Omniglot 5-way {_shot}-shot (trained 60-way), Snell et al. 2017.")
-    _image(f"miniimagenet-5w{_shot}s-protonet", "miniimagenet", 30 if _shot == 1 else 20, _shot, k_query=15,
-           algorithm=dict(name="protonet"), train=dict(steps=30_000, meta_batch_size=1, lr_decay_every=2_000),
-           eval_way=5, doc=f"Prototypical Networks, mini-ImageNet 5-way {_shot}-shot, Conv4-64 (Snell et al. 2017).")
-# MetaOptNet (Lee et al. 2019): ResNet-12, SVM (C=0.1) or ridge head, label smoothing 0.1, SGD Nesterov
-# 0.9, lr 0.1 -> 0.006 -> 0.0012 -> 0.00024 at epochs 20/40/50 of 1,000 episodes, 8 episodes per batch,
-# 6 queries per class in training (the paper also trains 1-shot models with 15 shots; here the test shot).
-for _head in ("svm", "rr"):
-    for _shot in (1, 5):
-        _image(f"miniimagenet-5w{_shot}s-metaoptnet-{_head}", "miniimagenet", 5, _shot, k_query=6, model="resnet12",
-               algorithm=dict(name=f"metaoptnet-{_head}", label_smoothing=0.1, svm_c=0.1),
-               train=dict(steps=60_000, meta_batch_size=8, meta_optimizer="nesterov", meta_lr=0.1,
-                          weight_decay=5e-4, lr_boundaries=(20_000, 40_000, 50_000), lr_scales=(0.06, 0.2, 0.2)),
-               doc=f"MetaOptNet-{_head.upper()}, ResNet-12, mini-ImageNet 5-way {_shot}-shot (Lee et al. 2019).")
-# R2-D2 (Bertinetto et al. 2019) with the same ResNet-12 backbone (the paper uses a 4-layer 96-192-384-512 CNN).
-for _shot in (1, 5):
-    _image(f"miniimagenet-5w{_shot}s-r2d2", "miniimagenet", 5, _shot, k_query=6, model="resnet12",
-           algorithm=dict(name="r2d2"),
-           train=dict(steps=60_000, meta_batch_size=8, meta_optimizer="nesterov", meta_lr=0.1, weight_decay=5e-4,
-                      lr_boundaries=(20_000, 40_000, 50_000), lr_scales=(0.06, 0.2, 0.2)),
-           doc=f"R2-D2 ridge head, ResNet-12, mini-ImageNet 5-way {_shot}-shot (Bertinetto et al. 2019; "
-               f"MetaOptNet's schedule).")
-# iMAML (Rajeswaran et al. 2019, iMAML-GD): Omniglot, lambda 2, 5 CG steps, 16 (5-way) / 25 (20-way)
-# inner gradient-descent steps.
-for _way, _steps in ((5, 16), (20, 25)):
-    _image(f"omniglot-{_way}w1s-imaml", "omniglot", _way, 1, k_query=1, pool="stride",
-           algorithm=dict(name="imaml", inner_lr=0.1, inner_steps=_steps, reg_lambda=2.0, cg_steps=5),
-           train=dict(steps=30_000, meta_batch_size=32 if _way == 5 else 16), eval_steps=_steps, eval_query=1,
-           doc=f"iMAML (GD inner solver), Omniglot {_way}-way 1-shot (Rajeswaran et al. 2019).")
-# Meta-LSTM (Ravi & Larochelle 2017): Conv4-32 learner with max-pool whose parameters are the cell state of the
-# meta-learner; Adam 1e-3 with the meta-gradient clipped to global norm 0.25, one episode per meta-step, 15
-# query images per class, no second derivatives through the learner's gradients (first_order). Updates per
-# episode: 5-shot 8 (8 epochs of one 25-image batch: the official code's settings as its PyTorch port lists
-# them); 1-shot 12 (12 epochs of the 5-image support). The paper trains on mini-ImageNet only; the Omniglot
-# preset uses the same learner on 28x28 characters with 5 updates.
-for _fam, _shot, _steps, _q, _n in (("miniimagenet", 1, 12, 15, 50_000), ("miniimagenet", 5, 8, 15, 50_000),
-                                    ("omniglot", 1, 5, 15, 30_000)):
-    _image(f"{_fam}-5w{_shot}s-meta-lstm", _fam, 5, _shot, k_query=_q, filters=32, pool="max",
-           algorithm=dict(name="meta-lstm", inner_steps=_steps, first_order=True),
-           train=dict(steps=_n, meta_batch_size=1, meta_lr=1e-3, grad_clip=0.25), eval_steps=_steps,
-           doc=f"Meta-LSTM learner (Ravi & Larochelle 2017), {_fam} 5-way {_shot}-shot, {_steps} updates per "
-               f"episode, Conv4-32.")
+#: Presets by name (``jmeta presets`` lists them).
+PRESETS: dict[str, Preset] = _find_presets()
 
 
 def load(name_or_path: str | None) -> Config:

@@ -1,4 +1,4 @@
-"""From a :class:`~jmeta.config.Config` to the objects a run needs.
+"""From a :class:`~jmeta.run.config.Config` to the objects a run needs.
 
 :func:`build` returns an :class:`Experiment`: the model, the algorithm, the
 meta-optimizer, the training sampler and the evaluation samplers (one per
@@ -68,78 +68,24 @@ def build_algorithm(cfg: Config, apply: Callable, *, loss: str, n_way: int | Non
 
 def _build_algorithm(cfg: Config, apply: Callable, *, loss: str, n_way: int | None = None,
                      conv_impl: str | None = None):
-    """The algorithm object named by ``cfg.algorithm.name``."""
-    from jmeta import algorithms as A
+    """The algorithm object named by ``cfg.algorithm.name``: its registry entry's constructor with the config's
+    options and the wiring (the model's ``apply``, the loss, the ways, ``eval.steps``, the inner transform)."""
+    from jmeta.run.registry import inner_transform
 
     a = cfg.algorithm
-    inner = None
-    if a.inner_optimizer == "adam":
-        inner = optax.scale_by_adam(eps_root=1e-8)
-    common = dict(apply=apply, loss=loss, inner_lr=a.inner_lr, num_steps=a.inner_steps, eval_steps=a.eval_steps,
-                  inner_transform=inner, remat=None if a.remat == "none" else a.remat, bn_mode=a.bn_mode)
-    adapt = tuple(a.adapt_params) if isinstance(a.adapt_params, (list, tuple)) else a.adapt_params
-    if a.name in ("maml", "fomaml", "metasgd", "mamlpp", "anil"):
-        learn_lr = a.learn_lr
-        if a.name == "metasgd" and learn_lr is None:
-            learn_lr = "per_param"
-        if a.name == "mamlpp" and learn_lr is None:
-            learn_lr = "per_layer_per_step"
-        if a.name == "anil" and adapt is None:
-            raise ConfigError("algorithm.adapt_params must name the head's parameters for anil "
-                              "(e.g. 'layers_2' for the MLP, 'head' for conv4)")
-        return A.GradientLearner(**common, first_order=a.first_order or a.name == "fomaml", learn_lr=learn_lr,
-                                 adapt_params=adapt, multi_step_loss=a.multi_step_loss or a.name == "mamlpp",
-                                 msl_anneal_steps=a.msl_anneal_steps)
-    if a.name == "reptile":  # Reptile refuses learned rates and a multi-step loss itself
-        return A.Reptile(**common, adapt_params=adapt, learn_lr=a.learn_lr, multi_step_loss=a.multi_step_loss)
-    n_way = cfg.task.n_way if n_way is None else n_way
-    _refuse_unused(cfg)
-    if a.name == "imaml":
-        # custom_vjp convolutions (patches_vjp, "auto" on the CPU) have no forward mode
-        hvp = "reverse" if conv_impl == "patches_vjp" else "forward"
-        return A.IMAML(apply=apply, loss=loss, reg_lambda=a.reg_lambda, inner_lr=a.inner_lr, num_steps=a.inner_steps,
-                       eval_steps=a.eval_steps, inner_transform=inner, cg_steps=a.cg_steps, adapt_params=adapt,
-                       bn_mode=a.bn_mode, hvp=hvp)
     if a.name in HEAD_ALGORITHMS and loss != "cross_entropy":
         raise ConfigError(f"algorithm.name={a.name!r} is a classification head; task.family must be "
                           f"'omniglot' or 'miniimagenet'")
-    if a.name == "protonet":
-        from jmeta.algorithms.protonet import ProtoNet
-
-        return ProtoNet(apply=apply, n_way=n_way)
-    if a.name == "r2d2":
-        return A.R2D2(apply=apply, n_way=n_way, label_smoothing=a.label_smoothing, bn_mode="batch")
-    if a.name in ("metaoptnet-svm", "metaoptnet-rr"):
-        return A.MetaOptNet(apply=apply, n_way=n_way, label_smoothing=a.label_smoothing, bn_mode="batch",
-                            head="svm" if a.name.endswith("svm") else "ridge", C=a.svm_c)
-    if a.name == "meta-lstm":
-        from jmeta.learned_optim.meta_lstm import MetaLSTM
-
-        return MetaLSTM(apply=apply, loss=loss, num_steps=a.inner_steps, eval_steps=a.eval_steps or a.inner_steps,
-                        second_order=not a.first_order, bn_mode=a.bn_mode)
-    raise ConfigError(f"algorithm.name={a.name!r} is not available in this build of jmeta")
+    wiring = {"apply": apply, "loss": loss, "n_way": cfg.task.get("n_way") if n_way is None else n_way,
+              "eval_steps": cfg.eval.steps or a.num_steps if a.name == "meta-lstm" else cfg.eval.steps,
+              "inner_transform": inner_transform(a.get("inner_optimizer", "sgd")),
+              # custom_vjp convolutions (patches_vjp, "auto" on the CPU) have no forward mode
+              "hvp": "reverse" if conv_impl == "patches_vjp" else "forward"}
+    return a.entry.build(a.options, **{k: v for k, v in wiring.items() if k in a.entry.wiring})
 
 
 # Algorithms whose model is an embedding (no classification layer): the head is fitted per task.
 HEAD_ALGORITHMS = ("protonet", "r2d2", "metaoptnet-svm", "metaoptnet-rr")
-
-# Options of the differentiated inner loop (MAML family) that other algorithms do not have, with their defaults:
-# a config setting one of them for such an algorithm would be saved in config.json but change nothing.
-_INNER_LOOP_OPTIONS = {"learn_lr": None, "multi_step_loss": False, "remat": None, "first_order": False}
-_UNUSED = {"imaml": ("learn_lr", "multi_step_loss", "remat", "first_order"),
-           **{h: ("learn_lr", "multi_step_loss", "remat", "first_order", "adapt_params") for h in HEAD_ALGORITHMS},
-           "meta-lstm": ("learn_lr", "multi_step_loss", "remat", "adapt_params")}
-
-
-def _refuse_unused(cfg: Config) -> None:
-    """A :class:`ConfigError` for an algorithm option set away from its default that ``cfg``'s algorithm
-    does not use (iMAML's inner loop is not differentiated; the heads and the Meta-LSTM have no MAML loop)."""
-    a = cfg.algorithm
-    for key in _UNUSED.get(a.name, ()):
-        value, default = getattr(a, key), _INNER_LOOP_OPTIONS.get(key)
-        if value != default and not (key == "remat" and value == "none"):
-            raise ConfigError(f"algorithm.{key}={value!r} is not used by algorithm.name={a.name!r}; leave it at "
-                              f"{default!r}")
 
 
 def adapts_conv_kernels(cfg: Config, params) -> bool:
@@ -154,7 +100,7 @@ def adapts_conv_kernels(cfg: Config, params) -> bool:
 
     if cfg.algorithm.name in HEAD_ALGORITHMS:
         return False
-    spec = cfg.algorithm.adapt_params
+    spec = cfg.algorithm.get("adapt_params")
     pred = make_param_filter(tuple(spec) if isinstance(spec, list) else spec)
     return any(getattr(leaf, "ndim", 0) == 4 and (pred is None or pred(jax.tree_util.keystr(path, simple=True, separator="/")))
                for path, leaf in jax.tree_util.tree_leaves_with_path(params))
@@ -204,7 +150,7 @@ def build(cfg: Config, *, data_dir=None) -> Experiment:
         ``algorithm.adapt_params`` that selects none of the model's parameters.
     """
     exp = _build_sinusoid(cfg) if cfg.task.family == "sinusoid" else _build_images(cfg, data_dir=data_dir)
-    adapt = cfg.algorithm.adapt_params
+    adapt = cfg.algorithm.get("adapt_params")
     if adapt is not None:
         from jmeta.algorithms.base import make_param_filter, partition
 
@@ -256,17 +202,14 @@ def load_run(run_dir, *, cfg: Config | None = None, step: int | None = None, dat
 
 
 def _build_sinusoid(cfg: Config) -> Experiment:
-    from jmeta.models import mlp
-    from jmeta.tasks import Sinusoid
-
     if cfg.model.name != "mlp":
         raise ConfigError(f"task.family='sinusoid' needs model.name='mlp', got {cfg.model.name!r}")
-    with _as_config_error("model"):
-        model = mlp(1, tuple(cfg.model.hidden), 1, activation=cfg.model.activation)
+    model = cfg.model.entry.build(cfg.model.options, in_features=1, out_features=1)
     algo = build_algorithm(cfg, model.apply, loss="mse")
-    train = Sinusoid(cfg.task.k_support, cfg.task.k_query)
-    eval_query = cfg.eval.k_query or max(cfg.task.k_query, 10)  # 0: at least 10 query points
-    evals = {k: Sinusoid(k, eval_query).sample for k in cfg.eval.shots}
+    t = cfg.task
+    train = t.entry.build(t.options)
+    eval_query = cfg.eval.k_query or max(t.k_query, 10)  # 0: at least 10 query points
+    evals = {k: t.entry.build({**t.options, "k_support": k, "k_query": eval_query}).sample for k in cfg.eval.shots}
     tp = cfg.train.task_parallel
     return Experiment(model, algo, build_meta_optimizer(cfg), train.sample, evals, task_kind="regression",
                       task_parallel="vmap" if tp == "auto" else tp)
@@ -339,26 +282,16 @@ def _build_images(cfg: Config, *, data_dir=None) -> Experiment:
         norm = dict(mean=MINIIMAGENET_MEAN, std=MINIIMAGENET_STD)
     out_way = None if head else t.n_way
     key = jax.random.key(cfg.train.seed)
-    if cfg.model.name == "resnet12" and a.bn_mode == "per_step":
+    if cfg.model.name == "resnet12" and a.get("bn_mode") == "per_step":
         raise ConfigError("algorithm.bn_mode='per_step' is implemented for model.name='conv4' only")
 
     def make_model(conv_impl):
+        if cfg.model.name not in ("conv4", "resnet12"):
+            raise ConfigError(f"model.name={cfg.model.name!r} cannot classify images; valid: ['conv4', 'resnet12']")
+        wiring = dict(n_way=out_way, input_shape=shape, key=key)
         if cfg.model.name == "conv4":
-            from jmeta.models.conv import conv4
-
-            with _as_config_error("model"):
-                return conv4(out_way, input_shape=shape, hidden=cfg.model.filters, pool=cfg.model.pool,
-                             per_step_bn=a.inner_steps if a.bn_mode == "per_step" else None, conv_impl=conv_impl,
-                             key=key)
-        if cfg.model.name == "resnet12":
-            from jmeta.models.resnet import resnet12
-
-            if (cfg.model.filters, cfg.model.pool) != (64, "max"):
-                raise ConfigError(f"model.filters={cfg.model.filters} / model.pool={cfg.model.pool!r} are conv4's; "
-                                  "resnet12 has widths 64-160-320-640 and max-pools (leave them at 64 / 'max')")
-            with _as_config_error("model"):
-                return resnet12(out_way, input_shape=shape, conv_impl=conv_impl, key=key)
-        raise ConfigError(f"model.name={cfg.model.name!r} cannot classify images; valid: ['conv4', 'resnet12']")
+            wiring["per_step_bn"] = a.num_steps if a.get("bn_mode") == "per_step" else None
+        return cfg.model.entry.build({**cfg.model.options, "conv_impl": conv_impl}, **wiring)
 
     conv_impl = cfg.model.conv_impl
     model = make_model(conv_impl)

@@ -392,7 +392,7 @@ def _check_vectorizable(base: Config, trials: list[dict]) -> None:
     if bad:
         raise ConfigError(f"--vectorize can sweep only {sorted(VECTOR_KEYS)} (they do not change the compiled "
                           f"program); {bad} need separate runs (drop --vectorize)")
-    if "algorithm.inner_lr" in keys and (base.algorithm.learn_lr is not None
+    if "algorithm.inner_lr" in keys and (base.algorithm.get("learn_lr") is not None
                                          or base.algorithm.name in ("metasgd", "mamlpp")):
         raise ConfigError("--vectorize cannot sweep algorithm.inner_lr with learned inner rates (algorithm.learn_lr "
                           "set, or metasgd/mamlpp, which always learn them; the rates are initialised from it); "

@@ -1,0 +1,14 @@
+"""Prototypical Networks, Omniglot 5-way 1-shot (trained 60-way), Snell et al. 2017.
+
+    jmeta train --config omniglot-5w1s-protonet
+"""
+
+CONFIG = {'task': {'family': 'omniglot', 'n_way': 60, 'k_support': 1, 'k_query': 5},
+ 'model': {'name': 'conv4'},
+ 'algorithm': {'name': 'protonet'},
+ 'train': {'steps': 20000,
+           'meta_batch_size': 1,
+           'lr_decay_every': 2000,
+           'checkpoint_every': 2000,
+           'task_parallel': 'auto'},
+ 'eval': {'n_way': 5, 'k_query': 15, 'shots': [1], 'steps': 0, 'report_steps': [0], 'batch_size': 50}}
