@@ -14,8 +14,8 @@ The run-level machinery (:mod:`.runner`, :mod:`.checkpoint`, :mod:`.logging`,
 from jmeta.train.evaluate import evaluate, mean_ci95
 from jmeta.train.step import (ChunkChoice, TrainState, batched_loss_and_grad, choose_chunk_size,
                               compiled_memory_bytes, default_memory_budget, init_train_state, make_meta_step,
-                              sharded_loss_and_grad)
+                              meta_grad, sharded_loss_and_grad)
 
 __all__ = ["ChunkChoice", "TrainState", "batched_loss_and_grad", "choose_chunk_size", "compiled_memory_bytes",
-           "default_memory_budget", "evaluate", "init_train_state", "make_meta_step", "mean_ci95",
+           "default_memory_budget", "evaluate", "init_train_state", "make_meta_step", "mean_ci95", "meta_grad",
            "sharded_loss_and_grad"]
