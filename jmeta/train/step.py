@@ -82,8 +82,8 @@ class TrainState(NamedTuple):
     opt_state: PyTree
 
 
-def init_train_state(algorithm: MetaLearner, params: PyTree, model_state: PyTree, meta_optimizer: optax.GradientTransformation,
-                     *, key=None) -> TrainState:
+def init_train_state(algorithm: MetaLearner, params: PyTree, model_state: PyTree,
+                     meta_optimizer: optax.GradientTransformation, *, key=None) -> TrainState:
     """Initial :class:`TrainState` from a model's parameters and state."""
     meta_params = algorithm.init(params, key=key)
     return TrainState(jnp.zeros((), jnp.int32), meta_params, model_state, meta_optimizer.init(meta_params))
