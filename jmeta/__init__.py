@@ -52,6 +52,7 @@ _EXPORTS = {
     "MAMLPlusPlus": "jmeta.algorithms",
     "Reptile": "jmeta.algorithms",
     "GradientLearner": "jmeta.algorithms",
+    "MetaLearner": "jmeta.algorithms",
     "R2D2": "jmeta.algorithms",
     "MetaOptNet": "jmeta.algorithms",
     "IMAML": "jmeta.algorithms",
@@ -60,6 +61,7 @@ _EXPORTS = {
     "TrainState": "jmeta.train",
     "init_train_state": "jmeta.train",
     "make_meta_step": "jmeta.train",
+    "meta_grad": "jmeta.train",
     "evaluate": "jmeta.train",
 }
 
@@ -91,9 +93,9 @@ if TYPE_CHECKING:  # pragma: no cover  (kept equal to _SUBMODULES and _EXPORTS b
     from jmeta import (algorithms, data, implicit, inner, learned_optim, losses, models, ops, rl,  # noqa: F401
                        run, tasks, train, validate)
     from jmeta.algorithms import (ANIL, FOMAML, IMAML, MAML, R2D2, GradientLearner, MAMLPlusPlus,  # noqa: F401
-                                  MetaOptNet, MetaSGD, ProtoNet, Reptile)
+                                  MetaLearner, MetaOptNet, MetaSGD, ProtoNet, Reptile)
     from jmeta.data import ClassStore, load_miniimagenet, load_omniglot  # noqa: F401
     from jmeta.inner import inner_loop, scale_by_learned_lr  # noqa: F401
     from jmeta.models import Model, conv4, from_apply, from_nnx, resnet12  # noqa: F401
     from jmeta.tasks import EpisodeSampler, Sinusoid, TaskBatch, put_on_device  # noqa: F401
-    from jmeta.train import TrainState, evaluate, init_train_state, make_meta_step  # noqa: F401
+    from jmeta.train import TrainState, evaluate, init_train_state, make_meta_step, meta_grad  # noqa: F401

@@ -17,8 +17,9 @@ def _python_blocks() -> list[str]:
 
 def test_readme_has_the_two_library_examples():
     blocks = _python_blocks()
-    assert len(blocks) == 2, f"expected the sinusoid and the Omniglot example, found {len(blocks)} python blocks"
-    assert "jmeta.MAML" in blocks[0] and "load_omniglot" in blocks[1]
+    assert len(blocks) == 3, (f"expected the sinusoid, the Omniglot and the meta-gradient example, found "
+                              f"{len(blocks)} python blocks")
+    assert "jmeta.MAML" in blocks[0] and "load_omniglot" in blocks[1] and "jmeta.meta_grad" in blocks[2]
 
 
 def test_readme_sinusoid_example_runs_and_learns():
@@ -49,3 +50,21 @@ def test_readme_omniglot_example_runs(data_dir, monkeypatch):
     loss = float(np.asarray(metrics["loss"]))
     # 5-way cross-entropy after one inner step from a random Conv4: finite and near log(5) = 1.61.
     assert np.isfinite(loss) and 0.5 < loss < 3.0, loss
+
+
+def test_readme_meta_grad_example_runs():
+    import jax
+
+    import jmeta
+
+    ns: dict = {}
+    exec(compile("import jax, optax, jmeta\n", "README.md[prelude]", "exec"), ns)
+    exec(compile(_python_blocks()[2], "README.md[python block 2]", "exec"), ns)
+    loss, grads, maml, mp, tasks = ns["loss"], ns["grads"], ns["maml"], ns["meta_params"], ns["tasks"]
+    assert jax.tree.structure(grads) == jax.tree.structure(mp)
+    # the same numbers as the batched objective with the per-task keys split from that one key
+    keys = jax.random.split(jax.random.key(1), 25)
+    obj, g2, _, _ = jmeta.train.batched_loss_and_grad(maml, mp, ns["model"].state, tasks, keys, 0)
+    np.testing.assert_allclose(float(loss), float(obj), rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads, g2)
+    assert np.isfinite(float(loss)) and float(loss) > 0

@@ -1,6 +1,7 @@
 """Meta-learning algorithms sharing one contract (see :mod:`jmeta.algorithms.base`)."""
 
-from jmeta.algorithms.base import MetaLearner, combine, make_param_filter, partition
+from jmeta.algorithms.base import (ALGORITHM_BASES, ALGORITHMS, MetaLearner, algorithm_classes, combine,
+                                   make_param_filter, partition)
 from jmeta.algorithms.maml import (ANIL, BN_MODES, FOMAML, MAML, GradientLearner, MAMLPlusPlus, MetaSGD,
                                    msl_weights)
 from jmeta.algorithms.imaml import IMAML
@@ -10,6 +11,8 @@ from jmeta.algorithms.r2d2 import R2D2, ClosedFormHead, ridge_regression
 from jmeta.algorithms.reptile import Reptile
 
 __all__ = [
+    "ALGORITHMS",
+    "ALGORITHM_BASES",
     "ANIL",
     "BN_MODES",
     "ClosedFormHead",
@@ -29,6 +32,7 @@ __all__ = [
     "MetaLearner",
     "MetaSGD",
     "Reptile",
+    "algorithm_classes",
     "combine",
     "make_param_filter",
     "msl_weights",

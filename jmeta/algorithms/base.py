@@ -24,34 +24,94 @@ model ``apply`` it adapts) with pure methods:
   -> {"loss": [N+1], ...}``: query metrics after ``0..N`` adaptation
   steps (a curve of length 1 for algorithms without steps).
 
-The trainer, the evaluator and the benchmarks only ever use these methods,
-so they treat every algorithm alike.
+The trainer (:func:`jmeta.train.make_meta_step`, :func:`jmeta.train.meta_grad`),
+the evaluator and the benchmarks only ever use these methods, so they treat
+every algorithm alike; :class:`MetaLearner` states them as a
+:class:`typing.Protocol` and those functions are annotated with it.
+
+Every algorithm under the contract is listed in :data:`ALGORITHMS`
+(``tests/algorithms/test_conformance.py`` runs each through the same checks
+and fails when a class implementing the contract is missing from the list).
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, Callable, Protocol, runtime_checkable
 
 import jax
 from jax.tree_util import keystr
 
 PyTree = Any
+Array = Any
 
 
 @runtime_checkable
 class MetaLearner(Protocol):
-    """Structural type of a jmeta algorithm (see the module docstring)."""
+    """Structural type of a jmeta algorithm (see the module docstring).
 
-    def init(self, params: PyTree, *, key=None) -> dict: ...
+    ``task`` is one :class:`~jmeta.tasks.TaskBatch` without task axis; callers
+    ``vmap`` over tasks. Keys are ``jax.random.key`` typed keys (or ``None``);
+    algorithms without randomness ignore them.
+    """
 
-    def task_loss(self, meta_params: dict, model_state: PyTree, task, *, key=None, step=0): ...
+    def init(self, params: PyTree, *, key: Array | None = None) -> dict:
+        """Meta-parameters ``{"params": params, ...}`` from the model's initial parameters."""
+        ...
 
-    def adapt(self, meta_params: dict, model_state: PyTree, support_x, support_y, *, key=None,
-              num_steps=None): ...
+    def task_loss(self, meta_params: dict, model_state: PyTree, task, *, key: Array | None = None,
+                  step: Array | int = 0) -> tuple[Array, dict]:
+        """``(objective, {"metrics": {"loss": ..., ...}, "model_state": new_state})`` of one task."""
+        ...
 
-    def predict(self, meta_params: dict, adapted, model_state: PyTree, x, *, num_steps=None): ...
+    def adapt(self, meta_params: dict, model_state: PyTree, support_x: Array, support_y: Array, *,
+              key: Array | None = None, num_steps: int | None = None) -> Any:
+        """The per-task learner fitted on one support set."""
+        ...
 
-    def evaluate(self, meta_params: dict, model_state: PyTree, task, *, key=None, num_steps=None) -> dict: ...
+    def predict(self, meta_params: dict, adapted: Any, model_state: PyTree, x: Array, *,
+                num_steps: int | None = None) -> Array:
+        """Outputs of ``x`` ``[n, ...]`` under the ``adapted`` learner."""
+        ...
+
+    def evaluate(self, meta_params: dict, model_state: PyTree, task, *, key: Array | None = None,
+                 num_steps: int | None = None) -> dict:
+        """``{metric: [N+1]}``: query metrics after ``0..N`` adaptation steps of one task."""
+        ...
+
+
+#: Every algorithm that implements :class:`MetaLearner`: ``name -> "module:Class"``, imported on use by
+#: :func:`algorithm_classes` (so ``import jmeta.algorithms`` stays cheap and imports no other package). A new
+#: algorithm (in any package) is added here; the conformance test then runs it through the shared checks.
+ALGORITHMS: dict[str, str] = {
+    "MAML": "jmeta.algorithms.maml:MAML",
+    "FOMAML": "jmeta.algorithms.maml:FOMAML",
+    "MetaSGD": "jmeta.algorithms.maml:MetaSGD",
+    "ANIL": "jmeta.algorithms.maml:ANIL",
+    "MAMLPlusPlus": "jmeta.algorithms.maml:MAMLPlusPlus",
+    "Reptile": "jmeta.algorithms.reptile:Reptile",
+    "ProtoNet": "jmeta.algorithms.protonet:ProtoNet",
+    "R2D2": "jmeta.algorithms.r2d2:R2D2",
+    "MetaOptNet": "jmeta.algorithms.metaoptnet:MetaOptNet",
+    "IMAML": "jmeta.algorithms.imaml:IMAML",
+    "MetaLSTM": "jmeta.learned_optim.meta_lstm:MetaLSTM",
+}
+
+#: Shared bases that implement the contract for the algorithms above (``GradientLearner`` is the MAML family's
+#: configurable base, ``ClosedFormHead`` is abstract); not algorithms of their own.
+ALGORITHM_BASES: dict[str, str] = {
+    "GradientLearner": "jmeta.algorithms.maml:GradientLearner",
+    "ClosedFormHead": "jmeta.algorithms.r2d2:ClosedFormHead",
+}
+
+
+def algorithm_classes() -> dict[str, type]:
+    """``{name: class}`` of :data:`ALGORITHMS` (imports their modules)."""
+    out = {}
+    for name, ref in ALGORITHMS.items():
+        module, _, qualname = ref.partition(":")
+        out[name] = getattr(importlib.import_module(module), qualname)
+    return out
 
 
 def check_one_task(owner: str, task, apply: Callable, *, class_labels: bool = False) -> None:

@@ -131,8 +131,8 @@ class IMAML:
             raise TypeError(f"apply must be a callable model, got {type(self.apply).__name__}")
         get_loss(self.loss)
         pos = dict(min=0, min_open=True)
-        object.__setattr__(self, "reg_lambda", validate.number("reg_lambda", self.reg_lambda, **pos))
-        object.__setattr__(self, "inner_lr", validate.number("inner_lr", self.inner_lr, **pos))
+        object.__setattr__(self, "reg_lambda", validate.number("reg_lambda", self.reg_lambda, **pos, traced_ok=True))
+        object.__setattr__(self, "inner_lr", validate.number("inner_lr", self.inner_lr, **pos, traced_ok=True))
         object.__setattr__(self, "num_steps", validate.integer("num_steps", self.num_steps, min=1))
         object.__setattr__(self, "eval_steps", validate.integer("eval_steps", self.eval_steps, min=0, optional=True))
         if self.inner_transform is not None and not isinstance(self.inner_transform, optax.GradientTransformation):
@@ -140,8 +140,8 @@ class IMAML:
                             f"got {type(self.inner_transform).__name__}")
         check_inner_transform("IMAML", self.inner_transform, differentiated=False)
         object.__setattr__(self, "cg_steps", validate.integer("cg_steps", self.cg_steps, min=1))
-        object.__setattr__(self, "cg_damping", validate.number("cg_damping", self.cg_damping, min=0))
-        object.__setattr__(self, "cg_tol", validate.number("cg_tol", self.cg_tol, min=0))
+        object.__setattr__(self, "cg_damping", validate.number("cg_damping", self.cg_damping, min=0, traced_ok=True))
+        object.__setattr__(self, "cg_tol", validate.number("cg_tol", self.cg_tol, min=0, traced_ok=True))
         if self.linear_solve not in IMAML_SOLVES:
             raise ValueError(f"linear_solve must be one of {IMAML_SOLVES}, got {self.linear_solve!r}")
         if self.bn_mode not in IMAML_BN_MODES:

@@ -125,7 +125,8 @@ class GradientLearner:
             raise TypeError(f"apply must be a callable model, got {type(self.apply).__name__}")
         get_loss(self.loss)
         # NumPy/JAX scalars are stored as Python numbers (so that sweeps see float fields)
-        object.__setattr__(self, "inner_lr", validate.number("inner_lr", self.inner_lr, min=0, min_open=True))
+        object.__setattr__(self, "inner_lr",
+                           validate.number("inner_lr", self.inner_lr, min=0, min_open=True, traced_ok=True))
         object.__setattr__(self, "num_steps", validate.integer("num_steps", self.num_steps, min=1))
         object.__setattr__(self, "eval_steps", validate.integer("eval_steps", self.eval_steps, min=0, optional=True))
         object.__setattr__(self, "first_order", validate.flag("first_order", self.first_order))

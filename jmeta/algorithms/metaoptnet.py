@@ -242,15 +242,16 @@ class MetaOptNet(ClosedFormHead):
         super().__post_init__()
         if self.head not in METAOPTNET_HEADS:
             raise ValueError(f"head must be one of {METAOPTNET_HEADS}, got {self.head!r}")
-        object.__setattr__(self, "C", validate.number("C", self.C, min=0, min_open=True))
-        object.__setattr__(self, "gram_ridge", validate.number("gram_ridge", self.gram_ridge, min=0))
-        object.__setattr__(self, "ridge_lambda", validate.number("ridge_lambda", self.ridge_lambda, min=0, min_open=True))
+        object.__setattr__(self, "C", validate.number("C", self.C, min=0, min_open=True, traced_ok=True))
+        object.__setattr__(self, "gram_ridge", validate.number("gram_ridge", self.gram_ridge, min=0, traced_ok=True))
+        object.__setattr__(self, "ridge_lambda",
+                           validate.number("ridge_lambda", self.ridge_lambda, min=0, min_open=True, traced_ok=True))
         object.__setattr__(self, "max_iter", validate.integer("max_iter", self.max_iter, min=1))
-        object.__setattr__(self, "tol", validate.number("tol", self.tol, min=0))
+        object.__setattr__(self, "tol", validate.number("tol", self.tol, min=0, traced_ok=True))
         if self.implicit_solve not in LINEAR_SOLVERS or self.implicit_solve == "cg":
             raise ValueError("implicit_solve must be one of ('dense', 'gmres', 'bicgstab') (the fixed-point "
                              f"Jacobian is not symmetric), got {self.implicit_solve!r}")
-        object.__setattr__(self, "init_scale", validate.number("init_scale", self.init_scale))
+        object.__setattr__(self, "init_scale", validate.number("init_scale", self.init_scale, traced_ok=True))
 
     def _head_init(self, dtype) -> dict:
         return {"scale": jnp.asarray(self.init_scale, dtype)} if self.learn_scale else {}

@@ -138,7 +138,8 @@ class ClosedFormHead:
             raise TypeError(f"apply must be a callable model, got {type(self.apply).__name__}")
         object.__setattr__(self, "n_way", validate.integer("n_way", self.n_way, min=2))
         object.__setattr__(self, "label_smoothing", validate.number("label_smoothing", self.label_smoothing,
-                                                                    min=0, max=1, max_open=True))
+                                                                    min=0, max=1, max_open=True,
+                                                                    traced_ok=True))
         if self.bn_mode not in HEAD_BN_MODES:
             raise ValueError(f"bn_mode must be one of {HEAD_BN_MODES}, got {self.bn_mode!r}")
 
@@ -266,9 +267,10 @@ class R2D2(ClosedFormHead):
 
     def __post_init__(self):
         super().__post_init__()
-        object.__setattr__(self, "init_lambda", validate.number("init_lambda", self.init_lambda, min=0, min_open=True))
-        object.__setattr__(self, "init_scale", validate.number("init_scale", self.init_scale))
-        object.__setattr__(self, "init_bias", validate.number("init_bias", self.init_bias))
+        object.__setattr__(self, "init_lambda",
+                           validate.number("init_lambda", self.init_lambda, min=0, min_open=True, traced_ok=True))
+        object.__setattr__(self, "init_scale", validate.number("init_scale", self.init_scale, traced_ok=True))
+        object.__setattr__(self, "init_bias", validate.number("init_bias", self.init_bias, traced_ok=True))
         if self.form not in RIDGE_FORMS:
             raise ValueError(f"form must be one of {RIDGE_FORMS}, got {self.form!r}")
 

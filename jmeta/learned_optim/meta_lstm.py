@@ -154,13 +154,14 @@ class MetaLSTM:
         object.__setattr__(self, "eval_steps", validate.integer("eval_steps", self.eval_steps, min=0, optional=True))
         object.__setattr__(self, "hidden_size", validate.integer("hidden_size", self.hidden_size, min=1))
         object.__setattr__(self, "preprocess_p",
-                           validate.number("preprocess_p", self.preprocess_p, min=0, min_open=True))
+                           validate.number("preprocess_p", self.preprocess_p, min=0, min_open=True, traced_ok=True))
         object.__setattr__(self, "second_order", validate.flag("second_order", self.second_order))
         if self.bn_mode not in META_LSTM_BN_MODES:
             raise ValueError(f"bn_mode must be one of {META_LSTM_BN_MODES}, got {self.bn_mode!r}")
         object.__setattr__(self, "forget_bias_init", _check_range("forget_bias_init", self.forget_bias_init))
         object.__setattr__(self, "input_bias_init", _check_range("input_bias_init", self.input_bias_init))
-        object.__setattr__(self, "gate_weight_init", validate.number("gate_weight_init", self.gate_weight_init, min=0))
+        object.__setattr__(self, "gate_weight_init",
+                           validate.number("gate_weight_init", self.gate_weight_init, min=0, traced_ok=True))
 
     @classmethod
     def from_config(cls, cfg, *, apply: Callable[..., Any], loss: str | Callable = "cross_entropy") -> "MetaLSTM":

@@ -611,7 +611,7 @@ class Preset:
 
 
 def _find_presets() -> dict[str, Preset]:
-    folder = pathlib.Path(__file__).resolve().parent / "run" / "presets"
+    folder = pathlib.Path(__file__).resolve().parent / "presets"
     return {p.stem.replace("_", "-"): Preset(p.stem.replace("_", "-"))
             for p in sorted(folder.glob("*.py")) if not p.name.startswith("_")}
 

@@ -15,10 +15,10 @@ from jmeta._deprecation import renamed_module
 from jmeta.train.evaluation import evaluate, mean_ci95
 from jmeta.train.step import (ChunkChoice, TrainState, batched_loss_and_grad, choose_chunk_size,
                               compiled_memory_bytes, default_memory_budget, init_train_state, make_meta_step,
-                              sharded_loss_and_grad)
+                              meta_grad, sharded_loss_and_grad)
 
 __all__ = ["ChunkChoice", "TrainState", "batched_loss_and_grad", "choose_chunk_size", "compiled_memory_bytes",
-           "default_memory_budget", "evaluate", "init_train_state", "make_meta_step", "mean_ci95",
+           "default_memory_budget", "evaluate", "init_train_state", "make_meta_step", "mean_ci95", "meta_grad",
            "sharded_loss_and_grad"]
 
 # The module jmeta/train/evaluate.py is now evaluation.py (``jmeta.train.evaluate`` is the function);

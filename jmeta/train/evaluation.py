@@ -14,12 +14,15 @@ MAML, ProtoNets and MetaOptNet evaluation protocols).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import jax
 import numpy as np
 
 from jmeta import validate
+
+if TYPE_CHECKING:
+    from jmeta.algorithms.base import MetaLearner
 
 PyTree = Any
 
@@ -69,7 +72,7 @@ def eval_batch_keys(key, num_tasks: int, batch_size: int) -> list:
     return [tuple(jax.random.split(jax.random.fold_in(key, i))) for i in range(-(-num_tasks // bs))]
 
 
-def evaluate(algorithm, meta_params: PyTree, model_state: PyTree, sample_fn: Callable, key, *,
+def evaluate(algorithm: MetaLearner, meta_params: PyTree, model_state: PyTree, sample_fn: Callable, key, *,
              num_tasks: int = 600, num_steps: int | None = None, batch_size: int = 100, data=None,
              return_per_task: bool = False, task_parallel: str = "vmap",
              progress: Callable[[int], None] | None = None) -> dict:

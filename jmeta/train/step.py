@@ -42,7 +42,7 @@ import functools
 import math
 import warnings
 import weakref
-from typing import Any, Callable, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -51,6 +51,9 @@ import optax
 from jmeta import validate
 from jmeta.tasks.base import TaskBatch, validate_task_batch
 from jmeta.train.precision import canonical_compute_dtype, mixed_precision_task_loss
+
+if TYPE_CHECKING:  # annotations only: importing jmeta.algorithms here would load every algorithm
+    from jmeta.algorithms.base import MetaLearner
 
 PyTree = Any
 
@@ -79,8 +82,8 @@ class TrainState(NamedTuple):
     opt_state: PyTree
 
 
-def init_train_state(algorithm, params: PyTree, model_state: PyTree, meta_optimizer: optax.GradientTransformation,
-                     *, key=None) -> TrainState:
+def init_train_state(algorithm: MetaLearner, params: PyTree, model_state: PyTree,
+                     meta_optimizer: optax.GradientTransformation, *, key=None) -> TrainState:
     """Initial :class:`TrainState` from a model's parameters and state."""
     meta_params = algorithm.init(params, key=key)
     return TrainState(jnp.zeros((), jnp.int32), meta_params, model_state, meta_optimizer.init(meta_params))
@@ -191,7 +194,7 @@ def _abstract(tree):
     return jax.tree.map(f, tree)
 
 
-def choose_chunk_size(algorithm, meta_params, model_state, tasks: TaskBatch, keys, step=0, *,
+def choose_chunk_size(algorithm: MetaLearner, meta_params, model_state, tasks: TaskBatch, keys, step=0, *,
                       memory_budget: int | None = None, compute_dtype=None) -> ChunkChoice:
     """The largest chunk of tasks whose gradient program fits ``memory_budget``.
 
@@ -250,7 +253,7 @@ def choose_chunk_size(algorithm, meta_params, model_state, tasks: TaskBatch, key
 
 
 # -- the batched objective -----------------------------------------------------------------------------------------
-def batched_loss_and_grad(algorithm, meta_params, model_state, tasks: TaskBatch, keys, step, *,
+def batched_loss_and_grad(algorithm: MetaLearner, meta_params, model_state, tasks: TaskBatch, keys, step, *,
                           task_parallel="vmap", compute_dtype=None, memory_budget: int | None = None):
     r"""Mean task objective over a task batch, its gradient, and mean metrics.
 
@@ -258,7 +261,7 @@ def batched_loss_and_grad(algorithm, meta_params, model_state, tasks: TaskBatch,
       algorithm: a jmeta algorithm.
       meta_params, model_state: the algorithm's meta-parameters and the model state.
       tasks: a :class:`TaskBatch` with a leading task axis of size ``B``.
-      keys: ``B`` per-task keys.
+      keys: ``B`` per-task keys (``jax.random.split(key, B)``; :func:`meta_grad` takes one key).
       step: the meta-step (passed to ``task_loss``).
       task_parallel: ``"vmap"``, ``"map"``, a chunk size dividing ``B`` or
         ``"auto"`` (module docstring). Chunks are accumulated in a
@@ -273,10 +276,14 @@ def batched_loss_and_grad(algorithm, meta_params, model_state, tasks: TaskBatch,
 
     Returns:
       ``(objective, grads, metrics, new_model_state)``.
+
+    Raises:
+      ValueError: if ``keys`` are not ``B`` per-task keys.
     """
     task_parallel = _check_task_parallel(task_parallel)
     dtype = canonical_compute_dtype(compute_dtype)
     b = tasks.support_x.shape[0]
+    _check_task_keys(keys, b)
     if task_parallel == "auto":
         chunk = choose_chunk_size(algorithm, meta_params, model_state, tasks, keys, step,
                                   memory_budget=memory_budget, compute_dtype=dtype).chunk_size
@@ -327,6 +334,107 @@ def batched_loss_and_grad(algorithm, meta_params, model_state, tasks: TaskBatch,
     metrics = jax.tree.map(jnp.mean, metrics)
     new_state = _mean_state(states, model_state)
     return jnp.mean(objs), grads, metrics, new_state
+
+
+def _key_kind(key):
+    """``(typed, per-key shape)``: ``(True, ())`` for ``jax.random.key`` keys, ``(False, (2,))`` for raw uint32 ones."""
+    dtype = getattr(key, "dtype", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        return True, ()
+    if dtype is not None and not isinstance(key, (int, float)) and jnp.dtype(dtype) == jnp.uint32:
+        return False, tuple(jnp.shape(key))[-1:]
+    raise TypeError(f"key must be a jax.random.key (or per-task keys from jax.random.split), got "
+                    f"{validate.describe(key)}")
+
+
+def _check_task_keys(keys, num_tasks: int) -> None:
+    typed, one = _key_kind(keys)
+    shape = tuple(jnp.shape(keys))
+    if shape != (num_tasks, *one):
+        raise ValueError(f"keys must hold one key per task, shape {(num_tasks, *one)} for {num_tasks} tasks, got "
+                         f"shape {shape}; split one key with jax.random.split(key, {num_tasks}), or use "
+                         "jmeta.meta_grad, which takes a single key")
+
+
+def task_keys(key, num_tasks: int):
+    """Per-task keys from one key (split into ``num_tasks``) or from ``num_tasks`` keys (checked, returned as is).
+
+    Args:
+      key: one ``jax.random.key`` (shape ``()``; a raw ``uint32[2]`` key also works) or ``num_tasks`` of them.
+      num_tasks: the number of tasks.
+
+    Raises:
+      TypeError: if ``key`` is not a key.
+      ValueError: if it is neither one key nor ``num_tasks`` keys.
+    """
+    typed, one = _key_kind(key)
+    shape = tuple(jnp.shape(key))
+    if shape == one:
+        return jax.random.split(key, num_tasks)
+    if shape == (num_tasks, *one):
+        return key
+    raise ValueError(f"key must be one jax.random.key (shape {one}, split into the {num_tasks} tasks) or "
+                     f"{num_tasks} per-task keys (shape {(num_tasks, *one)}), got shape {shape}")
+
+
+def meta_grad(algorithm: MetaLearner, meta_params: PyTree, tasks: TaskBatch, key, *, model_state: PyTree = None,
+              step=0, task_parallel="vmap", compute_dtype=None, has_aux: bool = False):
+    r"""The meta-gradient of a batch of tasks: the mean task objective and its gradient.
+
+    .. math:: \nabla_\theta \frac{1}{B}\sum_{\tau=1}^{B} \mathcal{L}_\tau(\theta)
+
+    with :math:`\mathcal{L}_\tau` = ``algorithm.task_loss`` of task
+    :math:`\tau`: what :func:`make_meta_step` differentiates, without sampling
+    or an optimizer update, for a training loop of one's own. Pure and
+    jittable (``jax.jit(functools.partial(meta_grad, algorithm))``).
+
+    Args:
+      algorithm: a jmeta algorithm (:class:`~jmeta.algorithms.MetaLearner`).
+      meta_params: its meta-parameters (``algorithm.init(params)``).
+      tasks: a :class:`~jmeta.tasks.TaskBatch` with a leading task axis of
+        size ``B`` (``support_x``: ``[B, n_support, *x_shape]``). One task
+        goes in as ``jax.tree.map(lambda a: a[None], task)``.
+      key: one ``jax.random.key``, split into ``B`` per-task keys inside, or
+        ``B`` per-task keys (``jax.random.split(key, B)``).
+      model_state: the model's non-differentiated state (``model.state``:
+        BatchNorm statistics); ``None`` for a stateless ``apply``.
+      step: the meta-step, passed to ``task_loss`` (MAML++'s annealing).
+      task_parallel: ``"vmap"``, ``"map"``, a chunk size or ``"auto"``
+        (:func:`batched_loss_and_grad`); every choice gives the same result.
+      compute_dtype: ``None`` or e.g. ``jnp.bfloat16`` (mixed precision).
+      has_aux: also return ``{"metrics": mean metrics over tasks,
+        "model_state": the new model state}``.
+
+    Returns:
+      ``(objective, grads)``, or ``(objective, grads, aux)`` with
+      ``has_aux``; ``grads`` has the structure of ``meta_params``.
+
+    Raises:
+      TypeError: if ``tasks`` is not a :class:`~jmeta.tasks.TaskBatch` or ``key`` not a key.
+      ValueError: if ``tasks`` has no task axis, or ``key`` is neither one
+        key nor ``B`` keys.
+
+    Example:
+      >>> maml = jmeta.MAML(model.apply, inner_lr=0.01)
+      >>> meta_params = maml.init(model.params)
+      >>> tasks = jmeta.tasks.Sinusoid().sample(jax.random.key(0), 25)
+      >>> loss, grads = jmeta.meta_grad(maml, meta_params, tasks, jax.random.key(1), model_state=model.state)
+    """
+    if not isinstance(tasks, TaskBatch):
+        raise TypeError(f"tasks must be a jmeta.tasks.TaskBatch with a leading task axis, got "
+                        f"{type(tasks).__name__}")
+    try:
+        b = tasks.num_tasks
+    except ValueError as e:
+        raise ValueError(f"meta_grad needs a batch of tasks (a leading task axis on all four arrays; one task goes "
+                         f"in as jax.tree.map(lambda a: a[None], task)): {e}") from None
+    keys = task_keys(key, b)
+    obj, grads, metrics, new_state = batched_loss_and_grad(
+        algorithm, meta_params, model_state, tasks, keys, step, task_parallel=task_parallel,
+        compute_dtype=compute_dtype)
+    if has_aux:
+        return obj, grads, {"metrics": metrics, "model_state": new_state}
+    return obj, grads
 
 
 def sample_fn_takes_data(sample_fn) -> bool:
@@ -387,7 +495,7 @@ def _cross_device_state(state, axes):
     return jax.tree.map(reduce, state)
 
 
-def sharded_loss_and_grad(algorithm, meta_params, model_state, tasks: TaskBatch, keys, step, *, mesh,
+def sharded_loss_and_grad(algorithm: MetaLearner, meta_params, model_state, tasks: TaskBatch, keys, step, *, mesh,
                           task_axis=None, task_parallel="vmap", compute_dtype=None,
                           memory_budget: int | None = None):
     r""":func:`batched_loss_and_grad` with the task axis split over a device mesh.
@@ -429,7 +537,7 @@ def sharded_loss_and_grad(algorithm, meta_params, model_state, tasks: TaskBatch,
 
 # -- the step ------------------------------------------------------------------------------------------------------
 def make_meta_step(
-    algorithm,
+    algorithm: MetaLearner,
     sample_fn: Callable[..., TaskBatch],
     meta_optimizer: optax.GradientTransformation,
     *,
@@ -532,4 +640,4 @@ def make_meta_step(
 
 __all__ = ["DEFAULT_MEMORY_BUDGET_BYTES", "DEFAULT_MEMORY_FRACTION", "TASK_PARALLEL", "ChunkChoice", "TrainState",
            "batched_loss_and_grad", "choose_chunk_size", "compiled_memory_bytes", "default_memory_budget",
-           "init_train_state", "make_meta_step", "sharded_loss_and_grad"]
+           "init_train_state", "make_meta_step", "meta_grad", "sharded_loss_and_grad", "task_keys"]

@@ -7,8 +7,8 @@ hyperparameters can differ between configurations:
 * **algorithm hyperparameters** that are plain numbers used arithmetically,
   e.g. ``inner_lr`` of :class:`~jmeta.algorithms.GradientLearner`. Algorithms
   are frozen dataclasses validated with Python floats, so the traced value
-  reaches the algorithm through :func:`with_hparams`: a copy of the validated
-  algorithm whose field is replaced (without re-validation) by the traced
+  reaches the algorithm through :func:`with_hparams`: a copy of the
+  algorithm (``dataclasses.replace``) whose field is the traced
   per-configuration value, built inside the vmapped function. Structural
   fields (step counts, flags) change the program and cannot be swept this way.
 * **the meta learning rate** (``"meta_lr"``): the meta-optimizer must be built
@@ -34,9 +34,8 @@ run with ``make_meta_step`` and the same hyperparameters (tested).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +44,9 @@ import optax
 
 from jmeta import validate
 from jmeta.train.step import TrainState, init_train_state, make_meta_step
+
+if TYPE_CHECKING:
+    from jmeta.algorithms.base import MetaLearner
 
 PyTree = Any
 
@@ -68,23 +70,29 @@ class SweepState(NamedTuple):
 
 
 def with_hparams(algorithm, **overrides):
-    """A copy of ``algorithm`` with numeric fields replaced by (possibly traced) values.
+    """A copy of ``algorithm`` with float hyperparameters replaced by (possibly traced) values.
 
-    The algorithm was validated with Python numbers when it was built; the
-    copy skips re-validation so that a traced per-configuration value (inside
-    ``vmap``) can stand in for, e.g., ``inner_lr``.
+    The copy is ``dataclasses.replace(algorithm, **overrides)``: built by the
+    algorithm's own constructor, whose checks accept a traced value (inside
+    ``vmap``) unchecked and check a concrete one as usual; the original is not
+    touched.
 
     Raises:
       ValueError: if a name is not a field of the algorithm, or the field is
         not a float (integers and flags are structural: they change the
-        compiled program and cannot vary inside one).
+        compiled program and cannot vary inside one), or a concrete value is
+        invalid for that field.
       TypeError: if ``algorithm`` is not a dataclass.
     """
+    _check_override_names(algorithm, overrides)
+    return dataclasses.replace(algorithm, **overrides)
+
+
+def _check_override_names(algorithm, names) -> None:
     if not dataclasses.is_dataclass(algorithm) or isinstance(algorithm, type):
         raise TypeError(f"algorithm must be a dataclass instance, got {type(algorithm).__name__}")
     fields = {f.name for f in dataclasses.fields(algorithm)}
-    new = copy.copy(algorithm)
-    for name, value in overrides.items():
+    for name in names:
         if name not in fields:
             raise ValueError(f"{name!r} is not a hyperparameter of {type(algorithm).__name__}; sweepable axes are "
                              f"its float fields ({sorted(_float_fields(algorithm))}) and {RESERVED}")
@@ -92,8 +100,6 @@ def with_hparams(algorithm, **overrides):
             raise ValueError(f"{type(algorithm).__name__}.{name} = {getattr(algorithm, name)!r} is not a float "
                              f"hyperparameter; structural settings (step counts, flags, callables) change the "
                              f"program and need separate sweeps")
-        object.__setattr__(new, name, value)
-    return new
 
 
 def _float_fields(algorithm) -> set[str]:
@@ -119,7 +125,7 @@ def _check_hparams(algorithm, hparams) -> tuple[dict, int]:
     if len(sizes) != 1:
         raise ValueError(f"all hparams must have the same number of configurations, got "
                          f"{ {k: v.shape[0] for k, v in out.items()} }")
-    with_hparams(algorithm, **{k: 0.0 for k in out if k not in RESERVED})  # validates names
+    _check_override_names(algorithm, [k for k in out if k not in RESERVED])
     return out, sizes.pop()
 
 
@@ -132,8 +138,9 @@ def _set_meta_lr(opt_state, lr):
     return opt_state._replace(hyperparams=hp)
 
 
-def init_sweep(algorithm, params: PyTree, model_state: PyTree, meta_optimizer: optax.GradientTransformation,
-               hparams: dict, *, key=None, init_fn: Callable | None = None) -> SweepState:
+def init_sweep(algorithm: MetaLearner, params: PyTree, model_state: PyTree,
+               meta_optimizer: optax.GradientTransformation, hparams: dict, *, key=None,
+               init_fn: Callable | None = None) -> SweepState:
     """The initial :class:`SweepState` of ``n`` configurations.
 
     Args:
@@ -180,7 +187,7 @@ def init_sweep(algorithm, params: PyTree, model_state: PyTree, meta_optimizer: o
     return SweepState(train, keys, hp)
 
 
-def make_sweep_step(algorithm, sample_fn: Callable, meta_optimizer: optax.GradientTransformation, *,
+def make_sweep_step(algorithm: MetaLearner, sample_fn: Callable, meta_optimizer: optax.GradientTransformation, *,
                     meta_batch_size: int, task_parallel="vmap", compute_dtype=None, jit: bool = True):
     """``step(sweep_state, data=None) -> (sweep_state, metrics)`` for all configurations at once.
 

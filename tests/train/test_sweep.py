@@ -82,3 +82,17 @@ def test_init_fn_and_errors():
         sweep.init_sweep(alg, model.params, model.state, opt, {"seed": [0.5, 1.5]})
     with pytest.raises(ValueError, match="configuration index"):
         sweep.select(st, 5)
+
+
+def test_with_hparams_is_a_validated_copy():
+    """``with_hparams`` is ``dataclasses.replace``: a new instance through the constructor (a concrete value is
+    checked, a traced one passes), the original untouched."""
+    model = tiny_model()
+    alg = MAML(model.apply, inner_lr=0.01, num_steps=1)
+    new = sweep.with_hparams(alg, inner_lr=0.5)
+    assert new is not alg and new.inner_lr == 0.5 and alg.inner_lr == 0.01
+    assert dataclasses.replace(new, inner_lr=0.01).num_steps == alg.num_steps
+    with pytest.raises(ValueError, match="inner_lr must be a number > 0"):
+        sweep.with_hparams(alg, inner_lr=-1.0)
+    traced = jax.jit(lambda lr: jnp.asarray(sweep.with_hparams(alg, inner_lr=lr).inner_lr))(0.25)
+    assert float(traced) == 0.25 and alg.inner_lr == 0.01
