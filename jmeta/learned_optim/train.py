@@ -159,7 +159,17 @@ def meta_train(
     Returns:
       ``(final_state, history)``; ``history`` is the list of fetched metrics
       (each with ``"step"`` and ``"time_s"``).
+
+    The host loop is :class:`jmeta.train.loop.TrainLoop` (the one ``jmeta
+    train`` runs), with two differences kept from before: a row holds the
+    metrics of its own meta-step, not the mean of the window since the
+    previous row (the steps run one jitted call each, and only the last one's
+    metrics are fetched), and nothing is checkpointed and no NaN policy
+    applies (:func:`default_meta_optimizer` skips non-finite meta-gradients
+    itself).
     """
+    from jmeta.train.loop import TrainLoop
+
     if not isinstance(num_steps, int) or num_steps < 0:
         raise ValueError(f"num_steps must be a non-negative int, got {num_steps!r}")
     meta_opt = default_meta_optimizer() if meta_opt is None else meta_opt
@@ -167,15 +177,21 @@ def meta_train(
     state = init_meta_train(estimator, k_init, meta_opt, theta)
     step = make_optimizer_meta_step(estimator, meta_opt)
     history: list[dict] = []
-    t0 = time.perf_counter()
-    metrics = None
-    for i in range(num_steps):
-        state, metrics = step(state, jax.random.fold_in(k_run, i))
-        if (log_every and (i + 1) % log_every == 0) or i + 1 == num_steps:
-            row = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            row.update(step=i + 1, time_s=time.perf_counter() - t0)
+
+    def advance(state, s, n):  # n meta-steps from step s; a row holds the last one's metrics (not a mean)
+        for i in range(s, s + n):
+            state, metrics = step(state, jax.random.fold_in(k_run, i))
+        return state, metrics, None, None
+
+    class Rows:
+        def write(self, s, rec):
+            row = {k: float(v) for k, v in rec.items()}
+            row.update(step=s, time_s=time.perf_counter() - t0)
             history.append(row)
             if callback is not None:
-                callback(i + 1, row)
+                callback(s, row)
+
+    t0 = time.perf_counter()
+    state = TrainLoop(advance, total=num_steps, log_every=log_every, sinks=[Rows()], time_key=None).run(state)
     jax.block_until_ready(state.theta)
     return state, history

@@ -11,14 +11,14 @@ The run folder (the contract other tools build on)::
       predictions.png        (sinusoid) adapted fits on held-out tasks
       checkpoints/<step>/    orbax checkpoints (the last few; complete ones hold commit_success.txt, and
                              jmeta_checksums.json: every file's sha256, checked before use; see
-                             :mod:`jmeta.train.checkpoint`)
+                             :mod:`jmeta.run.checkpoint`)
       runner_state.json      per checkpoint: the partial logging window and skipped-update count, so that
                              a resumed run logs what an uninterrupted one would (a checksummed copy is in
                              each checkpoint's jmeta_checksums.json; without either, the next record holds
                              ``steps_averaged``, the meta-steps it averages)
       events.out.tfevents.*  the metrics for TensorBoard (``tensorboard --logdir RUN_DIR/..``)
       wandb/, wandb_id.txt   (with ``--wandb``) the Weights & Biases run
-      .jmeta.lock            while a process writes the folder: its owner (:mod:`jmeta.train.lock`)
+      .jmeta.lock            while a process writes the folder: its owner (:mod:`jmeta.run.lock`)
 
 Non-finite values: with ``train.on_nan='stop'`` (default) the first meta-step
 whose objective or meta-gradient norm is NaN/Inf is not applied, no later
@@ -37,7 +37,6 @@ true; :mod:`jmeta.train.determinism`): without them two runs of one seed differ.
 from __future__ import annotations
 
 import json
-import math
 import pathlib
 import time
 import warnings
@@ -52,12 +51,11 @@ from jmeta.run.config import Config
 from jmeta.train.keys import run_keys  # noqa: F401  (re-exported: the runner's keys)
 from jmeta.train.determinism import deterministic_ops_enabled, nondeterminism_warning
 from jmeta.run.logs import MetricsLog, Progress, atomic_write_json
+# The host loop, its logging window (the host carry saved beside each checkpoint) and the NaN guard.
+from jmeta.train.loop import NonFiniteError  # noqa: F401  (re-exported: raised by train)
+from jmeta.train.loop import TrainLoop, Window as _Carry, guarded_steps as _guarded_steps
 
 PyTree = Any
-
-
-class NonFiniteError(RuntimeError):
-    """The loss or meta-gradient became NaN or Inf (``train.on_nan='stop'``)."""
 
 
 class RunExistsError(FileExistsError):
@@ -102,31 +100,6 @@ OOM_HINT = ("the device ran out of memory. Options that reduce memory: a smaller
 
 RUNNER_STATE = "runner_state.json"
 EVAL_JSON = "eval.json"
-
-
-class _Carry:
-    """What the host carries between compiled calls besides the TrainState: the metric sums of the
-    current logging window (so that a record averages every meta-step since the previous record, however
-    checkpoints split the window) and the count of skipped updates. Saved beside each checkpoint."""
-
-    def __init__(self, sums: dict | None = None, steps: int = 0, skipped: int = 0):
-        self.sums, self.steps, self.skipped = dict(sums or {}), int(steps), int(skipped)
-
-    def add(self, means: dict, n: int) -> None:
-        for k, v in means.items():  # float64 on the host: a one-call window gives back its mean exactly
-            self.sums[k] = self.sums.get(k, 0.0) + float(v) * n
-        self.steps += n
-
-    def pop_mean(self) -> dict:
-        rec = {k: v / self.steps for k, v in self.sums.items()}
-        self.sums, self.steps = {}, 0
-        return rec
-
-    def to_dict(self) -> dict:
-        # Non-finite sums as "inf" / "-inf" / "nan" (standard JSON has none of them; null would read back as
-        # NaN and turn an inf window mean into nan after a resume).
-        sums = {k: v if math.isfinite(v) else str(v) for k, v in self.sums.items()}
-        return {"window_sums": sums, "window_steps": self.steps, "skipped_updates": self.skipped}
 
 
 def _carry_problem(entry) -> str | None:
@@ -188,8 +161,7 @@ def _update_carry(ckpt, out: pathlib.Path, step: int, carry: _Carry) -> None:
 
 
 def _carry_from(entry: dict) -> _Carry:
-    sums = {k: float("nan") if v is None else float(v) for k, v in entry["window_sums"].items()}  # null: NaN
-    return _Carry(sums, entry["window_steps"], entry["skipped_updates"])
+    return _Carry.from_dict(entry)
 
 
 def _restore_carry(out: pathlib.Path, step: int, extra: dict | None = None) -> _Carry:
@@ -272,40 +244,6 @@ def _lost_checkpoints(out: pathlib.Path, t) -> str | None:
     return None
 
 
-def _guarded_steps(step_fn, on_nan: str):
-    """``n`` meta-steps in one compiled call, guarded against non-finite values.
-
-    Returns ``run(state, bad, skipped, key, data, n) -> (state, bad, skipped,
-    metrics)`` (``n`` static; ``metrics`` averaged over the ``n`` steps). Carries
-    ``bad``: the first step whose objective or gradient norm was not finite
-    (-1 while none). ``"stop"``: from that step on, updates are not applied
-    (the host stops at the end of the call, naming that step). ``"skip"``: that
-    update is dropped, the step counter moves on, and ``skipped`` counts them.
-    Running many steps per call keeps Python dispatch off the hot path.
-    """
-
-    def one(carry, _):
-        state, bad, skipped, key, data = carry
-        new, metrics = step_fn(state, key, data)
-        ok = jnp.isfinite(metrics["objective"]) & jnp.isfinite(metrics["grad_norm"])
-        if on_nan == "stop":
-            take = ok & (bad < 0)
-            bad = jnp.where((bad < 0) & ~ok, state.step, bad)
-            new = jax.tree.map(lambda a, b: jnp.where(take, a, b), new, state)
-        else:
-            kept = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, state)
-            new = kept._replace(step=state.step + 1)
-            skipped = skipped + (~ok).astype(jnp.int32)
-        return (new, bad, skipped, key, data), metrics
-
-    def run(state, bad, skipped, key, data, n):
-        (state, bad, skipped, _, _), metrics = jax.lax.scan(one, (state, bad, skipped, key, data), None, length=n)
-        return state, bad, skipped, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
-
-    donate = () if jax.default_backend() == "cpu" else (0,)
-    return jax.jit(run, static_argnums=(5,), donate_argnums=donate)
-
-
 def train(cfg: Config, out_dir, *, resume: bool = False, progress: bool = True, data_dir=None,
           sinks=(), evaluate_at_end: bool = True, stop_after: int | None = None, tensorboard: bool = True,
           plots: bool = True, on_eval=None) -> dict:
@@ -323,14 +261,14 @@ def train(cfg: Config, out_dir, *, resume: bool = False, progress: bool = True, 
       stop_after: stop (with a checkpoint) after this many meta-steps of this
         call, without the final evaluation (to test resuming).
       tensorboard: also write the metrics as a TensorBoard event file into
-        ``out_dir`` (:mod:`jmeta.train.tensorboard`; no TensorFlow needed).
+        ``out_dir`` (:mod:`jmeta.run.tensorboard`; no TensorFlow needed).
       plots: draw the PNGs at the end (needs matplotlib).
       on_eval: called with the evaluation (as in ``eval.json``) once it is
         written, before the PNGs are drawn (``jmeta train`` prints it there).
 
-    The run folder is locked while this runs (:mod:`jmeta.train.lock`), and
+    The run folder is locked while this runs (:mod:`jmeta.run.lock`), and
     SIGINT/SIGTERM stop training with a final checkpoint
-    (:mod:`jmeta.train.interrupt`).
+    (:mod:`jmeta.run.interrupt`).
 
     Raises:
       RunLockedError: another process is writing ``out_dir``.
@@ -371,7 +309,7 @@ def resume_command(out, data_dir=None) -> str:
 
 def _train(cfg: Config, out_dir, *, resume, progress, data_dir, sinks, evaluate_at_end, stop_after, tensorboard,
            plots, on_eval, stop) -> dict:
-    """:func:`train` with the run folder locked; ``stop``: the :class:`~jmeta.train.interrupt.StopSignals`."""
+    """:func:`train` with the run folder locked; ``stop``: the :class:`~jmeta.run.interrupt.StopSignals`."""
     from jmeta.run.config import ConfigError, validate
     from jmeta.run.experiment import build
     from jmeta.run.checkpoint import CheckpointError, Checkpointer
@@ -440,72 +378,43 @@ def _train(cfg: Config, out_dir, *, resume, progress, data_dir, sinks, evaluate_
     step_fn = make_meta_step(exp.algorithm, exp.train_sample, exp.meta_optimizer,
                              meta_batch_size=t.meta_batch_size, task_parallel=task_parallel, jit=False)
     guarded = _guarded_steps(step_fn, t.on_nan)
-    bad = jnp.asarray(-1, jnp.int32)
     carry = _restore_carry(out, start, extra) if resume else _Carry()
-    window_start = _last_record_step(out, start) if resume else 0  # a record covers (window_start, s]
-    skipped = jnp.asarray(carry.skipped, jnp.int32)
     total = t.steps if stop_after is None else min(t.steps, start + stop_after)
     bar = Progress(t.steps, start=start, desc=cfg.name, enabled=progress)
     t0 = time.perf_counter()
-    last_ckpt = start
-    s = start
-    metrics = None
 
-    def write_record():
-        nonlocal window_start
-        n = carry.steps
-        rec = carry.pop_mean()
-        if n != s - window_start:  # part of the window was lost with a bad runner_state.json
-            rec["steps_averaged"] = n
-        window_start = s
-        if t.on_nan == "skip":
-            rec["skipped_updates"] = carry.skipped
-        rec["time"] = round(time.perf_counter() - t0, 3)
-        log.write(s, rec)
-        bar.update(s, postfix=f"loss {rec.get('loss', float('nan')):.4f}")
+    def advance(st, _, n):  # st: (TrainState, first bad step, skipped updates), the last two on the device
+        state, bad, skipped, metrics = guarded(*st, k_train, exp.train_data, n)
+        return (state, bad, skipped), metrics, bad, skipped
+
+    def nonfinite_message(b):
+        last = ckpt.latest_step()
+        return (f"non-finite loss or meta-gradient at meta-step {b}; the run stopped without applying "
+                f"it. Last good checkpoint: "
+                f"{'step ' + str(last) + ' in ' + str(ckpt.directory) if last is not None else 'none'}. "
+                f"Edit {out / 'config.json'} (lower train.meta_lr or algorithm.inner_lr, or set "
+                f"train.on_nan to \"skip\" to drop such updates), then resume with "
+                f"`jmeta train --resume {out}`.")
+
+    loop = TrainLoop(advance, total=total, final=t.steps, log_every=t.log_every,
+                     checkpoint_every=t.checkpoint_every, sinks=[log], progress=bar, on_nan=t.on_nan,
+                     checkpoint=lambda s, st, w: _save(ckpt, out, s, st[0], w),
+                     update_window=lambda s, w: _update_carry(ckpt, out, s, w),
+                     should_stop=lambda: stop.requested is not None,  # SIGINT/SIGTERM: checkpoint and stop
+                     nonfinite_message=nonfinite_message)
 
     def interrupted_now():  # a second signal (or one while a checkpoint is written): stop at once
+        last_ckpt, s = loop.last_checkpoint, loop.step
         where = f"from checkpoint {last_ckpt}" if last_ckpt else "no checkpoint yet: it starts over"
         return f"interrupted ({{signal}}) again at once, before step {s} was checkpointed; " \
                f"resume with `{resume_cmd}` ({where})"
 
     stop.message, stop.deferring = interrupted_now, True  # the first signal stops at the next safe point
     try:
-        while s < total:
-            # Run up to the next logging / checkpoint / final step in one call.
-            nxt = min(total, (s // t.log_every + 1) * t.log_every)
-            if t.checkpoint_every:
-                nxt = min(nxt, (s // t.checkpoint_every + 1) * t.checkpoint_every)
-            state, bad, skipped, metrics = guarded(state, bad, skipped, k_train, exp.train_data, nxt - s)
-            carry.add(jax.device_get(metrics), nxt - s)
-            s = nxt
-            b = int(bad)  # checked after every call, so no checkpoint is written past a bad step
-            if b >= 0:
-                last = ckpt.latest_step()
-                raise NonFiniteError(
-                    f"non-finite loss or meta-gradient at meta-step {b}; the run stopped without applying "
-                    f"it. Last good checkpoint: "
-                    f"{'step ' + str(last) + ' in ' + str(ckpt.directory) if last is not None else 'none'}. "
-                    f"Edit {out / 'config.json'} (lower train.meta_lr or algorithm.inner_lr, or set "
-                    f"train.on_nan to \"skip\" to drop such updates), then resume with "
-                    f"`jmeta train --resume {out}`.")
-            carry.skipped = int(skipped)
-            if s % t.log_every == 0 or s == t.steps:
-                write_record()
-            if t.checkpoint_every and s % t.checkpoint_every == 0 and s < total:
-                _save(ckpt, out, s, state, carry)
-                last_ckpt = s
-            if stop.requested is not None and s < total:
-                break  # SIGINT/SIGTERM: checkpoint the step reached (below) and stop
-        if s == t.steps and carry.steps:
-            # Resumed from a checkpoint inside a logging window with train.steps equal to its step: nothing
-            # ran, but a run of that many steps logs the window here.
-            write_record()
-            if s == last_ckpt and s:
-                _update_carry(ckpt, out, s, carry)
-        if s != last_ckpt or s == 0:
-            _save(ckpt, out, s, state, carry)
-            last_ckpt = s
+        state, _, _ = loop.run((state, jnp.asarray(-1, jnp.int32), jnp.asarray(carry.skipped, jnp.int32)),
+                               start=start, window=carry,
+                               window_start=_last_record_step(out, start) if resume else 0)
+        s = loop.step
         stop.deferring = False
         if stop.requested is not None:
             raise stop.interrupted(f"interrupted ({{signal}}) at step {s}; checkpoint {s} written to "

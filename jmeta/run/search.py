@@ -14,7 +14,7 @@ sampled uniformly (log-uniformly with ``:log``; integers when ``lo`` and
 ``--grid`` key picks one of its values uniformly (numpy
 ``default_rng(sweep_seed)``).
 
-Each trial is an ordinary run (:func:`jmeta.train.runner.train`) in
+Each trial is an ordinary run (:func:`jmeta.run.runner.train`) in
 ``OUT/trial_000``, ``OUT/trial_001``, ... , run one after another: every
 config key can be swept, and every trial folder can be inspected, resumed,
 evaluated and exported like any run. Re-running a sweep continues it: a trial
@@ -313,7 +313,7 @@ def _refuse_others(states, run_dirs, trials) -> None:
 
 def run(base: Config, trials: list[dict], out_dir, *, progress: bool = True, tensorboard: bool = True,
         metric: str | None = None, data_dir=None, log=print) -> dict:
-    """Runs the trials one after another (:func:`_run`) with the sweep folder locked (:mod:`jmeta.train.lock`;
+    """Runs the trials one after another (:func:`_run`) with the sweep folder locked (:mod:`jmeta.run.lock`;
     each trial folder is locked while it trains)."""
     from jmeta.run.lock import RunLock
 
@@ -413,7 +413,7 @@ def _check_vectorizable(base: Config, trials: list[dict]) -> None:
 def run_vectorized(base: Config, trials: list[dict], out_dir, *, progress: bool = True, tensorboard: bool = True,
                    metric: str | None = None, data_dir=None, log=print) -> dict:
     """:func:`_run_vectorized` with the sweep folder locked, and each trial folder from when it is written
-    (:mod:`jmeta.train.lock`)."""
+    (:mod:`jmeta.run.lock`)."""
     import contextlib
 
     from jmeta.run.lock import RunLock
@@ -456,6 +456,7 @@ def _run_vectorized(base: Config, trials: list[dict], out_dir, *, progress: bool
     from jmeta.train.determinism import nondeterminism_warning
     from jmeta.run.lock import RunLock
     from jmeta.run.logs import MetricsLog, Progress, atomic_write_json
+    from jmeta.train.loop import TrainLoop
     from jmeta.run.runner import evaluate_run, run_keys
 
     out = pathlib.Path(out_dir)
@@ -516,18 +517,21 @@ def _run_vectorized(base: Config, trials: list[dict], out_dir, *, progress: bool
     bar = Progress(tcfg.steps, desc=f"{base.name} sweep x{n}", enabled=progress)
     t0 = time.perf_counter()
     finite = np.ones(n, bool)
-    s = 0
-    try:
-        while s < tcfg.steps:
-            k = min(tcfg.steps, (s // tcfg.log_every + 1) * tcfg.log_every) - s
-            state, hist = VS.run_sweep(step, state, k, exp.train_data)
-            s += k
-            finite &= np.all(np.isfinite(hist["loss"]), axis=0)
-            last = {name: np.mean(v, axis=0) for name, v in hist.items()}  # averaged as the runner logs
+
+    def advance(state, _, k):  # k sweep steps; each trial's metrics averaged as the runner logs them
+        nonlocal finite
+        state, hist = VS.run_sweep(step, state, k, exp.train_data)
+        finite &= np.all(np.isfinite(hist["loss"]), axis=0)  # a trial diverges on its own: no NaN stop
+        return state, {name: np.mean(v, axis=0) for name, v in hist.items()}, None, None
+
+    class PerTrial:  # one record of [n] values -> one record per trial folder
+        def write(self, s, rec):
             for i, lg in enumerate(logs):
-                lg.write(s, {**{name: float(v[i]) for name, v in last.items()},
-                             "time": round(time.perf_counter() - t0, 3)})
-            bar.update(s, postfix=f"best loss {float(np.nanmin(last['loss'])):.4f}")
+                lg.write(s, {name: v if np.ndim(v) == 0 else float(v[i]) for name, v in rec.items()})
+
+    try:
+        state = TrainLoop(advance, total=tcfg.steps, log_every=tcfg.log_every, sinks=[PerTrial()],
+                          progress=bar).run(state)
     finally:
         bar.close()
         for lg in logs:
