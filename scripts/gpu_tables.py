@@ -193,6 +193,18 @@ def _accuracy(ev: dict) -> dict:
             "num_tasks": ev.get("num_tasks")}
 
 
+def _finish_record(rec: dict, run: pathlib.Path, ev: dict, *, rehearse: bool, protocol_steps: int) -> dict:
+    """``rec`` completed from a run folder and its ``eval.json`` ``ev``: timing, accuracy, device, and the status
+    ("ok" at the protocol's steps, or the rehearsal's; "reduced" below them)."""
+    rec.update(_metrics_timing(run))
+    rec.update(_accuracy(ev))
+    rec.update(steps=ev["step"], device=ev.get("device"), platform=ev.get("platform"),
+               conv_impl=ev.get("conv_impl"), deterministic_ops=ev.get("xla_gpu_deterministic_ops"))
+    target = REHEARSAL_STEPS if rehearse else protocol_steps
+    rec["status"] = "ok" if ev["step"] >= target else "reduced"
+    return rec
+
+
 def run_train_stage(stage: Stage, work: pathlib.Path, *, budget: float, eval_budget: float, rehearse: bool,
                     env: dict, data_dir: pathlib.Path | None) -> dict:
     """Trains ``stage.preset`` into ``work/runs/NAME`` within ``budget`` s and evaluates it; returns the record."""
@@ -229,14 +241,8 @@ def run_train_stage(stage: Stage, work: pathlib.Path, *, budget: float, eval_bud
     if not ev_path.is_file():
         rec.update(status="FAILED", reason=f"no eval.json in the run folder: {_last_line(log)}")
         return rec
-    ev = json.loads(ev_path.read_text())
-    rec.update(_metrics_timing(run))
-    rec.update(_accuracy(ev))
-    rec.update(steps=ev["step"], device=ev.get("device"), platform=ev.get("platform"),
-               conv_impl=ev.get("conv_impl"), deterministic_ops=ev.get("xla_gpu_deterministic_ops"))
-    target = REHEARSAL_STEPS if rehearse else protocol_steps
-    rec["status"] = "ok" if ev["step"] >= target else "reduced"
-    return rec
+    return _finish_record(rec, run, json.loads(ev_path.read_text()), rehearse=rehearse,
+                          protocol_steps=protocol_steps)
 
 
 def evaluate_stopped_run(run: pathlib.Path, log: pathlib.Path, *, budget: float, env: dict,
@@ -281,14 +287,8 @@ def run_eval_stage(stage: Stage, work: pathlib.Path, *, budget: float, rehearse:
         why = f"stopped at its budget ({budget:.0f} s)" if rc is None else f"exited with {rc}: {_last_line(log)}"
         rec.update(status="FAILED", reason=f"jmeta eval {why}")
         return rec
-    ev = json.loads((run / "eval.json").read_text())
-    rec.update(_metrics_timing(run))
-    rec.update(_accuracy(ev))
-    rec.update(steps=ev["step"], device=ev.get("device"), platform=ev.get("platform"),
-               conv_impl=ev.get("conv_impl"), deterministic_ops=ev.get("xla_gpu_deterministic_ops"))
-    target = REHEARSAL_STEPS if rehearse else protocol_steps
-    rec["status"] = "ok" if ev["step"] >= target else "reduced"
-    return rec
+    return _finish_record(rec, run, json.loads((run / "eval.json").read_text()), rehearse=rehearse,
+                          protocol_steps=protocol_steps)
 
 
 def run_bench_stage(stage: Stage, work: pathlib.Path, *, budget: float, rehearse: bool, env: dict) -> dict:
