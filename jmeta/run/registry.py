@@ -182,8 +182,7 @@ for _head, _fixed in (("svm", "svm"), ("rr", "ridge")):
                    wiring=("apply", "n_way"), fixed={"head": _fixed}, aliases={"svm_c": "C"},
                    doc=f"MetaOptNet with the {_fixed} head (Lee et al. 2019)"))
 register(Entry("algorithm", "imaml", "jmeta.algorithms.imaml:IMAML",
-               wiring=("apply", "loss", "eval_steps", "inner_transform", "hvp"),
-               extra={"inner_optimizer": ("sgd", ("sgd", "adam"))}, aliases={"inner_steps": "num_steps"},
+               **{**_INNER, "wiring": (*_INNER["wiring"], "hvp")},
                doc="iMAML, implicit gradients (Rajeswaran et al. 2019)"))
 register(Entry("algorithm", "meta-lstm", "jmeta.learned_optim.meta_lstm:MetaLSTM", wiring=("apply", "loss", "eval_steps"),
                aliases={"inner_steps": "num_steps"}, doc="Meta-LSTM learned optimizer (Ravi & Larochelle 2017)"))
