@@ -219,13 +219,19 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _run_folder(path) -> pathlib.Path:
+    """``path`` as a run folder (one holding ``config.json``), else a :class:`CLIError`."""
+    run = pathlib.Path(path)
+    if not (run / "config.json").is_file():
+        raise CLIError(f"{run}: no config.json there (not a jmeta run folder)")
+    return run
+
+
 def cmd_eval(args) -> int:
     from jmeta.run.interrupt import StopSignals
     from jmeta.run.lock import RunLock
 
-    run = pathlib.Path(args.run_dir)
-    if not (run / "config.json").is_file():
-        raise CLIError(f"{run}: no config.json there (not a jmeta run folder)")
+    run = _run_folder(args.run_dir)
     # Locked (no run writes it meanwhile) and found writable before the long evaluation; SIGINT and SIGTERM
     # stop it alike, leaving the files as they were.
     with RunLock(run, "jmeta eval"), StopSignals("interrupted ({signal}) while evaluating; nothing was written"):
@@ -267,9 +273,7 @@ def _eval_locked(args, run: pathlib.Path) -> int:
 def cmd_export(args) -> int:
     from jmeta.run.export import export_run
 
-    run = pathlib.Path(args.run_dir)
-    if not (run / "config.json").is_file():
-        raise CLIError(f"{run}: no config.json there (not a jmeta run folder)")
+    run = _run_folder(args.run_dir)
     if args.steps is not None and args.steps < 0:
         raise CLIError(f"--steps must be >= 0, got {args.steps}")
     plats = None if args.platforms == "native" else tuple(p.strip() for p in args.platforms.split(",") if p.strip())

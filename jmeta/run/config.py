@@ -58,7 +58,7 @@ class Section:
 
     @property
     def key(self) -> str:
-        return "family" if self.kind == "task" else "name"
+        return _registry.name_key(self.kind)
 
     def __getattr__(self, item):
         if item.startswith("__") or "options" not in self.__dict__:  # copy/pickle probing a bare instance
@@ -321,7 +321,7 @@ def from_dict(d: dict) -> Config:
         sub = subs[kind]
         if set(V0_DEFAULTS[kind]) - {"eval_steps"} <= set(sub):
             sub = _from_v0(kind, sub)
-        key = "family" if kind == "task" else "name"
+        key = _registry.name_key(kind)
         name = sub.pop(key, default)
         placeholders = _placeholders(cfg, name, sub) if kind == "algorithm" else None
         setattr(cfg, kind, Section.make(kind, name, sub, placeholders))
@@ -378,7 +378,7 @@ _V0_USED = {
 
 def _from_v0(kind: str, sub: dict) -> dict:
     """A flat section of an earlier jmeta as ``{name, **options}`` (see :func:`from_dict`)."""
-    key = "family" if kind == "task" else "name"
+    key = _registry.name_key(kind)
     name = sub[key]
     entry = _registry.get(kind, name)
     used = _V0_USED[kind][name]
@@ -537,7 +537,7 @@ def _parse_assignment(d: dict, assignment: str) -> str:
                               f"must agree (both are the evaluation's inner steps)")
         given["eval.steps"] = value
     elif section in _REGISTERED:  # an older option name (inner_steps, svm_c, filters) of the named entry
-        name = d[section].get("family" if section == "task" else "name")
+        name = d[section].get(_registry.name_key(section))
         if isinstance(name, str) and name in _registry.names(section):
             key = _registry.get(section, name).aliases.get(key, key)
     d[section][key] = value

@@ -61,15 +61,11 @@ def build_algorithm(cfg: Config, apply: Callable, *, loss: str, n_way: int | Non
 
     ``conv_impl`` is the resolved convolution form of ``apply`` (``None``: no
     convolutions); iMAML needs it because ``custom_vjp`` forms have no forward mode.
+
+    It is the registry entry's constructor with the config's options and the wiring (the model's ``apply``, the
+    loss, the ways, ``eval.steps``, the inner transform); :meth:`jmeta.run.registry.Entry.build` turns the
+    constructor's ``ValueError``/``TypeError`` into the :class:`ConfigError`.
     """
-    with _as_config_error("algorithm"):
-        return _build_algorithm(cfg, apply, loss=loss, n_way=n_way, conv_impl=conv_impl)
-
-
-def _build_algorithm(cfg: Config, apply: Callable, *, loss: str, n_way: int | None = None,
-                     conv_impl: str | None = None):
-    """The algorithm object named by ``cfg.algorithm.name``: its registry entry's constructor with the config's
-    options and the wiring (the model's ``apply``, the loss, the ways, ``eval.steps``, the inner transform)."""
     from jmeta.run.registry import inner_transform
 
     a = cfg.algorithm

@@ -73,9 +73,8 @@ class Entry:
         return out
 
     def unknown(self, key: str) -> ConfigError:
-        key_name = "family" if self.kind == "task" else "name"
-        return ConfigError(f"{self.kind}.{key} is not an option of {self.kind}.{key_name}={self.name!r}; its options: "
-                           f"{sorted(self.options())}")
+        return ConfigError(f"{self.kind}.{key} is not an option of {self.kind}.{name_key(self.kind)}={self.name!r}; "
+                           f"its options: {sorted(self.options())}")
 
     def check(self, options: Mapping, placeholders: Mapping = _EMPTY) -> dict:
         """``options`` completed with the defaults and checked: every key an option, every value one the
@@ -151,9 +150,13 @@ def get(kind: str, name) -> Entry:
     """The entry of ``kind`` named ``name`` (else a :class:`ConfigError` listing the registered names)."""
     table = REGISTRY[kind]
     if not isinstance(name, str) or name not in table:
-        key = "family" if kind == "task" else "name"
-        raise ConfigError(f"{kind}.{key} must be one of {list(table)}, got {name!r}")
+        raise ConfigError(f"{kind}.{name_key(kind)} must be one of {list(table)}, got {name!r}")
     return table[name]
+
+
+def name_key(kind: str) -> str:
+    """The key of a section that names its entry: ``"family"`` for the task, ``"name"`` otherwise."""
+    return "family" if kind == "task" else "name"
 
 
 def names(kind: str) -> tuple[str, ...]:
@@ -182,8 +185,7 @@ for _head, _fixed in (("svm", "svm"), ("rr", "ridge")):
                    wiring=("apply", "n_way"), fixed={"head": _fixed}, aliases={"svm_c": "C"},
                    doc=f"MetaOptNet with the {_fixed} head (Lee et al. 2019)"))
 register(Entry("algorithm", "imaml", "jmeta.algorithms.imaml:IMAML",
-               wiring=("apply", "loss", "eval_steps", "inner_transform", "hvp"),
-               extra={"inner_optimizer": ("sgd", ("sgd", "adam"))}, aliases={"inner_steps": "num_steps"},
+               **{**_INNER, "wiring": (*_INNER["wiring"], "hvp")},
                doc="iMAML, implicit gradients (Rajeswaran et al. 2019)"))
 register(Entry("algorithm", "meta-lstm", "jmeta.learned_optim.meta_lstm:MetaLSTM", wiring=("apply", "loss", "eval_steps"),
                aliases={"inner_steps": "num_steps"}, doc="Meta-LSTM learned optimizer (Ravi & Larochelle 2017)"))
