@@ -30,6 +30,7 @@ from jmeta.algorithms.base import check_one_task, combine, make_param_filter, pa
 from jmeta.inner.loop import check_inner_transform, inner_loop, remat_policy
 from jmeta.inner.lr import LR_KINDS, init_log_lr, scale_by_learned_lr
 from jmeta.losses import get_loss, metrics_for
+from jmeta.models.bridge import declared
 
 PyTree = Any
 
@@ -299,7 +300,7 @@ class ANIL(GradientLearner):
     def _split(self, params):
         spec = self.adapt_params
         if spec == "head":
-            spec = getattr(self.apply, "head", None) or spec
+            spec = declared(self.apply, "head") or spec
         return partition(params, make_param_filter(spec))
 
 
