@@ -222,7 +222,7 @@ class IMAML:
 
     def task_loss(self, meta_params, model_state, task, *, key=None, step=0):
         del key, step
-        check_one_task("IMAML", task, self.apply)
+        check_one_task(type(self).__name__, task, self.apply)
         phi, slow, first = self._solve(meta_params, model_state, task.support_x, task.support_y, self.num_steps)
         out, new_state = self.apply(combine(phi, slow), model_state, task.query_x, train=self._train_mode)
         metrics = metrics_for(self.loss, out, task.query_y)

@@ -193,7 +193,7 @@ class ProtoNet:
     def task_loss(self, meta_params, model_state, task, *, key=None, step=0):
         """Query cross-entropy against the support prototypes."""
         del key, step
-        check_one_task("ProtoNet", task, self.apply, class_labels=True)
+        check_one_task(type(self).__name__, task, self.apply, class_labels=True)
         train = self.bn_mode != "frozen"
         logits, new_state = self._task_logits(meta_params["params"], model_state, task, train)
         loss = cross_entropy(logits, task.query_y)

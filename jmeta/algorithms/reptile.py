@@ -59,7 +59,7 @@ class Reptile(GradientLearner):
 
     def task_loss(self, meta_params, model_state, task, *, key=None, step=0):
         del key, step
-        check_one_task("Reptile", task, self.apply)
+        check_one_task(type(self).__name__, task, self.apply)
         theta = meta_params["params"]
         fast, slow = self._split(theta)
         if self.train_on_query:

@@ -329,7 +329,7 @@ class MetaLSTM:
         """Query loss of the adapted learner; ``aux["metrics"]``: ``loss``, ``accuracy``
         (classification), ``support_loss`` (before the first update)."""
         del key, step
-        check_one_task("MetaLSTM", task, self.apply)
+        check_one_task(type(self).__name__, task, self.apply)
         c, losses, _ = self._unroll(meta_params, model_state, task.support_x, task.support_y, self.num_steps)
         out, new_state = self._forward(self.unravel(meta_params, c), model_state, task.query_x)
         metrics = metrics_for(self.loss, out, task.query_y)
