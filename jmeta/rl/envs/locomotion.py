@@ -239,6 +239,11 @@ def _check_n(env, n) -> int:
     return validate.integer(f"{type(env).__name__}.sample_tasks n", n, min=1)
 
 
+def _sample_directions(key: jax.Array, n: int) -> jax.Array:
+    """float32 [n] in {-1, +1}, each +1 with probability 1/2 (the direction tasks)."""
+    return jnp.where(jax.random.bernoulli(key, 0.5, (n,)), 1.0, -1.0).astype(jnp.float32)
+
+
 @dataclasses.dataclass(frozen=True)
 class HalfCheetahDirection(_Locomotion):
     """HalfCheetah forward/backward (MAML, ProMP): reward ``d * v - ctrl_cost_weight * ||a||^2``.
@@ -266,7 +271,7 @@ class HalfCheetahDirection(_Locomotion):
 
     def sample_tasks(self, key: jax.Array, n: int) -> PyTree:
         n = _check_n(self, n)
-        return {"direction": jnp.where(jax.random.bernoulli(key, 0.5, (n,)), 1.0, -1.0).astype(jnp.float32)}
+        return {"direction": _sample_directions(key, n)}
 
     def reward(self, velocity: jax.Array, action: jax.Array, task: PyTree) -> jax.Array:
         """``direction * velocity - ctrl_cost_weight * ||action||^2``."""
@@ -344,7 +349,7 @@ class AntDirection(_Locomotion):
 
     def sample_tasks(self, key: jax.Array, n: int) -> PyTree:
         n = _check_n(self, n)
-        return {"direction": jnp.where(jax.random.bernoulli(key, 0.5, (n,)), 1.0, -1.0).astype(jnp.float32)}
+        return {"direction": _sample_directions(key, n)}
 
     def reward(self, velocity: jax.Array, action: jax.Array, task: PyTree) -> jax.Array:
         """``direction * velocity - ctrl_cost_weight * ||action||^2 + survive_bonus``."""
