@@ -160,10 +160,6 @@ def _update_carry(ckpt, out: pathlib.Path, step: int, carry: _Carry) -> None:
     _save_carry(ckpt, out, step, carry)
 
 
-def _carry_from(entry: dict) -> _Carry:
-    return _Carry.from_dict(entry)
-
-
 def _restore_carry(out: pathlib.Path, step: int, extra: dict | None = None) -> _Carry:
     """The host carry saved with checkpoint ``step``.
 
@@ -189,9 +185,9 @@ def _restore_carry(out: pathlib.Path, step: int, extra: dict | None = None) -> _
             why = problem if entry is None else "its entry differs from the checkpoint's checksummed copy"
             warnings.warn(f"{path}: {why}; using the copy in checkpoint {step}'s checksum file, so the logging "
                           f"window continues exactly", CheckpointWarning, stacklevel=3)
-        return _carry_from(copy)
+        return _Carry.from_dict(copy)
     if entry is not None:
-        return _carry_from(entry)
+        return _Carry.from_dict(entry)
     recs = [r for r in MetricsLog.read(out / "metrics.jsonl") if r.get("step", 0) <= step] \
         if (out / "metrics.jsonl").exists() else []
     last = recs[-1].get("step", 0) if recs else 0

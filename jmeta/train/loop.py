@@ -292,7 +292,8 @@ class TrainLoop:
         while s < self.total:
             nxt = self._next(s)
             state, metrics, bad, skipped = self.advance(state, s, nxt - s)
-            window.add(jax.device_get(metrics), nxt - s)
+            metrics, bad, skipped = jax.device_get((metrics, bad, skipped))  # one host transfer per call
+            window.add(metrics, nxt - s)
             self.step = s = nxt
             if self.on_nan == "stop" and bad is not None:
                 b = int(bad)  # checked after every call, so no checkpoint is written past a bad step
