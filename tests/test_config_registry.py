@@ -104,7 +104,7 @@ def test_every_preset_is_the_earlier_preset():
     from jmeta.run.experiment import build_algorithm
 
     v0 = json.loads((V0 / "presets.json").read_text())
-    assert sorted(C.PRESETS) == sorted(v0["presets"])
+    assert sorted(n for n in C.PRESETS if n not in RL_PRESETS) == sorted(v0["presets"])
     for name, old in v0["presets"].items():
         cfg = C.load(name)
         d = json.loads(cfg.to_json())
@@ -116,6 +116,41 @@ def test_every_preset_is_the_earlier_preset():
         want = dict(v0["algorithms"][name])
         assert type(algo).__name__ == want.pop("class") or want["loss"] in ("mse", "cross_entropy"), name
         assert _algorithm_fields(algo) == want, name
+
+
+#: The meta-RL presets (the earlier jmeta had none) and the constructor arguments each must hold.
+RL_PRESETS = {
+    "nav2d-maml-trpo": dict(num_tasks=20, num_episodes=20, inner_lr=0.1, estimator="dice", outer="trpo", max_kl=0.01),
+    "nav2d-promp": dict(num_tasks=40, num_episodes=20, inner_lr=0.1, estimator="lvc", outer="ppo", outer_lr=1e-3,
+                        ppo_epochs=5, clip_eps=0.3, inner_kl_penalty=5e-4, target_inner_kl=0.01),
+    "cheetah-dir-maml-trpo": dict(num_tasks=40, num_episodes=20, inner_lr=0.1, outer="trpo", max_kl=0.01),
+    "cheetah-vel-maml-trpo": dict(num_tasks=40, num_episodes=20, inner_lr=0.1, outer="trpo", max_kl=0.01),
+    "ant-dir-maml-trpo": dict(num_tasks=40, num_episodes=20, inner_lr=0.1, outer="trpo", max_kl=0.01),
+    "bandit-rl2": dict(meta_batch_size=64, num_episodes=10, discount=0.99),
+    "tabular-mdp-rl2": dict(meta_batch_size=64, num_episodes=10, discount=0.99),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RL_PRESETS))
+def test_every_meta_rl_preset_builds_its_algorithm(name):
+    """Each meta-RL preset's sections hold only their entries' options, and (environments that need no MuJoCo)
+    build the algorithm with the preset's values; the MJX ones are checked without building (no mujoco import)."""
+    import sys
+
+    cfg = C.load(name)
+    assert R.is_rl(cfg) and cfg.train.steps > 0, name
+    for kind in ("task", "model", "algorithm"):
+        section = getattr(cfg, kind)
+        assert set(section.to_dict()) == {section.key, *section.entry.options()}, (name, kind)
+    if cfg.task.family in ("cheetah-dir", "cheetah-vel", "ant-dir"):
+        assert "mujoco" not in sys.modules or "jmeta.rl.envs.locomotion" in sys.modules
+        assert cfg.task.horizon == 200 and cfg.model.hidden == (100, 100)
+        return
+    from jmeta.run.rl import build
+
+    algo = build(cfg).algorithm
+    for key, want in RL_PRESETS[name].items():
+        assert getattr(algo, key) == want, (name, key)
 
 
 def test_preset_files_name_their_command_and_jmeta_presets_lists_them(capsys):
@@ -134,6 +169,8 @@ def test_an_option_the_algorithm_does_not_have_is_an_error_naming_it(name):
     family = "sinusoid" if name not in ("protonet", "r2d2", "metaoptnet-svm", "metaoptnet-rr", "meta-lstm") \
         else "omniglot"
     base = C.load("sinusoid-maml" if family == "sinusoid" else "omniglot-5w1s-protonet")
+    if name in R.RL_ALGORITHMS:
+        base = C.load({"maml-rl": "nav2d-maml-trpo", "promp": "nav2d-promp", "rl2": "bandit-rl2"}[name])
     cfg = C.apply_overrides(base, [f"algorithm.name={name}"] + (["algorithm.adapt_params=layers_2"]
                                                                  if name == "anil" else []))
     assert set(cfg.algorithm.to_dict()) == {"name", *R.get("algorithm", name).options()}

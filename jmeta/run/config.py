@@ -445,9 +445,10 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"train.weight_decay must be >= 0, got {cfg.train.weight_decay!r}")
     if not cfg.train.grad_clip >= 0:
         raise ConfigError(f"train.grad_clip must be >= 0 (0: no clipping), got {cfg.train.grad_clip!r}")
+    _registry.check_rl(cfg)
     if cfg.task.family == "sinusoid" and cfg.model.name != "mlp":
         raise ConfigError(f"task.family='sinusoid' needs model.name='mlp', got {cfg.model.name!r}")
-    if cfg.task.family != "sinusoid" and cfg.model.name == "mlp":
+    if cfg.task.family != "sinusoid" and cfg.model.name == "mlp" and not _registry.is_rl(cfg):
         raise ConfigError(f"task.family={cfg.task.family!r} needs model.name 'conv4' or 'resnet12', got 'mlp'")
     choice("train.on_nan", cfg.train.on_nan, ("stop", "skip"))
     tp = cfg.train.task_parallel

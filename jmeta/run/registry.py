@@ -205,6 +205,62 @@ register(Entry("task", "sinusoid", "jmeta.tasks.sinusoid:Sinusoid", doc="sinusoi
 register(Entry("task", "omniglot", "jmeta.run.families:Omniglot", doc="Omniglot N-way K-shot episodes"))
 register(Entry("task", "miniimagenet", "jmeta.run.families:MiniImageNet", doc="mini-ImageNet N-way K-shot episodes"))
 
+# -- meta-RL: environments, policies, algorithms (the wiring: jmeta.run.rl) --------------------------------------
+
+for _name, _target, _build, _doc in (
+        ("nav2d", "jmeta.rl.envs.nav2d:Nav2D", True, "2D navigation to a goal in [-0.5, 0.5]^2 (Finn et al. 2017)"),
+        ("nav2d-corner", "jmeta.rl.envs.nav2d:Nav2DCorner", True, "point mass, sparse corner goals (ProMP)"),
+        ("bandit", "jmeta.rl.envs.bandit:BernoulliBandit", True, "Bernoulli multi-armed bandits (RL^2)"),
+        ("tabular-mdp", "jmeta.rl.envs.tabular:RandomTabularMDP", True, "random tabular MDPs (RL^2)"),
+        # MJX and MetaWorld are imported by the constructors only: options are read from the classes
+        ("cheetah-dir", "jmeta.rl.envs.locomotion:HalfCheetahDirection", False, "HalfCheetah forward/backward (MJX)"),
+        ("cheetah-vel", "jmeta.rl.envs.locomotion:HalfCheetahVelocity", False, "HalfCheetah goal velocity (MJX)"),
+        ("ant-dir", "jmeta.rl.envs.locomotion:AntDirection", False, "Ant forward/backward (MJX)"),
+        ("metaworld-ml1", "jmeta.rl.envs.metaworld:MetaWorldML1", False, "MetaWorld ML1 on the host (metaworld)")):
+    register(Entry("task", _name, _target, check_by_building=_build, doc=_doc))
+register(Entry("model", "gaussian-mlp", "jmeta.rl.policies:gaussian_mlp_policy",
+               wiring=("obs_size", "action_size", "key"), check_by_building=False,
+               doc="Gaussian MLP policy with a learned log-std (MAML-RL, ProMP)"))
+register(Entry("model", "gru", "jmeta.rl.recurrent:gru_policy", wiring=("input_size", "num_actions", "key"),
+               check_by_building=False, doc="GRU categorical policy with a value head (RL^2)"))
+# Built with the environment and the policy (jmeta.run.rl.build): their values are checked there, by the
+# constructors; the option names here.
+register(Entry("algorithm", "maml-rl", "jmeta.rl.maml_rl:MAMLRL", wiring=("env", "policy", "num_tasks"),
+               check_by_building=False, doc="MAML-RL: DiCE/LVC/first-order inner step, TRPO or PPO outer step"))
+register(Entry("algorithm", "promp", "jmeta.run.rl:promp", wiring=("env", "policy", "num_tasks"),
+               check_by_building=False, doc="ProMP (Rothfuss et al. 2019): LVC, PPO-clip, inner KL penalty"))
+register(Entry("algorithm", "rl2", "jmeta.run.rl:rl2", wiring=("env", "policy", "meta_batch_size"),
+               check_by_building=False, doc="RL^2 (Duan et al. 2016): GRU over a trial, PPO-clip"))
+
+
+#: The environment families of meta-RL (``task.family``), wired by :mod:`jmeta.run.rl`.
+RL_FAMILIES = ("nav2d", "nav2d-corner", "bandit", "tabular-mdp", "cheetah-dir", "cheetah-vel", "ant-dir",
+               "metaworld-ml1")
+#: Meta-RL families whose episodes run on the host (not inside jit).
+HOST_FAMILIES = ("metaworld-ml1",)
+#: The meta-RL algorithms and the policy (``model.name``) each needs.
+RL_ALGORITHMS = {"maml-rl": "gaussian-mlp", "promp": "gaussian-mlp", "rl2": "gru"}
+
+
+def is_rl(cfg) -> bool:
+    """Whether ``cfg`` is a meta-RL config (its task family is an environment)."""
+    return cfg.task.family in RL_FAMILIES
+
+
+def check_rl(cfg) -> None:
+    """A :class:`ConfigError` unless ``cfg``'s task, model and algorithm are all meta-RL or all supervised, and a
+    meta-RL algorithm has its policy (the environment's kind and sizes are checked by the constructors)."""
+    family, model, algo = cfg.task.family, cfg.model.name, cfg.algorithm.name
+    if family in RL_FAMILIES:
+        if algo not in RL_ALGORITHMS:
+            raise ConfigError(f"task.family={family!r} is a meta-RL environment; algorithm.name must be one of "
+                              f"{list(RL_ALGORITHMS)}, got {algo!r}")
+        if model != RL_ALGORITHMS[algo]:
+            raise ConfigError(f"algorithm.name={algo!r} needs model.name={RL_ALGORITHMS[algo]!r}, got {model!r}")
+    elif algo in RL_ALGORITHMS or model in set(RL_ALGORITHMS.values()):
+        raise ConfigError(f"algorithm.name={algo!r} with model.name={model!r} is meta-RL; task.family must be one "
+                          f"of {list(RL_FAMILIES)}, got {family!r}")
+
 
 def inner_transform(inner_optimizer: str):
     """The ``inner_transform`` of the config option ``inner_optimizer``: ``None`` for ``"sgd"``, Adam's scaling

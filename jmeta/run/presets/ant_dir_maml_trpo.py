@@ -1,0 +1,17 @@
+"""MAML-TRPO on Ant forward/backward
+(Finn et al. 2017, section 5.3) on MuJoCo MJX (the ``mjx`` extra): horizon 200, a (100, 100) ReLU Gaussian policy, one inner step of 0.1 on 20 episodes per task, 40 tasks per meta-step,
+linear feature baseline, TRPO with KL bound 0.01, 800 meta-steps.
+
+    jmeta train --config ant-dir-maml-trpo
+
+From MAML-RL's ``maml_examples/cluster_maml_trpo_ant.py`` (``AntEnvRandDirec``): ``fast_lr`` 0.1, ``meta_step_size`` 0.01,
+``fast_batch_size`` 20, ``max_path_length`` 200, one gradient update, ``n_itr`` 800. The script's last variant is the goal-position task (``task_var`` 2); direction is its ``task_var`` 0. The full protocol
+fits a GPU; a shorter run is a reduced one (say so next to its numbers).
+"""
+
+CONFIG = {'task': {'family': 'ant-dir', 'horizon': 200},
+ 'model': {'name': 'gaussian-mlp', 'hidden': [100, 100], 'activation': 'relu'},
+ 'algorithm': {'name': 'maml-rl', 'num_episodes': 20, 'inner_lr': 0.1, 'estimator': 'dice', 'outer': 'trpo',
+               'max_kl': 0.01},
+ 'train': {'steps': 800, 'meta_batch_size': 40, 'log_every': 10, 'checkpoint_every': 50},
+ 'eval': {'num_tasks': 40, 'steps': 3, 'report_steps': [1, 3]}}
