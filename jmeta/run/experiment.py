@@ -145,6 +145,10 @@ def build(cfg: Config, *, data_dir=None) -> Experiment:
       ConfigError: a value the model or the algorithm refuses, or an
         ``algorithm.adapt_params`` that selects none of the model's parameters.
     """
+    from jmeta.run import rl
+
+    if rl.is_rl(cfg):  # an environment, a policy and a meta-RL algorithm
+        return rl.build(cfg)
     exp = _build_sinusoid(cfg) if cfg.task.family == "sinusoid" else _build_images(cfg, data_dir=data_dir)
     adapt = cfg.algorithm.get("adapt_params")
     if adapt is not None:
@@ -156,7 +160,8 @@ def build(cfg: Config, *, data_dir=None) -> Experiment:
 
 
 def load_run(run_dir, *, cfg: Config | None = None, step: int | None = None, data_dir=None):
-    """Restores a run folder written by ``jmeta train``: ``(cfg, experiment, train_state)``.
+    """Restores a run folder written by ``jmeta train``: ``(cfg, experiment, train_state)`` (a meta-RL run: a
+    :class:`jmeta.run.rl.RLExperiment` and the algorithm's training state).
 
     Args:
       run_dir: the run folder (``config.json`` and ``checkpoints/``).
@@ -186,12 +191,23 @@ def load_run(run_dir, *, cfg: Config | None = None, step: int | None = None, dat
         cfg = C.load(str(run))
     if not (run / "checkpoints").is_dir():  # before building (datasets) and without creating the folder
         raise CheckpointError(f"no checkpoint found in {run / 'checkpoints'}")
-    exp = build(cfg, data_dir=data_dir)
+    from jmeta.run.registry import is_rl
+
     _, _, k_init = run_keys(cfg.train.seed)
-    template = init_train_state(exp.algorithm, exp.model.params, exp.model.state, exp.meta_optimizer, key=k_init)
+    exp = build(cfg, data_dir=data_dir)
+    restore = None
+    if is_rl(cfg):  # meta-RL: the algorithm's own training state (jmeta.run.rl)
+        from jmeta.run.rl import uncommitted
+
+        template = exp.init_state(k_init)
+        restore = uncommitted  # as a fresh state: compiled programs are reused
+    else:
+        template = init_train_state(exp.algorithm, exp.model.params, exp.model.state, exp.meta_optimizer, key=k_init)
     ck = Checkpointer(run / "checkpoints", keep=cfg.train.keep_checkpoints)
     try:
         state = ck.restore(step, template)
+        if restore is not None:
+            state = restore(state)
     finally:
         ck.close()
     return cfg, exp, state

@@ -46,8 +46,10 @@ def learning_curves(metrics: list[dict], path, *, title: str = "") -> pathlib.Pa
     return save_figure(fig, plt, path)
 
 
-def adaptation_curves(eval_result: dict, path, *, metric: str = "loss", title: str = "") -> pathlib.Path:
-    """Query metric (mean and 95% CI) after 0..N adaptation steps, one line per shot count."""
+def adaptation_curves(eval_result: dict, path, *, metric: str = "loss", title: str = "",
+                      xlabel: str = "adaptation steps", ylabel: str | None = None, x0: int = 0) -> pathlib.Path:
+    """Query metric (mean and 95% CI) after 0..N adaptation steps, one line per shot count (``x0``: the first
+    x value, 1 for RL^2's episodes)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for name, res in eval_result.items():
@@ -56,13 +58,74 @@ def adaptation_curves(eval_result: dict, path, *, metric: str = "loss", title: s
         # null (a mean over diverged tasks, or a CI of one task) in eval.json is NaN here: a gap in the curve
         m = np.asarray(res[metric]["mean"], dtype=float)
         c = np.asarray(res[metric]["ci95"], dtype=float)
-        xs = np.arange(len(m))
+        xs = np.arange(len(m)) + x0
         ax.plot(xs, m, marker="o", ms=3, label=name)
         ax.fill_between(xs, m - c, m + c, alpha=0.25)
-    ax.set_xlabel("adaptation steps")
-    ax.set_ylabel(f"query {metric}")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"query {metric}" if ylabel is None else ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
+    ax.set_title(title)
+    fig.tight_layout()
+    return save_figure(fig, plt, path)
+
+
+#: Pairs of meta-RL training metrics drawn against each other: (before, after, their labels).
+RL_RETURN_PAIRS = (("return_pre", "return_post", "before adaptation", "after adaptation"),
+                   ("return_first_episode", "return_last_episode", "first episode of a trial",
+                    "last episode of a trial"))
+
+
+def rl_returns(metrics: list[dict], path, *, title: str = "") -> pathlib.Path:
+    """Mean training return before and after adaptation against meta-step (MAML-RL/ProMP's ``return_pre`` and
+    ``return_post``; RL^2's first and last episode of a trial), from the records of ``metrics.jsonl``."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    drawn = False
+    for pre, post, lpre, lpost in RL_RETURN_PAIRS:
+        rs = [r for r in metrics if isinstance(r.get(pre), (int, float)) and isinstance(r.get(post), (int, float))]
+        if not rs:
+            continue
+        steps = [r["step"] for r in rs]
+        ax.plot(steps, [r[pre] for r in rs], "--", color="tab:gray", marker="o", ms=3, lw=1, label=lpre)
+        ax.plot(steps, [r[post] for r in rs], "-", color="tab:red", marker="o", ms=3, lw=1.5, label=lpost)
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        raise ValueError("no meta-RL returns in the metrics (return_pre/return_post or "
+                         "return_first_episode/return_last_episode)")
+    ax.set_xlabel("meta-step")
+    ax.set_ylabel("mean episode return (training tasks)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    return save_figure(fig, plt, path)
+
+
+def nav2d_paths(paths: list[dict], path, *, title: str = "") -> pathlib.Path:
+    """2D navigation: one panel of a few held-out tasks, each its goal (a star), an episode before adaptation
+    (dashed) and one after (solid), in the task's colour, from the start at the origin.
+
+    ``paths``: dicts with ``goal`` [2], ``pre`` and ``post`` (positions ``[T, 2]``) and ``steps``.
+    """
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(4.8, 4.8))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, p in enumerate(paths):
+        c = colors[i % len(colors)]
+        pre, post = np.asarray(p["pre"]), np.asarray(p["post"])
+        ax.plot(pre[:, 0], pre[:, 1], "--", color=c, lw=0.8, alpha=0.6)
+        ax.plot(post[:, 0], post[:, 1], "-", color=c, lw=1.6)
+        ax.plot(*np.asarray(p["goal"]), marker="*", color=c, ms=14, mec="k", ls="none")
+    ax.plot([0], [0], "ko", ms=4)
+    steps = paths[0]["steps"] if paths else 1
+    ax.plot([], [], "k--", lw=0.8, label="before adaptation")
+    ax.plot([], [], "k-", lw=1.6, label=f"after {steps} step(s)")
+    ax.plot([], [], "k*", ms=10, ls="none", label="goal")
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
     ax.set_title(title)
     fig.tight_layout()
     return save_figure(fig, plt, path)
@@ -132,6 +195,12 @@ def plot_run(run_dir) -> list[pathlib.Path]:
     if e.exists():
         ev = json.loads(e.read_text())
         res = ev.get("results", {})
+        if "return" in res:  # meta-RL: return after 0..N inner steps (RL^2: per episode of a trial)
+            rl2 = "num_steps" not in res
+            out.append(adaptation_curves({name: res}, run_dir / "adaptation_curves.png", metric="return",
+                                         ylabel="mean episode return (held-out tasks)", title=name,
+                                         xlabel="episode of the trial" if rl2 else "inner steps", x0=int(rl2)))
+            return out
         out.append(adaptation_curves(res, run_dir / "adaptation_curves.png", title=name))
         if any("accuracy" in r for r in res.values() if isinstance(r, dict)):
             out.append(adaptation_curves(res, run_dir / "accuracy_curves.png", metric="accuracy", title=name))

@@ -310,8 +310,10 @@ def _train(cfg: Config, out_dir, *, resume, progress, data_dir, sinks, evaluate_
     from jmeta.run.experiment import build
     from jmeta.run.checkpoint import CheckpointError, Checkpointer
     from jmeta.train.step import init_train_state, make_meta_step
+    from jmeta.run.registry import is_rl
 
     validate(cfg)
+    rl = is_rl(cfg)
     warning = nondeterminism_warning(cfg.train.deterministic)
     if warning:
         warnings.warn(warning, stacklevel=3)
@@ -349,9 +351,12 @@ def _train(cfg: Config, out_dir, *, resume, progress, data_dir, sinks, evaluate_
                                   f"its checkpoints were removed or lost, and resuming would start over and "
                                   f"replace its metrics; train into another --out (or move {out} aside)")
     atomic_write_json(out / "config.json", cfg.to_dict())
-    exp = build(cfg, data_dir=data_dir)
     k_train, k_eval, k_init = run_keys(t.seed)
-    state = init_train_state(exp.algorithm, exp.model.params, exp.model.state, exp.meta_optimizer, key=k_init)
+    exp = build(cfg, data_dir=data_dir)
+    if rl:  # meta-RL: the algorithm's own training state and meta-step (jmeta.run.rl)
+        state = exp.init_state(k_init)
+    else:
+        state = init_train_state(exp.algorithm, exp.model.params, exp.model.state, exp.meta_optimizer, key=k_init)
     start = 0
     extra = None
     if resume:
@@ -362,6 +367,10 @@ def _train(cfg: Config, out_dir, *, resume, progress, data_dir, sinks, evaluate_
                 ckpt.close()
                 raise CheckpointError(f"--resume {out}: {e}; nothing was resumed (train into another --out)") from None
             state, extra = got.tree, got.extra
+            if rl:  # as a fresh state (uncommitted arrays): the compiled meta-step is reused, not compiled again
+                from jmeta.run.rl import uncommitted
+
+                state = uncommitted(state)
             start = int(state.step)
         MetricsLog.truncate_after(out / "metrics.jsonl", start)
     sinks = list(sinks)
@@ -370,17 +379,25 @@ def _train(cfg: Config, out_dir, *, resume, progress, data_dir, sinks, evaluate_
 
         sinks.append(TensorBoardSink(out, resume_step=start if resume else None))
     log = MetricsLog(out / "metrics.jsonl", sinks)
-    task_parallel = exp.task_parallel
-    step_fn = make_meta_step(exp.algorithm, exp.train_sample, exp.meta_optimizer,
-                             meta_batch_size=t.meta_batch_size, task_parallel=task_parallel, jit=False)
-    guarded = _guarded_steps(step_fn, t.on_nan)
+    if rl:
+        from jmeta.run.rl import step_postfix
+
+        guarded = _guarded_steps(exp.step_fn, t.on_nan, check=("objective", "update_norm"))
+        loop_kw = {"postfix": step_postfix}
+        train_data = None
+    else:
+        step_fn = make_meta_step(exp.algorithm, exp.train_sample, exp.meta_optimizer,
+                                 meta_batch_size=t.meta_batch_size, task_parallel=exp.task_parallel, jit=False)
+        guarded = _guarded_steps(step_fn, t.on_nan)
+        loop_kw = {}
+        train_data = exp.train_data
     carry = _restore_carry(out, start, extra) if resume else _Carry()
     total = t.steps if stop_after is None else min(t.steps, start + stop_after)
     bar = Progress(t.steps, start=start, desc=cfg.name, enabled=progress)
     t0 = time.perf_counter()
 
     def advance(st, _, n):  # st: (TrainState, first bad step, skipped updates), the last two on the device
-        state, bad, skipped, metrics = guarded(*st, k_train, exp.train_data, n)
+        state, bad, skipped, metrics = guarded(*st, k_train, train_data, n)
         return (state, bad, skipped), metrics, bad, skipped
 
     def nonfinite_message(b):
@@ -397,7 +414,7 @@ def _train(cfg: Config, out_dir, *, resume, progress, data_dir, sinks, evaluate_
                      checkpoint=lambda s, st, w: _save(ckpt, out, s, st[0], w),
                      update_window=lambda s, w: _update_carry(ckpt, out, s, w),
                      should_stop=lambda: stop.requested is not None,  # SIGINT/SIGTERM: checkpoint and stop
-                     nonfinite_message=nonfinite_message)
+                     nonfinite_message=nonfinite_message, **loop_kw)
 
     def interrupted_now():  # a second signal (or one while a checkpoint is written): stop at once
         last_ckpt, s = loop.last_checkpoint, loop.step
@@ -441,7 +458,11 @@ def _train(cfg: Config, out_dir, *, resume, progress, data_dir, sinks, evaluate_
         from jmeta.run.plots import plot_run
 
         plot_run(out)
-        if exp.task_kind == "regression" and cfg.task.family == "sinusoid":
+        if rl:
+            from jmeta.run.rl import plots as rl_plots
+
+            rl_plots(cfg, exp, state, k_eval, out)
+        elif exp.task_kind == "regression" and cfg.task.family == "sinusoid":
             _sinusoid_predictions(cfg, exp, state, k_eval, out)
     except ImportError as e:  # matplotlib is optional
         print(f"jmeta: plots skipped ({e})")
@@ -457,7 +478,8 @@ def _is_oom(e: Exception) -> bool:
 
 def evaluate_run(cfg: Config, exp, state, key, out=None, *, progress: bool = False,
                  warn_nondeterminism: bool = True, filename: str = "eval.json") -> dict:
-    """Final evaluation: each shot count of ``cfg.eval`` over ``cfg.eval.num_tasks`` held-out tasks.
+    """Final evaluation: each shot count of ``cfg.eval`` over ``cfg.eval.num_tasks`` held-out tasks (a meta-RL
+    run: the returns of :func:`jmeta.run.rl.evaluate`).
 
     Written to ``out/filename`` when ``out`` is given (``jmeta eval`` with
     settings other than the run's own writes beside ``eval.json``).
@@ -473,6 +495,10 @@ def evaluate_run(cfg: Config, exp, state, key, out=None, *, progress: bool = Fal
         warning = nondeterminism_warning(cfg.train.deterministic)
         if warning:
             warnings.warn(warning, stacklevel=2)
+    if getattr(exp, "task_kind", None) == "rl":  # meta-RL: returns over held-out tasks (jmeta.run.rl.evaluate)
+        from jmeta.run.rl import evaluate as evaluate_rl
+
+        return evaluate_rl(cfg, exp, state, key, out, filename=filename)
     results = {}
     n = cfg.eval.num_tasks
     bar = Progress(n * len(exp.eval_samples), desc=f"{cfg.name} eval", unit="task", enabled=progress)

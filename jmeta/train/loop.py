@@ -38,6 +38,7 @@ Example (a toy step function)::
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from typing import Any, Callable, Protocol, Sequence
@@ -131,7 +132,7 @@ class Window:
         return cls(sums, entry["window_steps"], entry["skipped_updates"])
 
 
-def guarded_steps(step_fn: Callable, on_nan: str):
+def guarded_steps(step_fn: Callable, on_nan: str, check: Sequence[str] = ("objective", "grad_norm")):
     """``n`` meta-steps in one compiled call, guarded against non-finite values (the device side of the
     NaN policy).
 
@@ -143,6 +144,8 @@ def guarded_steps(step_fn: Callable, on_nan: str):
         is not finite on, updates are not applied (the host stops at the end of
         the call, naming that step). ``"skip"``: that update is dropped, the
         step counter moves on, and ``skipped`` counts them.
+      check: the metrics whose finiteness decides (a meta-RL step without a meta-gradient norm checks its
+        ``update_norm``).
 
     Returns:
       ``run(state, bad, skipped, key, data, n) -> (state, bad, skipped,
@@ -151,11 +154,12 @@ def guarded_steps(step_fn: Callable, on_nan: str):
       none). Running many steps per call keeps Python dispatch off the hot path.
     """
     on_nan = validate.choice("on_nan", on_nan, ("stop", "skip"))
+    check = tuple(check)
 
     def one(carry, _):
         state, bad, skipped, key, data = carry
         new, metrics = step_fn(state, key, data)
-        ok = jnp.isfinite(metrics["objective"]) & jnp.isfinite(metrics["grad_norm"])
+        ok = functools.reduce(jnp.logical_and, [jnp.isfinite(metrics[k]) for k in check])
         if on_nan == "stop":
             take = ok & (bad < 0)
             bad = jnp.where((bad < 0) & ~ok, state.step, bad)
