@@ -117,7 +117,7 @@ def nav2d_paths(paths: list[dict], path, *, title: str = "") -> pathlib.Path:
         pre, post = np.asarray(p["pre"]), np.asarray(p["post"])
         ax.plot(pre[:, 0], pre[:, 1], "--", color=c, lw=0.8, alpha=0.6)
         ax.plot(post[:, 0], post[:, 1], "-", color=c, lw=1.6)
-        ax.plot(*np.asarray(p["goal"]), marker="*", color=c, ms=14, mec="k", ls="none")
+        ax.plot(*np.asarray(p["goal"]), marker="*", color=c, ms=16, mec="k", ls="none", zorder=5)
     ax.plot([0], [0], "ko", ms=4)
     steps = paths[0]["steps"] if paths else 1
     ax.plot([], [], "k--", lw=0.8, label="before adaptation")
@@ -191,6 +191,8 @@ def plot_run(run_dir) -> list[pathlib.Path]:
     records = MetricsLog.read(m)
     if records:
         out.append(learning_curves(records, run_dir / "learning_curves.png", title=name))
+        if any(pre in r for pre, *_ in RL_RETURN_PAIRS for r in records):  # meta-RL
+            out.append(rl_returns(records, run_dir / "rl_returns.png", title=name))
     e = run_dir / "eval.json"
     if e.exists():
         ev = json.loads(e.read_text())

@@ -246,10 +246,11 @@ def evaluate(cfg, exp: RLExperiment, state, key, out=None, *, filename: str = "e
 
 
 def nav2d_trajectories(cfg, exp: RLExperiment, state, key, num_tasks: int = 4) -> list[dict]:
-    """Positions of one adapted episode (after ``max(eval.steps, 1)`` inner steps) and of one pre-adaptation
-    episode for ``num_tasks`` held-out goals: ``[{"goal": [2], "pre": [T, 2], "post": [T, 2], "steps": k}]``."""
+    """Positions of one adapted episode (after the ``num_inner_steps`` inner steps it was trained with) and of one
+    pre-adaptation episode for ``num_tasks`` held-out goals: ``[{"goal": [2], "pre": [T, 2], "post": [T, 2],
+    "steps": k}]`` (sampled actions, as in training; an episode that reaches its goal stops there)."""
     algo = exp.algorithm
-    steps = max(cfg.eval.steps, 1)
+    steps = algo.num_inner_steps
     k_tasks, k_roll = jax.random.split(jax.random.fold_in(key, 10_000))
     tasks = exp.env.sample_tasks(k_tasks, num_tasks)
 
@@ -272,15 +273,15 @@ def nav2d_trajectories(cfg, exp: RLExperiment, state, key, num_tasks: int = 4) -
 
 
 def plots(cfg, exp: RLExperiment, state, key, out) -> list:
-    """The meta-RL PNGs of a run folder: returns over training (``rl_returns.png``) and, for nav2d,
-    adapted trajectories (``nav2d_trajectories.png``). Needs matplotlib."""
+    """The meta-RL PNGs that need the trained policy: for nav2d, adapted trajectories
+    (``nav2d_trajectories.png``); :func:`jmeta.run.plots.plot_run` draws ``rl_returns.png`` from the records.
+    Needs matplotlib."""
     import pathlib
 
-    from jmeta.run.logs import MetricsLog
-    from jmeta.run.plots import nav2d_paths, rl_returns
+    from jmeta.run.plots import nav2d_paths
 
     out = pathlib.Path(out)
-    written = [rl_returns(MetricsLog.read(out / "metrics.jsonl"), out / "rl_returns.png", title=cfg.name)]
+    written = []
     if cfg.task.family in ("nav2d", "nav2d-corner") and exp.kind == "maml":
         written.append(nav2d_paths(nav2d_trajectories(cfg, exp, state, key), out / "nav2d_trajectories.png",
                                    title=f"{cfg.name}: held-out goals"))

@@ -5,10 +5,13 @@ The run folder (the contract other tools build on)::
     RUN_DIR/
       config.json            resolved config (``jmeta train --config RUN_DIR`` re-runs it)
       metrics.jsonl          one record per logging step: the mean of every meta-step since the previous one
-      eval.json              final evaluation, mean and 95% CI per shot count and step
+      eval.json              final evaluation, mean and 95% CI per shot count and step (meta-RL: the return
+                             after 0..N inner steps, or per episode of an RL^2 trial; jmeta.run.rl)
       learning_curves.png    training metrics
       adaptation_curves.png  query loss after 0..N steps, with CIs
       predictions.png        (sinusoid) adapted fits on held-out tasks
+      rl_returns.png         (meta-RL) training return before/after adaptation per meta-step
+      nav2d_trajectories.png (nav2d) episodes before/after adaptation for a few held-out goals
       checkpoints/<step>/    orbax checkpoints (the last few; complete ones hold commit_success.txt, and
                              jmeta_checksums.json: every file's sha256, checked before use; see
                              :mod:`jmeta.run.checkpoint`)

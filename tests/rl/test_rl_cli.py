@@ -167,3 +167,26 @@ def test_presets_list_the_meta_rl_presets(capsys):
               "cheetah-vel-maml-trpo", "ant-dir-maml-trpo"):
         assert n in names
 
+
+
+def test_readme_meta_rl_commands_parse():
+    """The commands of the README's "Meta-RL from the command line" parse and name meta-RL presets."""
+    import pathlib
+    import re
+    import shlex
+
+    from jmeta.run import registry as R
+    from jmeta.run.cli import build_parser
+
+    text = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = text.split("### Meta-RL from the command line", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```\n(.*?)```", section, re.S).group(1)
+    commands = [shlex.split(line)[1:] for line in block.splitlines() if line.startswith("jmeta ")]
+    assert [c[0] for c in commands] == ["train", "eval", "train"]
+    for argv in commands:
+        args = build_parser().parse_args(argv)
+        if args.command == "train":
+            cfg = C.load(args.config)
+            assert R.is_rl(cfg) and 0 < args.steps <= cfg.train.steps, argv
+    for name in re.findall(r"`([a-z0-9-]+-(?:maml-trpo|promp|rl2))`", section):
+        assert name in C.PRESETS, name
