@@ -234,6 +234,12 @@ def _export(run_dir, out: pathlib.Path, *, num_steps, step, platforms, data_dir)
     """:func:`export_run` with the run folder locked and ``out`` found writable."""
     from jmeta.run.experiment import load_run
 
+    from jmeta.run import config as C
+    from jmeta.run.registry import ConfigError, is_rl
+
+    if (pathlib.Path(run_dir) / "config.json").is_file() and is_rl(C.load(str(run_dir))):
+        raise ConfigError(f"{run_dir}: jmeta export writes a supervised adapt-then-predict function, and this run is "
+                          f"meta-RL (load its policy parameters with jmeta.run.experiment.load_run)")
     cfg, exp, state = load_run(run_dir, step=step, data_dir=data_dir)
     if num_steps is None:  # the run's evaluation (what eval.json reports)
         num_steps = cfg.eval.steps

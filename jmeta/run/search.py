@@ -175,6 +175,11 @@ def default_metric(summary: dict) -> str:
     """The first shot count's accuracy (else loss) after the most reported adaptation steps."""
     if not summary:
         raise ValueError("no evaluation metrics to choose from")
+    rl = [k for k in summary if k.startswith("return after ")]  # meta-RL: the return after the most steps
+    if rl:
+        return max(rl, key=lambda k: int(k.split(" after ")[1].split(" ")[0]))
+    if "trial return" in summary:  # RL^2
+        return "trial return"
     for kind in ("accuracy", "loss"):
         keys = [k for k in summary if f" {kind} after " in k]
         if keys:
@@ -192,7 +197,12 @@ def eval_metric_names(cfg: Config) -> list[str]:
     algorithms without adaptation steps (a head fitted per task) report step 0 only.
     """
     from jmeta.run.experiment import HEAD_ALGORITHMS
+    from jmeta.run.registry import is_rl
 
+    if is_rl(cfg):  # jmeta.run.rl.evaluate's keys
+        if cfg.algorithm.name == "rl2":
+            return [f"return in episode {i + 1}" for i in range(cfg.algorithm.num_episodes)] + ["trial return"]
+        return [f"return after {k} step(s)" for k in range(cfg.eval.steps + 1)]
     kinds = ("loss",) if cfg.task.family == "sinusoid" else ("loss", "accuracy")
     steps = 0 if cfg.algorithm.name in HEAD_ALGORITHMS else cfg.eval.steps
     names = [f"K={shots} {kind} after {k} step(s)" for shots in cfg.eval.shots for kind in kinds
@@ -387,6 +397,11 @@ VECTOR_KEYS = {"algorithm.inner_lr": "inner_lr", "train.meta_lr": "meta_lr", "tr
 
 
 def _check_vectorizable(base: Config, trials: list[dict]) -> None:
+    from jmeta.run.registry import is_rl
+
+    if is_rl(base):
+        raise ConfigError(f"--vectorize runs the supervised meta-step only; task.family={base.task.family!r} is "
+                          f"meta-RL: drop --vectorize (each trial is then its own jmeta train run)")
     keys = list(dict.fromkeys(k for t in trials for k in t))
     bad = [k for k in keys if k not in VECTOR_KEYS]
     if bad:

@@ -190,3 +190,19 @@ def test_readme_meta_rl_commands_parse():
             assert R.is_rl(cfg) and 0 < args.steps <= cfg.train.steps, argv
     for name in re.findall(r"`([a-z0-9-]+-(?:maml-trpo|promp|rl2))`", section):
         assert name in C.PRESETS, name
+
+
+def test_sweeps_know_the_meta_rl_metrics_and_export_and_vectorize_refuse_meta_rl(nav2d_run):
+    from jmeta.run import search
+    from jmeta.run.export import export_run
+
+    cfg = C.apply_overrides(C.load("nav2d-maml-trpo"), NAV2D)
+    summary = json.loads((nav2d_run / "eval.json").read_text())["summary"]
+    assert search.eval_metric_names(cfg) == list(summary)
+    assert search.default_metric(summary) == "return after 2 step(s)"
+    rl2 = C.apply_overrides(C.load("bandit-rl2"), BANDIT)
+    assert search.eval_metric_names(rl2)[-2:] == ["return in episode 3", "trial return"]
+    with pytest.raises(C.ConfigError, match=r"--vectorize runs the supervised meta-step only"):
+        search._check_vectorizable(cfg, [{"train.seed": 1}])
+    with pytest.raises(C.ConfigError, match=r"this run is meta-RL"):
+        export_run(nav2d_run, nav2d_run / "export")
