@@ -1,4 +1,4 @@
-"""Meta-RL throughput: vmapped nav2d rollouts (env-steps/s) and MAML-TRPO meta-iterations, against plain JAX and PyTorch.
+"""Meta-RL throughput: nav2d rollouts (env-steps/s) and MAML-TRPO meta-iterations, against plain JAX and PyTorch.
 
 Measures, in interleaved rounds in one process (so that load on a shared machine hits all alike):
 
@@ -14,8 +14,8 @@ Measures, in interleaved rounds in one process (so that load on a shared machine
   no flax), and (``--torch``) for ``torch``: the same algorithm in PyTorch, laid out as the public PyTorch
   MAML-RL code (tristandeleu/pytorch-maml-rl) lays it out (:class:`TorchMAMLRL`; CUDA if available).
 * ``check`` (``--check``): the PyTorch code against the plain-JAX reference with the same float64 weights,
-  goals and noise: episodes, adapted parameters, surrogate gradient, CG direction and the TRPO step agree to
-  ``CHECK_RTOL`` relative.
+  goals and noise: episodes, adapted parameters, surrogate gradient and its Fisher-vector product agree to
+  1e-10 relative, the CG direction and the TRPO step (ill-conditioned) to 1e-3 (``CHECK_RTOL``).
 
 torch is imported only for ``--torch`` / ``--check``; jmeta does not depend on it.
 
@@ -142,7 +142,8 @@ def plain_sample(p, goals, eps_pre, eps_post):
 
 def plain_trpo(p, pre, post):
     """The TRPO outer step on the sampled episodes: ``(new params, info)``; ``info`` holds the surrogate gradient
-    ``grad`` (flat, in ``ravel_pytree`` order), the CG direction ``direction`` and the accepted step ``accepted``."""
+    ``grad`` (flat, in ``ravel_pytree`` order), its Fisher-vector product ``fvp_grad``, the CG direction
+    ``direction`` and whether the line search accepted a step (``accepted``)."""
     flat0, unravel = ravel_pytree(p)
 
     def terms(f):
@@ -185,7 +186,8 @@ def plain_trpo(p, pre, post):
         return c[0] + 1, (s > s0) & (k <= MAX_KL), f
 
     _, ok, f = jax.lax.while_loop(ls_cond, ls_body, (0, jnp.array(False), flat0))
-    return unravel(jnp.where(ok, f, flat0)), {"grad": g, "direction": x, "accepted": ok}
+    info = {"grad": g, "fvp_grad": fvp(g), "direction": x, "accepted": ok}  # plain_step drops info: no cost there
+    return unravel(jnp.where(ok, f, flat0)), info
 
 
 def plain_step(p, key, n):
@@ -336,8 +338,9 @@ class TorchMAMLRL:
             kls.append(kl.mean())
         return t.stack(surrs).mean(), t.stack(kls).mean()
 
-    def trpo(self, params, pre, post):
-        """The TRPO outer step; returns ``(new params, info)`` as ``plain_trpo``."""
+    def trpo(self, params, pre, post, diagnostics=False):
+        """The TRPO outer step; returns ``(new params, info)`` as ``plain_trpo`` (``fvp_grad`` only with
+        ``diagnostics``: one more Fisher-vector product)."""
         t = self.torch
         flat = t.cat([x.detach().reshape(-1) for x in params])
         s0, kl = self.surrogate_and_kl(params, pre, post, create_graph=True)
@@ -367,7 +370,10 @@ class TorchMAMLRL:
             if s.item() > s0 and k.item() <= MAX_KL:
                 new, ok = f, True
                 break
-        return self.unflatten(new, params), {"grad": g, "direction": x, "accepted": ok}
+        info = {"grad": g, "direction": x, "accepted": ok}
+        if diagnostics:
+            info["fvp_grad"] = fvp(g)
+        return self.unflatten(new, params), info
 
     def unflatten(self, f, like):
         out, i = [], 0
@@ -407,11 +413,30 @@ def _torch_sync(torch, device):
 
 
 # ---------------------------------------------------------------- the cross-check (``--check``)
+# Relative tolerances (max |torch - jax| / max |jax|, float64). Episodes, advantages, adapted parameters, the
+# surrogate gradient and its Fisher-vector product agree to ~1e-16..1e-12 (measured, 2 tasks x 20 x 100): 1e-10.
+# The CG direction, and with it the step, is ill-conditioned (10 CG iterations on the Fisher damped by 1e-5):
+# in the plain-JAX reference alone a 2e-13 relative change of the gradient moves the direction by 2.4e-5
+# (measured), and torch vs JAX differ by ~1e-4 there: 1e-3.
+def _write_json(out, path):
+    p = pathlib.Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    tmp.write_text(json.dumps(out, indent=2) + "\n")
+    tmp.replace(p)
+    print(f"wrote {p}")
+
+
+CHECK_RTOL = {"pre_obs": 1e-10, "pre_act": 1e-10, "pre_adv": 1e-10, "post_adv": 1e-10, "adapted": 1e-10,
+              "grad": 1e-10, "fvp_grad": 1e-10, "direction": 1e-3, "new_params": 1e-3}
+
+
 def check(n=2, episodes=EPISODES, horizon=HORIZON, seed=0):
     """Feeds the same float64 weights, goals and noise to the plain-JAX reference and to the PyTorch code (on
     the CPU) and returns the largest relative differences (``max |torch - jax| / max |jax|``) of: the
     pre-adaptation episodes, every task's adapted parameters, the post-adaptation advantages, the outer
-    surrogate gradient, the CG direction and the parameters after the TRPO step."""
+    surrogate gradient and its Fisher-vector product, the CG direction and the parameters after the TRPO step
+    (tolerances: :data:`CHECK_RTOL`)."""
     import numpy as np
     import torch
 
@@ -423,17 +448,18 @@ def check(n=2, episodes=EPISODES, horizon=HORIZON, seed=0):
         new, info = jax.jit(plain_trpo)(p, pre, post)
         ref = {"pre_obs": pre[0], "pre_act": pre[1], "pre_adv": pre[2], "post_adv": post[2],
                "adapted": ravel_pytree(jax.vmap(lambda q: ravel_pytree(q)[0])(post[4]))[0],
-               "grad": info["grad"], "direction": info["direction"], "new_params": ravel_pytree(new)[0]}
+               "grad": info["grad"], "fvp_grad": info["fvp_grad"], "direction": info["direction"],
+               "new_params": ravel_pytree(new)[0]}
         ref = {k: np.asarray(v, np.float64) for k, v in ref.items()}
         accepted = bool(info["accepted"])
     tm = TorchMAMLRL(torch, torch.device("cpu"), torch.float64)
     tp = tm.from_jax(p)
     as_t = lambda x: torch.tensor(np.asarray(x), dtype=torch.float64)  # noqa: E731
     tpre, tpost, _, _ = tm.sample(tp, as_t(goals), as_t(e1), as_t(e2))
-    tnew, tinfo = tm.trpo(tp, tpre, tpost)
+    tnew, tinfo = tm.trpo(tp, tpre, tpost, diagnostics=True)
     got = {"pre_obs": tpre[0], "pre_act": tpre[1], "pre_adv": tpre[2], "post_adv": tpost[2],
            "adapted": torch.cat([torch.cat([x.reshape(-1) for x in q]) for q in tpost[4]]),
-           "grad": tinfo["grad"], "direction": tinfo["direction"],
+           "grad": tinfo["grad"], "fvp_grad": tinfo["fvp_grad"], "direction": tinfo["direction"],
            "new_params": torch.cat([x.reshape(-1) for x in tnew])}
     rel = {k: float(np.max(np.abs(got[k].detach().numpy() - ref[k])) / max(np.max(np.abs(ref[k])), 1e-300))
            for k in ref}
@@ -557,7 +583,6 @@ def bench_meta_step(task_counts, rounds, torch_ctx=None):
     return out
 
 
-CHECK_RTOL = 1e-10  # float64: the two implementations agree to ~1e-13 relative (measured); 1e-10 leaves margin
 
 
 def main(argv=None):
@@ -572,7 +597,7 @@ def main(argv=None):
                     help="also time the PyTorch MAML-TRPO (needs torch; CUDA if available, else the CPU)")
     ap.add_argument("--check", action="store_true",
                     help="cross-check the PyTorch code against the plain-JAX reference in float64 (needs torch); "
-                         "alone, only the check runs")
+                         "alone, only the check runs and its record goes to --out")
     ap.add_argument("--torch-threads", type=int, default=None,
                     help="torch.set_num_threads for the CPU (default: torch's own; on a loaded shared CPU its OpenMP "
                          "threads spin-wait for each other: 1 was 5-30x faster on the 2-core machine)")
@@ -606,13 +631,13 @@ def main(argv=None):
         n, e, h = (int(v) for v in args.check_sizes.split("x"))
         res = check(n, e, h)
         res["rtol"] = CHECK_RTOL
-        res["ok"] = all(v <= CHECK_RTOL for v in res["max_rel_diff"].values())
+        res["ok"] = all(v <= CHECK_RTOL[k] for k, v in res["max_rel_diff"].items())
         print("check (float64, max relative difference torch vs plain JAX): " + ", ".join(
             f"{k} {v:.1e}" for k, v in res["max_rel_diff"].items()) + f" -> {'ok' if res['ok'] else 'FAILED'}",
             flush=True)
         out["check"] = res
-        if not args.torch:
-            print(json.dumps(res, indent=2))
+        if not args.torch:  # the check alone: its record goes to --out
+            _write_json(out, args.out)
             return 0 if res["ok"] else 1
     torch_ctx = None
     if args.torch:
@@ -624,12 +649,7 @@ def main(argv=None):
         print(f"torch {info['torch']} on {info['torch_device_name']}", flush=True)
     out["rollouts"] = bench_rollouts(sizes, 3 if args.quick else 7, torch_ctx)
     out["meta_step"] = bench_meta_step(tasks, rounds, torch_ctx)
-    p = pathlib.Path(args.out)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(p.suffix + ".tmp")
-    tmp.write_text(json.dumps(out, indent=2) + "\n")
-    tmp.replace(p)
-    print(f"wrote {p}")
+    _write_json(out, args.out)
     return 0 if out.get("check", {}).get("ok", True) else 1
 
 
