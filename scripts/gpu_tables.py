@@ -14,6 +14,13 @@ global deadline, so that a run cut short still returns every stage that finished
    (paper 49.42 ± 0.78; our training split has 100 of the 600 images per class, and the carried test split
    the first 200 of 600 per class: labelled).
 
+Not in the default run (its own device call, about 5 minutes with the machine's start; it needs no ``.devdata``):
+``rl-throughput`` (issue 18): nav2d MAML-TRPO meta-iterations (20 and 40 tasks x 20 episodes x horizon 100) and
+rollout env-steps/s (up to 1000 x 100 episodes) of jmeta, the plain-JAX reference and the PyTorch MAML-RL,
+interleaved in one process (``benchmarks/rl_throughput.py --torch``, torch on the GPU too; budget 240 s):
+
+    run(command="bash scripts/gpu_tables.sh --stages rl-throughput", timeout_s=420)
+
 Every stage runs the ordinary command line (``python -m jmeta train --config PRESET``, ``jmeta eval``),
 nothing of its own. As a stage finishes it appends one line to ``OUT/summary.txt`` and writes
 ``OUT/NN-STAGE.tar.gz`` (its run folder without checkpoints, its log and ``stage.json``, the whole
@@ -90,6 +97,7 @@ class Stage:
     note: str = ""
     sets: tuple = ()
     eval_of: str | None = None
+    default: bool = True
 
 
 STAGES = (
@@ -100,12 +108,17 @@ STAGES = (
           eval_of="omniglot-5w1s-protonet"),
     Stage("omniglot-20w1s-maml", "omniglot-20w1s-maml", 110, 40, "95.8 ± 0.3 (Finn et al. 2017)"),
     Stage("bench", None, 80, 0, "aim: 20x a PyTorch loop (issue 19)"),
+    Stage("rl-throughput", None, 240, 0, "aim: 10x PyTorch MAML-RL's meta-iteration, 1M env-steps/s (issue 18)",
+          default=False),
     Stage("omniglot-5w1s-imaml", "omniglot-5w1s-imaml", 60, 40, "99.16 ± 0.35 (Rajeswaran et al. 2019)"),
     Stage("miniimagenet-5w1s-protonet", "miniimagenet-5w1s-protonet", 60, 60, "49.42 ± 0.78 (Snell et al. 2017)",
           note=f"training split: 100 of 600 images per class; test split: the first {MINI_TEST_PER_CLASS} of "
                f"600 per class"),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
+# Run unless --stages says otherwise: 7 archives and summary.txt are the 8 files the device tool brings back, so
+# rl-throughput (issue 18) is a call of its own: bash scripts/gpu_tables.sh --stages rl-throughput
+DEFAULT_STAGES = tuple(s.name for s in STAGES if s.default)
 # Rehearsal: a few meta-steps, a checkpoint at every step, two evaluation episodes.
 REHEARSAL_SETS = ("train.log_every=1", "train.checkpoint_every=1", "eval.num_tasks=2", "eval.batch_size=2")
 REHEARSAL_STEPS = 2
@@ -325,11 +338,59 @@ def run_bench_stage(stage: Stage, work: pathlib.Path, *, budget: float, rehearse
     return rec
 
 
+RL_SIZES = {"rehearse": ["--rollout-sizes", "2x2", "--meta-tasks", "1", "--rounds", "1"],
+            "gpu": ["--rollout-sizes", "20x20,200x50,1000x100", "--meta-tasks", "20,40", "--rounds", "5"]}
+
+
+def run_rl_stage(stage: Stage, work: pathlib.Path, *, budget: float, rehearse: bool, env: dict) -> dict:
+    """nav2d MAML-TRPO of jmeta against plain JAX and PyTorch MAML-RL (``benchmarks/rl_throughput.py --torch``)."""
+    out = work / "bench" / "rl_throughput.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log = work / "logs" / f"{stage.name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "benchmarks/rl_throughput.py", "--torch",
+           *RL_SIZES["rehearse" if rehearse else "gpu"], "--out", str(out)]
+    rec: dict = {"stage": stage.name, "paper": stage.paper, "rehearsal": rehearse, "budget_s": round(budget, 1),
+                 "command": " ".join(["python", *cmd[1:]]).replace(str(work), "WORK")}
+    rc, wall = run_command(cmd, log, budget, env)
+    rec["bench_s"] = round(wall, 1)
+    if rc != 0 or not out.is_file():
+        why = f"stopped at its budget ({budget:.0f} s)" if rc is None else f"exited with {rc}: {_last_line(log)}"
+        rec.update(status="FAILED", reason=f"benchmarks/rl_throughput.py {why}")
+        return rec
+    return rl_record(rec, json.loads(out.read_text()))
+
+
+def rl_record(rec: dict, res: dict) -> dict:
+    """``rec`` completed from ``benchmarks/rl_throughput.py``'s JSON ``res``: devices, the largest meta-batch's
+    seconds per meta-iteration and ratios, the largest rollout size's env-steps/s per implementation."""
+    dev, tdev = res["device"], res.get("torch_device", {})
+    meta, roll = res["meta_step"][-1], res["rollouts"][-1]
+    rec.update(status="ok", device=dev.get("device_kind"), platform=dev.get("platform"), jax=dev.get("jax"),
+               torch=tdev.get("torch"), torch_device=tdev.get("torch_device_name"), meta_tasks=meta["tasks"],
+               meta_s={k: meta.get(f"{k}_median_s") for k in ("jmeta", "plain", "torch")},
+               torch_over_jmeta=meta.get("torch_over_jmeta"), jmeta_over_plain=meta.get("jmeta_over_plain"),
+               rollout_size=f"{roll['tasks']}x{roll['episodes']}x{roll['horizon']}",
+               env_steps_per_s={"jmeta": roll.get("env_steps_per_s"), "plain": roll.get("plain_env_steps_per_s"),
+                                "torch": roll.get("torch_env_steps_per_s")})
+    return rec
+
+
 def summary_line(rec: dict) -> str:
     """One human-readable line for ``summary.txt``."""
     head = f"{rec['stage']}: {rec['status']}" + (" (rehearsal)" if rec.get("rehearsal") else "")
     if rec["status"] in ("FAILED", "SKIPPED"):
         return f"{head}: {rec.get('reason', '')}"
+    if rec["stage"] == "rl-throughput":
+        m, r = rec["meta_s"], rec["env_steps_per_s"]
+        fmt = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
+        return (f"{head}: nav2d MAML-TRPO meta-iteration ({rec['meta_tasks']} tasks x 20 x 100) jmeta "
+                f"{fmt(m['jmeta'], '.3f')} s, plain JAX {fmt(m['plain'], '.3f')} s, PyTorch {fmt(m['torch'], '.3f')} s "
+                f"= {fmt(rec['torch_over_jmeta'], '.1f')}x jmeta's; rollouts {rec['rollout_size']}: jmeta "
+                f"{fmt(r['jmeta'], '.3g')}, plain {fmt(r['plain'], '.3g')}, torch {fmt(r['torch'], '.3g')} "
+                f"env-steps/s; "
+                f"jax {rec.get('jax')} on {rec['device']}, torch {rec.get('torch')} on {rec.get('torch_device')}; "
+                f"{rec['paper']}")
     if rec["stage"] == "bench":
         parts = [f"jmeta {rec['jmeta_step_ms']:.2f} ms/meta-step (meta-batch {rec['meta_batch']}, "
                  f"{rec['task_parallel']}+{rec['conv_impl']})"]
@@ -366,9 +427,10 @@ def _pack(rec: dict, work: pathlib.Path, out: pathlib.Path, index: int) -> pathl
             for f in sorted(run.iterdir()):
                 if f.is_file():
                     tar.add(f, f"{name}/{f.name}")
-        bench = work / "bench" / "omniglot_step.json"
-        if name == "bench" and bench.is_file():
-            tar.add(bench, f"{name}/omniglot_step.json")
+        for stage_name, fname in (("bench", "omniglot_step.json"), ("rl-throughput", "rl_throughput.json")):
+            bench = work / "bench" / fname
+            if name == stage_name and bench.is_file():
+                tar.add(bench, f"{name}/{fname}")
     os.replace(tmp, dest)
     return dest
 
@@ -398,7 +460,8 @@ def run_stages(names, out: pathlib.Path, *, work: pathlib.Path, rehearse: bool, 
         else:
             try:
                 if stage.preset is None:
-                    rec = run_bench_stage(stage, work, budget=budget, rehearse=rehearse, env=env)
+                    runner = run_rl_stage if stage.name == "rl-throughput" else run_bench_stage
+                    rec = runner(stage, work, budget=budget, rehearse=rehearse, env=env)
                 elif stage.eval_of:
                     rec = run_eval_stage(stage, work, budget=budget, rehearse=rehearse, env=env, data_dir=data_dir)
                 else:
@@ -468,7 +531,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=os.environ.get("OUT"),
                     help="where summary.txt and the stage archives go (default: $OUT, the device tool's folder)")
     ap.add_argument("--work", default=None, help="run folders and logs (default: a new temporary folder)")
-    ap.add_argument("--stages", default=",".join(STAGE_NAMES), help=f"comma-separated subset of {list(STAGE_NAMES)}")
+    ap.add_argument("--stages", default=",".join(DEFAULT_STAGES),
+                    help=f"comma-separated subset of {list(STAGE_NAMES)} (default: all but rl-throughput)")
     ap.add_argument("--deadline", type=float, default=560.0,
                     help="seconds for all stages together (default 560: the device tool's 600 s with margin)")
     ap.add_argument("--data-dir", default=None,

@@ -9,6 +9,8 @@
 #   PYTHONPATH=$PWD python scripts/gpu_tables.py --rehearse --out /tmp/gpu_tables_rehearsal
 # The GPU run, with the device tool (one call; the driver's deadline is 540 s, stages stop at their budgets):
 #   run(command="bash scripts/gpu_tables.sh", carry=[".devdata"], timeout_s=600)
+# nav2d MAML-TRPO, jmeta vs plain JAX vs PyTorch MAML-RL (issue 18), a call of its own (no carry needed):
+#   run(command="bash scripts/gpu_tables.sh --stages rl-throughput", timeout_s=420)
 # The tool sends the checkout the session was started in: have this script there and run --prepare there.
 # It writes $OUT/summary.txt (the machine in '#' lines, then one line per stage as it finishes) and
 # $OUT/NN-STAGE.tar.gz (each stage's run folder without checkpoints, its log and stage.json): 8 files, all

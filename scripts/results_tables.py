@@ -26,7 +26,7 @@ import tarfile
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = REPO / "results"
 README = REPO / "README.md"
-RUN_FILES = ("config.json", "eval.json", "metrics.jsonl", "stage.json", "omniglot_step.json")
+RUN_FILES = ("config.json", "eval.json", "metrics.jsonl", "stage.json", "omniglot_step.json", "rl_throughput.json")
 # Published numbers (5-way unless the preset says otherwise), as the papers print them.
 # By stage name (the folder name under results/gpu/), in the priority order of scripts/gpu_tables.py.
 PAPER = {

@@ -147,11 +147,29 @@ def test_gpu_budgets_fit_the_device_call():
     # finish early leave time to the next), but the first stage alone must fit with its evaluation.
     assert [s.name for s in gt.STAGES] == ["omniglot-5w1s-maml", "omniglot-5w1s-protonet",
                                            "omniglot-5w1s-protonet-20way", "omniglot-20w1s-maml", "bench",
-                                           "omniglot-5w1s-imaml", "miniimagenet-5w1s-protonet"]
+                                           "rl-throughput", "omniglot-5w1s-imaml", "miniimagenet-5w1s-protonet"]
     first = gt.STAGES[0]
     assert first.budget_s + first.eval_s < 540
     text = (REPO / "scripts" / "gpu_tables.sh").read_text()
     assert "timeout_s=600" in text and 'carry=[".devdata"]' in text and "GPU_TABLES_DEADLINE:-540" in text
+
+
+def test_rl_stage_record_and_summary_line_from_the_benchmark_json():
+    # the record and line of the rl-throughput stage from a canned benchmarks/rl_throughput.py JSON (the stage's
+    # command itself: PYTHONPATH=$PWD python scripts/gpu_tables.py --rehearse --stages rl-throughput --out DIR)
+    res = {"device": {"device_kind": "NVIDIA H200", "platform": "gpu", "jax": "0.11.2"},
+           "torch_device": {"torch": "2.11.0", "torch_device_name": "NVIDIA H200"},
+           "rollouts": [{"tasks": 1000, "episodes": 100, "horizon": 100, "env_steps_per_s": 4e7,
+                         "plain_env_steps_per_s": 5e7, "torch_env_steps_per_s": 2e6}],
+           "meta_step": [{"tasks": 20, "jmeta_median_s": 0.05, "plain_median_s": 0.04, "torch_median_s": 1.5,
+                          "torch_over_jmeta": 30.0, "jmeta_over_plain": 1.25}]}
+    rec = gt.rl_record({"stage": "rl-throughput", "paper": "aim: 10x", "rehearsal": False}, res)
+    assert rec["meta_s"] == {"jmeta": 0.05, "plain": 0.04, "torch": 1.5} and rec["torch_over_jmeta"] == 30.0
+    line = gt.summary_line(rec)
+    assert line.startswith("rl-throughput: ok: nav2d MAML-TRPO meta-iteration (20 tasks x 20 x 100) jmeta 0.050 s")
+    assert "PyTorch 1.500 s = 30.0x jmeta's" in line and "rollouts 1000x100x100: jmeta 4e+07" in line, line
+    assert "torch 2.11.0 on NVIDIA H200" in line and line.endswith("aim: 10x"), line
+    assert gt.RL_SIZES["gpu"][gt.RL_SIZES["gpu"].index("--meta-tasks") + 1] == "20,40"
 
 
 @pytest.mark.parametrize("argv, needle", [
