@@ -322,3 +322,21 @@ def test_mesh_arguments(case):
 def test_make_rl_meta_step_refuses_a_supervised_algorithm():
     with pytest.raises(TypeError, match=r"algorithm must implement jmeta.rl.MetaRLAlgorithm .*got MAML"):
         make_rl_meta_step(jmeta.MAML(lambda p, s, x, *, train: (x, s)))
+
+
+def test_former_calls_keep_working():
+    """``MAMLRL.init(policy_params)`` (the former signature; deprecated), ``init(policy_params=...)`` and the
+    ``promp(env, policy, **kw)`` factory still work under the shared contract."""
+    algo = MAMLRL(NAV, nav_policy(), **small)
+    p = jax.tree.map(lambda a: a + 1, algo.policy.init())
+    with pytest.warns(DeprecationWarning, match=r"init\(params=policy_params\)"):
+        legacy = algo.init(p)
+    for s in (legacy, algo.init(policy_params=p), algo.init(params=p), algo.init(jax.random.key(0), p)):
+        jax.tree.map(np.testing.assert_array_equal, s.params["policy"], p)
+    with pytest.raises(TypeError, match="params= or policy_params=, not both"):
+        algo.init(params=p, policy_params=p)
+    with pytest.raises(TypeError, match="key must be a jax.random.key or None"):
+        algo.init(p, p)
+    pro = jmeta.rl.promp(NAV, nav_policy(), clip_eps=0.2, **small)
+    assert type(pro) is ProMP and isinstance(pro, MAMLRL)
+    assert (pro.estimator, pro.outer, pro.clip_eps, pro.inner_kl_penalty) == ("lvc", "ppo", 0.2, 5e-4)
