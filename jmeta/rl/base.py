@@ -192,7 +192,8 @@ def make_rl_meta_step(algorithm: MetaRLAlgorithm, *, mesh: jax.sharding.Mesh | N
       mesh: split the task axis of each meta-batch over this mesh's devices (e.g.
         :func:`jmeta.train.distributed.task_mesh`); place the state with
         :func:`jmeta.train.distributed.replicate`. ``None``: one device.
-      task_axis: the mesh axis name(s) that split the tasks (default: all).
+      task_axis: the mesh axis name(s) that split the tasks (default: all). The tests use ``Auto`` axes
+        (``task_mesh()``'s default); ``Explicit`` ones go through ``jax.reshard`` and are not tested here.
 
     Raises:
       TypeError: ``algorithm`` does not implement :class:`MetaRLAlgorithm`, or ``mesh`` is not a mesh.
