@@ -14,6 +14,9 @@ One :meth:`MAMLRL.meta_step` does, for ``num_tasks`` tasks drawn from the enviro
    ``ppo_epochs`` full-batch epochs). ProMP (:func:`promp`) is the LVC estimator with the PPO-clip outer
    objective and an adaptive KL penalty between the old and new pre-update policies of each inner step.
 
+Both are :class:`jmeta.rl.MetaRLAlgorithm` s (``jmeta.rl.ALGORITHMS["MAMLRL"]``, ``["ProMP"]``); ``meta_step(...,
+mesh=...)`` (or :func:`jmeta.rl.make_rl_meta_step`) splits the tasks of the meta-batch over a device mesh.
+
 Meta-SGD: ``learn_inner_lr=True`` adds a per-parameter inner learning rate (initialised at ``inner_lr``) to the
 meta-parameters, learned by the outer step.
 
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -35,6 +39,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from jmeta import validate
+from jmeta.rl.base import check_task_mesh, draw_tasks, shard_tasks
 from jmeta.rl.envs.base import check_env, task_axis_size
 from jmeta.rl.estimators import ESTIMATORS, dice_surrogate, lvc_surrogate, reinforce_surrogate
 from jmeta.rl.returns import (discounted_returns, fit_linear_baseline, gae, linear_baseline_values,
@@ -43,7 +48,7 @@ from jmeta.rl.rollout import Trajectories, check_policy_env, check_tasks, episod
 
 PyTree = Any
 
-__all__ = ["MAMLRL", "MetaRLState", "Processed", "promp", "conjugate_gradient"]
+__all__ = ["MAMLRL", "MetaRLState", "ProMP", "Processed", "promp", "conjugate_gradient"]
 
 
 class MetaRLState(NamedTuple):
@@ -188,9 +193,32 @@ class MAMLRL:
     def _optimizer(self):
         return optax.adam(self.outer_lr)
 
-    def init(self, policy_params: PyTree | None = None) -> MetaRLState:
-        """The initial state (``policy_params`` default: ``policy.init()``)."""
-        p = self.policy.init() if policy_params is None else policy_params
+    @property
+    def meta_batch_size(self) -> int:
+        """Tasks per meta-step (``num_tasks``; the :class:`jmeta.rl.MetaRLAlgorithm` name)."""
+        return self.num_tasks
+
+    def init(self, key: jax.Array | None = None, params: PyTree | None = None, *,
+             policy_params: PyTree | None = None) -> MetaRLState:
+        """The initial state from the policy parameters ``params`` (default: ``policy.init()``).
+
+        Args:
+          key: unused (the policy carries its initial parameters); part of the shared contract.
+          params: initial policy parameters. ``policy_params=`` is the same (the former name); policy
+            parameters given as the first positional argument (the former signature ``init(policy_params)``)
+            are still accepted, with a ``DeprecationWarning``.
+        """
+        if key is not None and not (hasattr(key, "dtype") and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)):
+            if params is not None:
+                raise TypeError(f"key must be a jax.random.key or None; got {validate.describe(key)}")
+            warnings.warn("MAMLRL.init(policy_params) is deprecated: pass init(params=policy_params)",
+                          DeprecationWarning, stacklevel=2)
+            params, key = key, None
+        if policy_params is not None:
+            if params is not None:
+                raise TypeError("give the initial policy parameters once: params= or policy_params=, not both")
+            params = policy_params
+        p = self.policy.init() if params is None else params
         params = {"policy": p}
         if self.learn_inner_lr:
             params["inner_lr"] = jax.tree.map(lambda a: jnp.full_like(a, self.inner_lr), p)
@@ -306,26 +334,34 @@ class MAMLRL:
         return surr
 
     # ------------------------------------------------------------------ the meta-step
-    def sample(self, meta_params, key):
-        """Samples a meta-batch: ``(data, old, tasks)`` for :meth:`outer_objective` (task axis first)."""
-        k_tasks, k_roll = jax.random.split(key)
-        tasks = self.env.sample_tasks(k_tasks, self.num_tasks)
-        keys = jax.random.split(k_roll, self.num_tasks)
+    def sample(self, meta_params, key, *, mesh: jax.sharding.Mesh | None = None,
+               task_axis: str | tuple[str, ...] | None = None):
+        """Samples a meta-batch: ``(data, old, tasks)`` for :meth:`outer_objective` (task axis first).
+
+        The tasks and per-task keys come from :func:`jmeta.rl.draw_tasks`; ``data`` is :meth:`sample_task`
+        over them. With a ``mesh``, the task axis of the tasks, keys, ``data`` and ``old`` is split over the
+        mesh's ``task_axis`` (default: all axes), so each device rolls out and adapts its share of the tasks.
+        """
+        axes = check_task_mesh(mesh, task_axis, self.num_tasks, "num_tasks")
+        tasks, keys = shard_tasks(draw_tasks(self.env, key, self.num_tasks), mesh, axes)
         data = jax.vmap(self.sample_task, in_axes=(None, 0, 0))(meta_params, tasks, keys)
+        data = shard_tasks(data, mesh, axes)
         sg = jax.lax.stop_gradient(meta_params)
         ps = jax.vmap(self.adapted_params, in_axes=(None, 0))(sg, data[0])
-        old = (tuple(ps[:-1]), ps[-1])
+        old = shard_tasks((tuple(ps[:-1]), ps[-1]), mesh, axes)
         return data, old, tasks
 
-    def meta_step(self, state: MetaRLState, key: jax.Array):
+    def meta_step(self, state: MetaRLState, key: jax.Array, *, mesh: jax.sharding.Mesh | None = None,
+                  task_axis: str | tuple[str, ...] | None = None):
         """One meta-iteration (sampling, inner steps, post-adaptation rollouts, outer update); pure, jit it.
 
         Returns ``(new_state, metrics)``; metrics are device scalars: ``return_pre``/``return_post`` (mean
         undiscounted episode return before / after the inner steps), ``surrogate_gain``, ``kl`` (outer KL of the
         adapted policies), ``inner_kl`` (per inner step), and TRPO's ``line_search_steps``/``accepted`` or PPO's
-        ``inner_kl_coef``.
+        ``inner_kl_coef``. With a ``mesh`` the tasks are split over its devices (:meth:`sample`) and the task
+        means of the outer update are reduced across them (:func:`jmeta.rl.make_rl_meta_step`).
         """
-        data, old, _ = self.sample(state.params, key)
+        data, old, _ = self.sample(state.params, key, mesh=mesh, task_axis=task_axis)
         pre, (post_traj, _) = data
         metrics = {"return_pre": jnp.mean(episode_returns(pre[0][0])),
                    "return_post": jnp.mean(episode_returns(post_traj))}
@@ -452,12 +488,22 @@ class MAMLRL:
         return {"num_tasks": n, "num_steps": num_steps, "return": stats, "summary": summary}
 
 
-def promp(env, policy, **kwargs) -> MAMLRL:
-    """ProMP (Rothfuss et al. 2019): LVC inner estimator, PPO-clip outer objective with an adaptive KL penalty
-    on the inner step. Defaults from ProMP's point-mass/MuJoCo configs: inner lr 0.1, 5 PPO epochs, clip 0.3,
-    Adam 1e-3, initial penalty 5e-4, target inner KL 0.01; ``kwargs`` override any :class:`MAMLRL` field."""
-    cfg = dict(estimator="lvc", outer="ppo", inner_lr=0.1, ppo_epochs=5, clip_eps=0.3, outer_lr=1e-3,
-               inner_kl_penalty=5e-4, target_inner_kl=0.01)
-    cfg.update(kwargs)
-    return MAMLRL(env, policy, **cfg)
+@dataclasses.dataclass(frozen=True, eq=False)
+class ProMP(MAMLRL):
+    """ProMP (Rothfuss et al. 2019): :class:`MAMLRL` with the LVC inner estimator and the PPO-clip outer
+    objective with an adaptive KL penalty on the inner step.
+
+    Defaults from ProMP's point-mass/MuJoCo configs: inner lr 0.1, 5 PPO epochs, clip 0.3, Adam 1e-3, initial
+    penalty 5e-4, target inner KL 0.01; every other :class:`MAMLRL` field can be set too.
+    """
+
+    estimator: str = "lvc"
+    outer: str = "ppo"
+    clip_eps: float = 0.3
+    inner_kl_penalty: float | None = 5e-4
+
+
+def promp(env, policy, **kwargs) -> ProMP:
+    """:class:`ProMP` ``(env, policy, **kwargs)`` (the former factory; ``kwargs`` override any field)."""
+    return ProMP(env, policy, **kwargs)
 

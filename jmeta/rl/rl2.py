@@ -16,6 +16,10 @@ Everything of one iteration (sampling ``meta_batch_size`` tasks, the trial rollo
 episodes of a ``lax.scan`` over the horizon, ``vmap``-ed over tasks, GAE, ``epochs x num_minibatches`` PPO
 steps) is one jitted function that compiles once (:meth:`RL2.make_step`).
 
+RL^2 is a :class:`jmeta.rl.MetaRLAlgorithm` (``jmeta.rl.ALGORITHMS["RL2"]``): :meth:`RL2.meta_step` takes the
+iteration's key as an argument (:meth:`RL2.update` / :meth:`RL2.make_step` draw it from the state instead), and
+``meta_step(..., mesh=...)`` (or :func:`jmeta.rl.make_rl_meta_step`) splits the trials over a device mesh.
+
 Environments whose ``step`` sets ``done`` are masked: the rest of that episode earns no reward, does not
 advance the hidden state, is skipped by GAE and weighs zero in the loss.
 
@@ -45,10 +49,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jmeta import validate
+from jmeta.rl.base import check_task_mesh, draw_tasks, shard_tasks
 from jmeta.rl.envs.base import check_env, task_axis_size
 from jmeta.rl.ppo import PPOConfig, normalize_advantages, ppo_loss, ppo_update
 from jmeta.rl.recurrent import RecurrentPolicy, categorical_entropy, categorical_log_prob
 from jmeta.rl.returns import gae
+from jmeta.rl.rollout import check_tasks
 
 PyTree = Any
 
@@ -215,6 +221,24 @@ class RL2:
                              f"({self.meta_batch_size})")
 
     # -- rollouts -------------------------------------------------------------------------------------------
+    def sample_task(self, meta_params: PyTree, task: PyTree, key: jax.Array) -> Trial:
+        """One trial of one ``task`` (no task axis) with the policy parameters ``meta_params``:
+        :func:`rollout_trial` (a :class:`Trial` with ``[E, T]`` axes)."""
+        return rollout_trial(self.env, self.policy, meta_params, task, key, self.num_episodes)
+
+    def sample(self, meta_params: PyTree, key: jax.Array, *, mesh: jax.sharding.Mesh | None = None,
+               task_axis: str | tuple[str, ...] | None = None) -> tuple[Trial, PyTree]:
+        """``(trials, tasks)``: ``meta_batch_size`` tasks and their trials (``[n, E, T]``), drawn with
+        :func:`jmeta.rl.draw_tasks`; with a ``mesh`` the task axis is split over its ``task_axis``."""
+        axes = check_task_mesh(mesh, task_axis, self.meta_batch_size)
+        tasks, keys = shard_tasks(draw_tasks(self.env, key, self.meta_batch_size), mesh, axes)
+        trials = jax.vmap(self.sample_task, in_axes=(None, 0, 0))(meta_params, tasks, keys)
+        return shard_tasks(trials, mesh, axes), tasks
+
+    def check_tasks(self, tasks: PyTree) -> int:
+        """The number of tasks in ``tasks``, or a ``ValueError`` if its structure/shapes are not the env's."""
+        return check_tasks(self.env, tasks)
+
     def rollouts(self, params: PyTree, tasks: PyTree, key: jax.Array) -> Trial:
         """One trial per task of the batch ``tasks`` (leading axis ``n``): a :class:`Trial` with ``[n, E, T]``."""
         n = task_axis_size(tasks, "tasks")
@@ -222,8 +246,13 @@ class RL2:
             tasks, jax.random.split(key, n))
 
     # -- training -------------------------------------------------------------------------------------------
-    def init(self, key: jax.Array, params: PyTree | None = None) -> RL2State:
-        """The initial state (the policy's parameters unless ``params`` is given)."""
+    def init(self, key: jax.Array | None = None, params: PyTree | None = None) -> RL2State:
+        """The initial state (the policy's parameters unless ``params`` is given).
+
+        ``key`` seeds the state's key, from which :meth:`update` (the keyless step of :meth:`make_step`) draws
+        each iteration's randomness (default ``jax.random.key(0)``); :meth:`meta_step` takes its key per call.
+        """
+        key = jax.random.key(0) if key is None else key
         params = self.policy.params if params is None else params
         return RL2State(params=params, opt_state=self.ppo.optimizer().init(params), key=key,
                         iteration=jnp.zeros((), jnp.int32))
@@ -239,10 +268,25 @@ class RL2:
                         entropy_coef=self.ppo.entropy_coef, mask=mb["mask"])
 
     def update(self, state: RL2State) -> tuple[RL2State, dict]:
-        """One iteration (pure; :meth:`make_step` jits it): sample tasks, roll out one trial each, GAE, PPO."""
+        """One iteration (pure; :meth:`make_step` jits it): sample tasks, roll out one trial each, GAE, PPO.
+
+        The randomness comes from ``state.key`` (the returned state holds the next key)."""
         key, k_tasks, k_roll, k_ppo = jax.random.split(state.key, 4)
         tasks = self.env.sample_tasks(k_tasks, self.meta_batch_size)
         trials = self.rollouts(state.params, tasks, k_roll)
+        return self._learn(state._replace(key=key), trials, k_ppo)
+
+    def meta_step(self, state: RL2State, key: jax.Array, *, mesh: jax.sharding.Mesh | None = None,
+                  task_axis: str | tuple[str, ...] | None = None) -> tuple[RL2State, dict]:
+        """One iteration from ``key`` (the shared :class:`jmeta.rl.MetaRLAlgorithm` step; ``state.key`` is
+        left as it is): :meth:`sample` (split over ``mesh`` if given), GAE, PPO. Pure; jit it (or use
+        :func:`jmeta.rl.make_rl_meta_step`)."""
+        k_sample, k_ppo = jax.random.split(key)
+        trials, _ = self.sample(state.params, k_sample, mesh=mesh, task_axis=task_axis)
+        return self._learn(state, trials, k_ppo)
+
+    def _learn(self, state: RL2State, trials: Trial, k_ppo: jax.Array) -> tuple[RL2State, dict]:
+        """GAE and the PPO epochs on a batch of trials; ``state.key`` is passed through."""
         n, E, T = trials.rewards.shape
         flat = jax.tree.map(lambda a: a.reshape((n, E * T) + a.shape[3:]), trials)
         adv, ret = jax.vmap(lambda r, v, m: trial_gae(r, v, discount=self.discount, gae_lambda=self.gae_lambda,
@@ -255,7 +299,7 @@ class RL2:
         episode_returns = trials.rewards.sum(axis=2)  # [n, E]
         metrics = {**metrics, "trial_return": episode_returns.sum(axis=1).mean(),
                    "episode_return": episode_returns.mean(axis=0)}
-        return RL2State(params, opt_state, key, state.iteration + 1), metrics
+        return RL2State(params, opt_state, state.key, state.iteration + 1), metrics
 
     def make_step(self) -> CompiledStep:
         """:meth:`update` jitted once (a :class:`CompiledStep`; ``num_traces`` counts its compilations)."""
@@ -268,11 +312,13 @@ class RL2:
         return jax.jit(lambda p, t, k: jax.vmap(
             lambda ti, ki: rollout_trial(self.env, self.policy, p, ti, ki, self.num_episodes).rewards.sum(-1))(t, k))
 
-    def evaluate(self, params: PyTree, key: jax.Array, num_tasks: int, *, batch_size: int = 1000) -> dict:
-        """Average return per episode of the trial over ``num_tasks`` tasks drawn with ``key``.
+    def evaluate(self, params: PyTree, key: jax.Array, num_tasks: int = 1000, *, batch_size: int = 1000,
+                 tasks: PyTree | None = None) -> dict:
+        """Average return per episode of the trial over ``num_tasks`` tasks drawn with ``key`` (or ``tasks``).
 
         Use a key that training never saw (held-out tasks). The returns of episodes ``1 .. n`` show the
-        adaptation within the trial.
+        adaptation within the trial. ``tasks``: explicit held-out tasks (a task pytree with a leading axis;
+        ``num_tasks`` is then their number).
 
         Returns:
           ``{"returns": float64 [num_tasks, num_episodes], "per_episode": task_statistics (mean, ci95, median
@@ -281,10 +327,13 @@ class RL2:
         """
         from jmeta.train.evaluation import mean_ci95, task_statistics
 
-        num_tasks = validate.integer("num_tasks", num_tasks, min=1)
         batch_size = validate.integer("batch_size", batch_size, min=1)
         k_tasks, k_roll = jax.random.split(key)
-        tasks = self.env.sample_tasks(k_tasks, num_tasks)
+        if tasks is None:
+            num_tasks = validate.integer("num_tasks", num_tasks, min=1)
+            tasks = self.env.sample_tasks(k_tasks, num_tasks)
+        else:
+            num_tasks = self.check_tasks(tasks)
         keys = jax.random.split(k_roll, num_tasks)
         run = self._episode_returns
         out = []

@@ -120,6 +120,44 @@ def task_mesh(num_devices: int | None = None, *, axis_name: str = "tasks", devic
     return jax.sharding.Mesh(np.asarray(devices), (axis_name,), axis_types=(kind,))
 
 
+def task_axes(mesh: jax.sharding.Mesh, task_axis: str | Sequence[str] | None = None) -> tuple[str, ...]:
+    """The mesh axis names that split the task axis (``task_axis``, default: all axes of ``mesh``).
+
+    Raises:
+      TypeError: if ``mesh`` is not a :class:`jax.sharding.Mesh`.
+      ValueError: if ``task_axis`` names no axis of ``mesh``.
+    """
+    if not isinstance(mesh, jax.sharding.Mesh):
+        raise TypeError(f"mesh must be a jax.sharding.Mesh (e.g. jmeta.train.distributed.task_mesh()), "
+                        f"got {type(mesh).__name__}")
+    names = tuple(mesh.axis_names)
+    if task_axis is None:
+        return names
+    axes = (task_axis,) if isinstance(task_axis, str) else tuple(task_axis)
+    bad = [a for a in axes if a not in names]
+    if bad or not axes:
+        raise ValueError(f"task_axis must name axes of the mesh {names}, got {task_axis!r}")
+    return axes
+
+
+def shard_task_axis(tree: PyTree, mesh: jax.sharding.Mesh, axes: tuple[str, ...]) -> PyTree:
+    """Places the leading (task) axis of every leaf of ``tree`` on the mesh ``axes``, inside a traced function.
+
+    ``jax.reshard`` for Explicit axes, ``jax.lax.with_sharding_constraint`` for Auto ones; the compiler
+    propagates the split through everything computed per task from these values.
+
+    Raises:
+      ValueError: if the ``axes`` mix Explicit and Auto axis types.
+    """
+    spec = jax.sharding.PartitionSpec(axes)
+    types = {mesh.axis_types[mesh.axis_names.index(a)] for a in axes}
+    if types == {jax.sharding.AxisType.Explicit}:
+        return jax.reshard(tree, jax.sharding.NamedSharding(mesh, spec))
+    if types == {jax.sharding.AxisType.Auto}:
+        return jax.lax.with_sharding_constraint(tree, jax.sharding.NamedSharding(mesh, spec))
+    raise ValueError(f"the task axes {axes} of the mesh must all be Explicit or all Auto, got {types}")
+
+
 def replicate(tree: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
     """Places every array leaf on all devices of ``mesh`` (``PartitionSpec()``).
 
@@ -179,4 +217,5 @@ def assert_same_across_hosts(tree: PyTree, what: str = "value") -> None:
     multihost_utils.assert_equal(jax.tree.map(raw, tree), fail_message=f"{what} differs between hosts")
 
 
-__all__ = ["assert_same_across_hosts", "initialize", "process_key", "replicate", "shared_key", "task_mesh"]
+__all__ = ["assert_same_across_hosts", "initialize", "process_key", "replicate", "shard_task_axis", "shared_key",
+           "task_axes", "task_mesh"]

@@ -50,6 +50,7 @@ import optax
 
 from jmeta import validate
 from jmeta.tasks.base import TaskBatch, validate_task_batch
+from jmeta.train import distributed
 from jmeta.train.precision import canonical_compute_dtype, mixed_precision_task_loss
 
 if TYPE_CHECKING:  # annotations only: importing jmeta.algorithms here would load every algorithm
@@ -456,29 +457,12 @@ def sample_fn_takes_data(sample_fn) -> bool:
 
 # -- devices -----------------------------------------------------------------------------------------------------
 def _task_axes(mesh, task_axis) -> tuple[str, ...]:
-    if not isinstance(mesh, jax.sharding.Mesh):
-        raise TypeError(f"mesh must be a jax.sharding.Mesh (e.g. jmeta.train.distributed.task_mesh()), "
-                        f"got {type(mesh).__name__}")
-    names = tuple(mesh.axis_names)
-    if task_axis is None:
-        axes = names
-    else:
-        axes = (task_axis,) if isinstance(task_axis, str) else tuple(task_axis)
-        bad = [a for a in axes if a not in names]
-        if bad or not axes:
-            raise ValueError(f"task_axis must name axes of the mesh {names}, got {task_axis!r}")
-    return axes
+    return distributed.task_axes(mesh, task_axis)
 
 
 def _shard_tasks(x, mesh, axes):
-    """Places the task axis of ``x`` on ``axes`` (``reshard`` for Explicit axes, a constraint for Auto ones)."""
-    spec = jax.sharding.PartitionSpec(axes)
-    types = {mesh.axis_types[mesh.axis_names.index(a)] for a in axes}
-    if types == {jax.sharding.AxisType.Explicit}:
-        return jax.reshard(x, jax.sharding.NamedSharding(mesh, spec))
-    if types == {jax.sharding.AxisType.Auto}:
-        return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, spec))
-    raise ValueError(f"the task axes {axes} of the mesh must all be Explicit or all Auto, got {types}")
+    """Places the task axis of ``x`` on ``axes`` (:func:`jmeta.train.distributed.shard_task_axis`)."""
+    return distributed.shard_task_axis(x, mesh, axes)
 
 
 def _cross_device_state(state, axes):

@@ -6,7 +6,9 @@ same checks: it satisfies :class:`~jmeta.algorithms.MetaLearner` (method signatu
 meta-gradient (:func:`jmeta.meta_grad`, ``vmap`` over tasks) equals a Python loop of per-task gradients, averaged;
 the meta-step compiles once over several iterations; bad inputs get clear errors. A class anywhere in ``jmeta``
 that implements the contract but is missing from the registry fails :func:`test_registry_is_complete`, and a
-registered algorithm without a tiny instance here fails its own tests.
+registered algorithm without a tiny instance here fails its own tests. The meta-RL algorithms
+(:data:`jmeta.rl.ALGORITHMS`) have their own contract and checks in ``tests/rl/test_rl_conformance.py``;
+:func:`test_rl_algorithms_are_covered` makes "every algorithm" include them.
 """
 
 from __future__ import annotations
@@ -157,6 +159,24 @@ def test_registry_is_complete():
     assert not missing, (f"classes implementing the algorithm contract but missing from "
                          f"jmeta.algorithms.ALGORITHMS (or ALGORITHM_BASES): {missing}")
     assert known <= set(classes), f"registry entries that name no class: {sorted(known - set(classes))}"
+
+
+def test_rl_algorithms_are_covered():
+    """Every class implementing the meta-RL contract (defines ``meta_step`` or derives from a registered meta-RL
+    class) is in jmeta.rl.ALGORITHMS, and every entry has a tiny instance in the meta-RL conformance test."""
+    from jmeta.rl import ALGORITHMS as RL_ALGORITHMS
+    from jmeta.rl.base import ALGORITHM_BASES as RL_BASES
+
+    known = set(RL_ALGORITHMS.values()) | set(RL_BASES.values())
+    names = {ref.partition(":")[2] for ref in known}
+    found = {ref for ref, (methods, bases) in _classes_in_jmeta().items()
+             if ref != "jmeta.rl.base:MetaRLAlgorithm" and ("meta_step" in methods or bases & names)}
+    assert found >= known and not found - known, f"meta-RL classes missing from jmeta.rl.ALGORITHMS: {found - known}"
+    rl_test = PKG.parent / "tests" / "rl" / "test_rl_conformance.py"
+    factories = next(node.value for node in ast.parse(rl_test.read_text()).body
+                     if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "FACTORIES")
+    covered = {ast.literal_eval(k).partition("[")[0] for k in factories.keys}
+    assert set(RL_ALGORITHMS) <= covered, f"no tiny instance in {rl_test}: {set(RL_ALGORITHMS) - covered}"
 
 
 def test_protocol(case):

@@ -187,9 +187,7 @@ def test_ppo_update_descends_and_checks_minibatches():
 
 def test_bad_inputs_one_clear_error_each(small):
     env, policy, _ = small
-    wrong_actions = gru_policy(rl2_input_size(env), 4, hidden_size=8)
-    with pytest.raises(ValueError, match=r"policy.num_actions \(4\) must equal the environment's action_size \(3\)"):
-        RL2(env, wrong_actions)
+    # the action-size mismatch, horizon 0 and wrong task pytrees: tests/rl/test_rl_conformance.py
     with pytest.raises(ValueError, match=r"policy.input_size \(5\) must equal rl2_input_size\(env\)"):
         RL2(env, gru_policy(5, 3, hidden_size=8))
     with pytest.raises(ValueError, match=r"ppo.num_minibatches \(3\) must divide meta_batch_size \(8\)"):
