@@ -128,6 +128,7 @@ RL_PRESETS = {
     "ant-dir-maml-trpo": dict(num_tasks=40, num_episodes=20, inner_lr=0.1, outer="trpo", max_kl=0.01),
     "bandit-rl2": dict(meta_batch_size=64, num_episodes=10, discount=0.99),
     "tabular-mdp-rl2": dict(meta_batch_size=64, num_episodes=10, discount=0.99),
+    "nav2d-rl2": dict(meta_batch_size=200, num_episodes=2, discount=0.99, gae_lambda=1.0),
 }
 
 

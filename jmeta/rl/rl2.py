@@ -52,7 +52,7 @@ from jmeta import validate
 from jmeta.rl.base import check_task_mesh, draw_tasks, shard_tasks
 from jmeta.rl.envs.base import check_env, task_axis_size
 from jmeta.rl.ppo import PPOConfig, normalize_advantages, ppo_loss, ppo_update
-from jmeta.rl.recurrent import RecurrentPolicy, categorical_entropy, categorical_log_prob
+from jmeta.rl.recurrent import RecurrentPolicy
 from jmeta.rl.returns import gae
 from jmeta.rl.rollout import check_tasks
 
@@ -70,9 +70,12 @@ def rl2_input_size(env) -> int:
 def rl2_input(obs: jax.Array, prev_action: jax.Array, prev_reward: jax.Array, first: jax.Array,
               num_actions: int) -> jax.Array:
     """``[obs, one_hot(prev_action), prev_reward, first]`` as float32; ``prev_action = -1`` gives a zero one-hot
-    (the trial start)."""
-    return jnp.concatenate([jnp.asarray(obs, jnp.float32).reshape(-1),
-                            jax.nn.one_hot(prev_action, num_actions, dtype=jnp.float32),
+    (the trial start). A continuous (floating) ``prev_action [num_actions]`` is read as it is (zeros at the
+    trial start)."""
+    prev_action = jnp.asarray(prev_action)
+    a = (prev_action.astype(jnp.float32).reshape(num_actions) if jnp.issubdtype(prev_action.dtype, jnp.floating)
+         else jax.nn.one_hot(prev_action, num_actions, dtype=jnp.float32))
+    return jnp.concatenate([jnp.asarray(obs, jnp.float32).reshape(-1), a,
                             jnp.asarray(prev_reward, jnp.float32).reshape(1),
                             jnp.asarray(first, jnp.float32).reshape(1)])
 
@@ -82,7 +85,7 @@ class Trial(NamedTuple):
 
     Attributes:
       inputs: the RL^2 inputs the policy read ``[E, T, input_size]``.
-      actions: the sampled actions (int32).
+      actions: the sampled actions (int32; continuous policies: float ``[..., num_actions]``).
       rewards: the rewards (0 where masked).
       log_probs: log-probabilities of the actions under the behaviour policy.
       values: the value head's predictions.
@@ -102,8 +105,8 @@ def rollout_trial(env, policy: RecurrentPolicy, params: PyTree, task: PyTree, ke
     """One trial of ``num_episodes`` episodes of one ``task``, hidden state carried across episodes.
 
     A ``lax.scan`` over episodes (each starts with ``env.reset`` on its own key) of a ``lax.scan`` over the
-    ``env.horizon`` steps; actions are sampled from the policy's softmax. Pure: the same ``key`` gives the
-    same trial. ``vmap`` over ``(task, key)`` for a batch of trials.
+    ``env.horizon`` steps; actions are sampled from the policy's distribution (``policy.sample``). Pure: the
+    same ``key`` gives the same trial. ``vmap`` over ``(task, key)`` for a batch of trials.
     """
     num_actions = int(env.action_size)
 
@@ -116,10 +119,10 @@ def rollout_trial(env, policy: RecurrentPolicy, params: PyTree, task: PyTree, ke
             h, env_state, obs, prev_a, prev_r, alive, t = c
             x = rl2_input(obs, prev_a, prev_r, t == 0, num_actions)
             h_new, logits, value = policy.step(params, h, x)
-            a = jax.random.categorical(k_t, logits).astype(jnp.int32)
+            a = policy.sample(k_t, logits)
             env_state, obs, r, done = env.step(env_state, a, task)
             r = jnp.where(alive, jnp.asarray(r, jnp.float32), 0.0)
-            out = (x, a, r, categorical_log_prob(logits, a), value, alive)
+            out = (x, a, r, policy.log_prob(logits, a), value, alive)
             h = jnp.where(alive, h_new, h)
             prev_a = jnp.where(alive, a, prev_a)
             prev_r = jnp.where(alive, r, prev_r)
@@ -129,7 +132,7 @@ def rollout_trial(env, policy: RecurrentPolicy, params: PyTree, task: PyTree, ke
         (h, _, _, prev_a, prev_r, _, _), out = jax.lax.scan(step, c0, jax.random.split(k_steps, env.horizon))
         return (h, prev_a, prev_r), out
 
-    carry0 = (policy.initial_hidden(), jnp.full((), -1, jnp.int32), jnp.zeros((), jnp.float32))
+    carry0 = (policy.initial_hidden(), policy.initial_action(), jnp.zeros((), jnp.float32))
     _, out = jax.lax.scan(episode, carry0, jax.random.split(key, num_episodes))
     return Trial(*out)
 
@@ -177,10 +180,11 @@ class CompiledStep:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class RL2:
-    """RL^2 with a recurrent categorical policy trained by PPO-clip (module docstring).
+    """RL^2 with a recurrent (categorical or Gaussian) policy trained by PPO-clip (module docstring).
 
     Attributes:
-      env: a discrete environment on the :mod:`jmeta.rl.envs` contract.
+      env: an environment on the :mod:`jmeta.rl.envs` contract, discrete for :func:`~jmeta.rl.gru_policy`,
+        continuous for :func:`~jmeta.rl.recurrent.gaussian_gru_policy`.
       policy: a :class:`~jmeta.rl.recurrent.RecurrentPolicy` with ``input_size == rl2_input_size(env)`` and
         ``num_actions == env.action_size``.
       num_episodes: episodes per trial (the paper's ``n``).
@@ -199,7 +203,8 @@ class RL2:
     ppo: PPOConfig = dataclasses.field(default_factory=PPOConfig)
 
     def __post_init__(self):
-        env = check_env(self.env, discrete=True, user="RL2 (a categorical GRU policy)")
+        env = check_env(self.env, discrete=getattr(self.policy, "discrete", True),
+                        user=f"RL2 with a {type(self.policy).__name__}")
         if not isinstance(self.policy, RecurrentPolicy):
             raise TypeError(f"policy must be a jmeta.rl.RecurrentPolicy (see gru_policy); got "
                             f"{type(self.policy).__name__}")
@@ -259,11 +264,11 @@ class RL2:
 
     def _loss(self, params, mb):
         logits, values = jax.vmap(lambda x, m: self.policy.unroll(params, x, mask=m))(mb["inputs"], mb["mask"])
-        log_probs = categorical_log_prob(logits, mb["actions"])
+        log_probs = self.policy.log_prob(logits, mb["actions"])
         adv = mb["advantages"]
         if self.ppo.normalize_advantages:
             adv = normalize_advantages(adv, mb["mask"])
-        return ppo_loss(log_probs, mb["log_probs"], adv, values, mb["returns"], categorical_entropy(logits),
+        return ppo_loss(log_probs, mb["log_probs"], adv, values, mb["returns"], self.policy.entropy(logits),
                         clip_eps=self.ppo.clip_eps, value_coef=self.ppo.value_coef,
                         entropy_coef=self.ppo.entropy_coef, mask=mb["mask"])
 

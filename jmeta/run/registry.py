@@ -223,6 +223,9 @@ register(Entry("model", "gaussian-mlp", "jmeta.rl.policies:gaussian_mlp_policy",
                doc="Gaussian MLP policy with a learned log-std (MAML-RL, ProMP)"))
 register(Entry("model", "gru", "jmeta.rl.recurrent:gru_policy", wiring=("input_size", "num_actions", "key"),
                check_by_building=False, doc="GRU categorical policy with a value head (RL^2)"))
+register(Entry("model", "gaussian-gru", "jmeta.rl.recurrent:gaussian_gru_policy",
+               wiring=("input_size", "action_size", "key"), check_by_building=False,
+               doc="GRU Gaussian policy with a learned log-std and a value head (RL^2, continuous actions)"))
 # Built with the environment and the policy (jmeta.run.rl.build): their values are checked there, by the
 # constructors; the option names here.
 register(Entry("algorithm", "maml-rl", "jmeta.rl.maml_rl:MAMLRL", wiring=("env", "policy", "num_tasks"),
@@ -238,8 +241,9 @@ RL_FAMILIES = ("nav2d", "nav2d-corner", "bandit", "tabular-mdp", "cheetah-dir", 
                "metaworld-ml1")
 #: Meta-RL families whose episodes run on the host (not inside jit).
 HOST_FAMILIES = ("metaworld-ml1",)
-#: The meta-RL algorithms and the policy (``model.name``) each needs.
-RL_ALGORITHMS = {"maml-rl": "gaussian-mlp", "promp": "gaussian-mlp", "rl2": "gru"}
+#: The meta-RL algorithms and the policies (``model.name``) each takes (RL^2: ``gru`` for discrete actions,
+#: ``gaussian-gru`` for continuous ones).
+RL_ALGORITHMS = {"maml-rl": ("gaussian-mlp",), "promp": ("gaussian-mlp",), "rl2": ("gru", "gaussian-gru")}
 
 
 def is_rl(cfg) -> bool:
@@ -255,9 +259,10 @@ def check_rl(cfg) -> None:
         if algo not in RL_ALGORITHMS:
             raise ConfigError(f"task.family={family!r} is a meta-RL environment; algorithm.name must be one of "
                               f"{list(RL_ALGORITHMS)}, got {algo!r}")
-        if model != RL_ALGORITHMS[algo]:
-            raise ConfigError(f"algorithm.name={algo!r} needs model.name={RL_ALGORITHMS[algo]!r}, got {model!r}")
-    elif algo in RL_ALGORITHMS or model in set(RL_ALGORITHMS.values()):
+        if model not in RL_ALGORITHMS[algo]:
+            want = " or ".join(repr(m) for m in RL_ALGORITHMS[algo])
+            raise ConfigError(f"algorithm.name={algo!r} needs model.name={want}, got {model!r}")
+    elif algo in RL_ALGORITHMS or any(model in ms for ms in RL_ALGORITHMS.values()):
         raise ConfigError(f"algorithm.name={algo!r} with model.name={model!r} is meta-RL; task.family must be one "
                           f"of {list(RL_FAMILIES)}, got {family!r}")
 

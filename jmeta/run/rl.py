@@ -3,7 +3,8 @@ meta-step ``jmeta train`` drives, and the evaluation ``eval.json`` holds.
 
 A meta-RL config names an environment (``task.family``: ``nav2d``, ``nav2d-corner``, ``bandit``,
 ``tabular-mdp``, ``cheetah-dir``, ``cheetah-vel``, ``ant-dir``, ``metaworld-ml1``), a policy (``model.name``:
-``gaussian-mlp`` for MAML-RL/ProMP, ``gru`` for RL^2) and an algorithm (``algorithm.name``: ``maml-rl``,
+``gaussian-mlp`` for MAML-RL/ProMP; for RL^2 ``gru`` on discrete environments, ``gaussian-gru`` on continuous
+ones) and an algorithm (``algorithm.name``: ``maml-rl``,
 ``promp``, ``rl2``); each section holds its constructor's options (:mod:`jmeta.run.registry`). The wiring
 supplies the sizes (the policy's observation/action sizes come from the environment) and the tasks per
 meta-step (``train.meta_batch_size``: MAML-RL's ``num_tasks``, RL^2's ``meta_batch_size``). The outer step's
@@ -184,8 +185,14 @@ def build(cfg) -> RLExperiment:
     check_rl(cfg)
     env = t.entry.build(t.options)
     key = jax.random.fold_in(jax.random.key(cfg.train.seed), 1)
-    if m.name == "gru":
-        policy = m.entry.build(m.options, input_size=rl2_input_size(env), num_actions=int(env.action_size), key=key)
+    if m.name in ("gru", "gaussian-gru"):
+        want = "gru" if getattr(env, "discrete", None) else "gaussian-gru"
+        if m.name != want:
+            kind = "discrete" if want == "gru" else "continuous"
+            raise ConfigError(f"task.family={t.family!r} has {kind} actions: RL^2 on it needs model.name={want!r}, "
+                              f"got {m.name!r}")
+        size = {"gru": "num_actions", "gaussian-gru": "action_size"}[m.name]
+        policy = m.entry.build(m.options, input_size=rl2_input_size(env), **{size: int(env.action_size)}, key=key)
         algo = a.entry.build(a.options, env=env, policy=policy, meta_batch_size=cfg.train.meta_batch_size)
         return RLExperiment(env, policy, algo, "rl2")
     policy = m.entry.build(m.options, **env_sizes(env), key=key)

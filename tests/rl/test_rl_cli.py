@@ -23,6 +23,10 @@ BANDIT = ["algorithm.num_episodes=3", "algorithm.num_minibatches=2", "algorithm.
           "train.meta_batch_size=4", "train.steps=2", "train.log_every=1", "train.checkpoint_every=0",
           "eval.num_tasks=8"]
 
+#: ``nav2d-rl2`` (Gaussian GRU) small enough to run in seconds: 2 meta-steps of 2 trials of 2 five-step episodes.
+NAV2D_RL2 = ["task.horizon=5", "model.hidden_size=4", "algorithm.epochs=1", "train.meta_batch_size=2",
+             "train.steps=2", "train.log_every=1", "train.checkpoint_every=0", "eval.num_tasks=4"]
+
 
 def _cli(args):
     argv = []
@@ -127,7 +131,7 @@ def test_rl2_bandit_eval_reports_each_episode_of_the_trial(tmp_path):
     ("model.filters=3", r"model.filters is not an option of model.name='gaussian-mlp'; its options: \["),
     ("task.horizon=0", r"task.horizon must be an integer >= 1; got 0"),
     ("algorithm.name=maml", r"task.family='nav2d' is a meta-RL environment; algorithm.name must be one of"),
-    ("algorithm.name=rl2", r"algorithm.name='rl2' needs model.name='gru', got 'gaussian-mlp'"),
+    ("algorithm.name=rl2", r"algorithm.name='rl2' needs model.name='gru' or 'gaussian-gru', got 'gaussian-mlp'"),
 ])
 def test_bad_options_are_one_clear_error(override, match):
     with pytest.raises(C.ConfigError, match=match):
@@ -141,9 +145,14 @@ def test_bad_values_are_refused_by_the_constructors_when_built():
         build(C.apply_overrides(C.load("nav2d-maml-trpo"), ["algorithm.inner_lr=-0.1"]))
     with pytest.raises(C.ConfigError, match=r"algorithm.*estimator"):
         build(C.apply_overrides(C.load("nav2d-maml-trpo"), ["algorithm.estimator=magic"]))
-    # RL^2's categorical GRU on a continuous environment
+    # RL^2's categorical GRU on a continuous environment, the Gaussian one on a discrete environment
     cfg = C.apply_overrides(C.load("bandit-rl2"), ["task.family=nav2d"])
-    with pytest.raises(C.ConfigError, match=r"algorithm: .*discrete"):
+    with pytest.raises(C.ConfigError, match=r"task.family='nav2d' has continuous actions: RL\^2 on it needs "
+                                            r"model.name='gaussian-gru', got 'gru'"):
+        build(cfg)
+    cfg = C.apply_overrides(C.load("nav2d-rl2"), ["task.family=bandit"])
+    with pytest.raises(C.ConfigError, match=r"task.family='bandit' has discrete actions: RL\^2 on it needs "
+                                            r"model.name='gru', got 'gaussian-gru'"):
         build(cfg)
     with pytest.raises(C.ConfigError, match=r"is meta-RL; task.family must be one of"):
         C.apply_overrides(C.load("sinusoid-maml"), ["algorithm.name=maml-rl"])
@@ -163,7 +172,7 @@ def test_metaworld_is_configured_without_importing_metaworld_and_train_says_why_
 def test_presets_list_the_meta_rl_presets(capsys):
     assert main(["presets"]) == 0
     names = [x.split()[0] for x in capsys.readouterr().out.splitlines()]
-    for n in ("nav2d-maml-trpo", "nav2d-promp", "bandit-rl2", "tabular-mdp-rl2", "cheetah-dir-maml-trpo",
+    for n in ("nav2d-maml-trpo", "nav2d-promp", "bandit-rl2", "nav2d-rl2", "tabular-mdp-rl2", "cheetah-dir-maml-trpo",
               "cheetah-vel-maml-trpo", "ant-dir-maml-trpo"):
         assert n in names
 
@@ -206,3 +215,23 @@ def test_sweeps_know_the_meta_rl_metrics_and_export_and_vectorize_refuse_meta_rl
         search._check_vectorizable(cfg, [{"train.seed": 1}])
     with pytest.raises(C.ConfigError, match=r"this run is meta-RL"):
         export_run(nav2d_run, nav2d_run / "export")
+
+
+def test_rl2_nav2d_gaussian_gru_run_writes_eval_json(tmp_path):
+    """The ``nav2d-rl2`` preset (Gaussian GRU, continuous actions) through the runner at tiny sizes."""
+    from jmeta.run.runner import train
+
+    cfg = C.apply_overrides(C.load("nav2d-rl2"), NAV2D_RL2)
+    assert cfg.model.name == "gaussian-gru" and cfg.task.family == "nav2d-corner"
+    s = train(cfg, tmp_path / "n", progress=False, tensorboard=False, plots=False)
+    ev = json.loads((tmp_path / "n" / "eval.json").read_text())
+    assert ev["step"] == 2 and ev["num_tasks"] == 4 and ev["algorithm"] == "rl2"
+    assert list(ev["summary"]) == ["return in episode 1", "return in episode 2", "trial return"]
+    assert ev["summary"] == json.loads(json.dumps(s["eval"]["summary"]))
+    summary = ev["summary"]
+    assert all(_finite(v) for v in summary.values()), summary
+    assert abs(summary["trial return"]["mean"] - summary["return in episode 1"]["mean"]
+               - summary["return in episode 2"]["mean"]) < 1e-9
+    recs = [json.loads(x) for x in (tmp_path / "n" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == [1, 2]
+    assert all(math.isfinite(r["update_norm"]) and r["update_norm"] > 0 for r in recs)
