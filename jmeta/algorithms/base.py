@@ -138,6 +138,19 @@ def check_one_task(owner: str, task, apply: Callable, *, class_labels: bool = Fa
             f"jmeta.train.make_meta_step")
 
 
+def param_spec(name: str, spec):
+    """An ``adapt_params=`` spec in stored form (a list of prefixes becomes a tuple, so that algorithms stay
+    hashable static pytrees), checked by :func:`make_param_filter`."""
+    if isinstance(spec, list):
+        spec = tuple(spec)
+    try:
+        make_param_filter(spec)
+    except ValueError:
+        raise ValueError(f"{name} must be None, a non-empty path prefix, a tuple of them or a callable, "
+                         f"got {spec!r}") from None
+    return spec
+
+
 def make_param_filter(spec) -> Callable[[str], bool] | None:
     """Turns an ``adapt_params=`` spec into a predicate on parameter paths.
 

@@ -24,7 +24,6 @@ differences (the DiCE magic box equals these ratios, with all their derivatives,
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Any, NamedTuple
 
@@ -35,6 +34,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from jmeta import validate
+from jmeta._struct import static_dataclass
 from jmeta.rl.envs.base import check_env, task_axis_size
 from jmeta.rl.estimators import ESTIMATORS, dice_surrogate, lvc_surrogate, reinforce_surrogate
 from jmeta.rl.returns import (discounted_returns, fit_linear_baseline, gae, linear_baseline_values,
@@ -81,7 +81,7 @@ def conjugate_gradient(matvec, b, *, iters: int = 10, tol: float = 1e-10):
     return solve_cg(matvec, b, tol=jnp.sqrt(tol) / jnp.linalg.norm(b), maxiter=iters)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@static_dataclass
 class MAMLRL:
     """MAML-RL with a choice of inner estimator and outer step (see the module docstring).
 
