@@ -1,7 +1,11 @@
 """The contract every jmeta algorithm shares.
 
 An algorithm is a small frozen dataclass of hyperparameters (plus the pure
-model ``apply`` it adapts) with pure methods:
+model ``apply`` it adapts), declared with :func:`jmeta._struct.static_dataclass`:
+a pytree without leaves whose fields are static, so it can be an argument of
+``jax.jit`` (equal hyperparameters share a compiled program), with its fields
+checked and normalised by the constructor (also through ``dataclasses.replace``).
+Its methods are pure:
 
 * ``init(params, *, key=None) -> meta_params``: wraps the model's initial
   parameters with the algorithm's own meta-parameters (learned learning

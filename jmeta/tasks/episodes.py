@@ -319,7 +319,7 @@ class EpisodeSampler:
         return jax.tree.map(lambda a: a[0], self.sample(key, 1, images))
 
     def bind(self, images: Array) -> "EpisodeTasks":
-        """Pairs the sampler with device images as a task family ``sample(key, num_tasks)``."""
+        """Pairs the sampler with device images: a task family whose ``sample(key, num_tasks)`` needs no data."""
         self._check_images(images)
         return EpisodeTasks(self, images)
 
