@@ -25,6 +25,8 @@ It gives three things:
   compares the instances' types and field values, so an instance can be passed to ``jax.jit`` as an
   *argument*: equal hyperparameters share one compiled program, different ones compile anew.
   Unflattening gives back the very instance (no second construction, no second validation inside a
+  trace; ``jax.tree_util.register_dataclass(cls, data_fields=[], meta_fields=[...])`` would call the
+  constructor on every unflatten, re-running checks such as the inner transform's probe inside the
   trace). ``jit`` compares the fields with ``==``; anything that hashes the treedef's data needs them
   hashable too, so checks store tuples, not lists.
 * **Identity equality of the instances themselves** by default (``eq=False``, as algorithms had):
