@@ -108,11 +108,10 @@ def jmeta_runners(forms, images, seed, tasks):
     sampler = EpisodeSampler(N_WAY, K_SHOT, Q_QUERY)
     data = jax.device_put(images)
 
-    def sample_fn(key, n, data):
-        return sampler.sample(data, key, n)
+    sample_fn = sampler.sample  # sample(key, num_tasks, images)
 
     # Episode sampling alone (the same sampler the step runs inside its program).
-    sample = jax.jit(lambda k, d: sampler.sample(d, k, tasks))
+    sample = jax.jit(lambda k, d: sampler.sample(k, tasks, d))
     jax.block_until_ready(sample(jax.random.key(0), data))
     sampling_s, _ = _median_time(lambda: jax.block_until_ready(sample(jax.random.key(1), data)), 20)
 

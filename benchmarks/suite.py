@@ -110,7 +110,7 @@ def _image_sampler(n_way, k_shot, q_query, shape):
 
     from jmeta.tasks import TaskBatch
 
-    def sample(key, n):
+    def sample(key, n, data=None):
         k1, k2 = jax.random.split(key)
         sx = jax.random.normal(k1, (n, n_way * k_shot, *shape))
         qx = jax.random.normal(k2, (n, n_way * q_query, *shape))

@@ -96,10 +96,7 @@ def build(workload: str, inner_steps: int, synthetic: bool):
             sampler = EpisodeSampler(n_way=5, k_shot=1, q_query=15)
             images = put_on_device(store)
 
-            def sample(key, n, data):
-                return sampler.sample(data, key, n)
-
-            return alg, model, sample, images, note + " (real data, sampled on device)"
+            return alg, model, sampler.sample, images, note + " (real data, sampled on device)"
         except Exception as e:  # noqa: BLE001 - fall back to synthetic data, and say so
             note += f" (dataset unavailable: {type(e).__name__}; random images)"
     else:

@@ -154,8 +154,10 @@ def test_any_function_of_the_signature_is_a_model():
 def test_sample_fn_with_wrong_signature_is_a_clear_error():
     model = mlp()
     algo = MAML(model.apply)
-    with pytest.raises(TypeError, match="sample_fn must take"):
-        make_meta_step(algo, lambda key: None, optax.sgd(0.1), meta_batch_size=2)
+    step = make_meta_step(algo, lambda key: None, optax.sgd(0.1), meta_batch_size=2)
+    state = init_train_state(algo, model.params, model.state, optax.sgd(0.1))
+    with pytest.raises(TypeError, match="sample_fn must take \\(key, num_tasks, data\\)"):
+        step(state, jax.random.key(0))
     with pytest.raises(ValueError, match="meta_batch_size must be an integer >= 1"):
         make_meta_step(algo, Sinusoid().sample, optax.sgd(0.1), meta_batch_size=0)
     with pytest.raises(ValueError, match="task_parallel"):
@@ -215,6 +217,6 @@ def test_evaluate_refuses_data_its_sample_fn_would_ignore():
     held-out dataset passed there was never evaluated."""
     model = mlp()
     algo = MAML(model.apply, inner_lr=0.01, num_steps=1)
-    with pytest.raises(TypeError, match="sample_fn takes only \\(key, num_tasks\\)"):
+    with pytest.raises(TypeError, match="Sinusoid.sample samples without data"):
         evaluate(algo, algo.init(model.params), model.state, Sinusoid(5, 5).sample, jax.random.key(0),
                  num_tasks=4, data=jnp.zeros((3,)))

@@ -71,7 +71,7 @@ def test_protonet_omniglot_5way_1shot_short_run():
     train_sampler = EpisodeSampler(n_way=20, k_shot=1, q_query=5)
     opt = optax.adam(1e-3)
     state = init_train_state(algo, model.params, model.state, opt)
-    step = make_meta_step(algo, lambda k, n, d: train_sampler.sample(d, k, n), opt, meta_batch_size=2)
+    step = make_meta_step(algo, train_sampler.sample, opt, meta_batch_size=2)
     key = jax.random.key(1)
     for _ in range(STEPS):
         state, metrics = step(state, key, train)
@@ -79,7 +79,7 @@ def test_protonet_omniglot_5way_1shot_short_run():
 
     eval_algo = ProtoNet(model.apply, n_way=5)
     test_sampler = EpisodeSampler(n_way=5, k_shot=1, q_query=15)
-    res = evaluate(eval_algo, state.meta_params, state.model_state, lambda k, n, d: test_sampler.sample(d, k, n),
+    res = evaluate(eval_algo, state.meta_params, state.model_state, test_sampler.sample,
                    jax.random.key(2), num_tasks=EVAL_TASKS, batch_size=100, data=test)
     acc = res["accuracy"]["mean"][0]
     print(f"ProtoNet Omniglot 5-way 1-shot after {STEPS} steps: {acc:.4f} +- {res['accuracy']['ci95'][0]:.4f}")

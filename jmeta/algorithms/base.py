@@ -1,7 +1,11 @@
 """The contract every jmeta algorithm shares.
 
 An algorithm is a small frozen dataclass of hyperparameters (plus the pure
-model ``apply`` it adapts) with pure methods:
+model ``apply`` it adapts), declared with :func:`jmeta._struct.static_dataclass`:
+a pytree without leaves whose fields are static, so it can be an argument of
+``jax.jit`` (equal hyperparameters share a compiled program), with its fields
+checked and normalised by the constructor (also through ``dataclasses.replace``).
+Its methods are pure:
 
 * ``init(params, *, key=None) -> meta_params``: wraps the model's initial
   parameters with the algorithm's own meta-parameters (learned learning
@@ -136,6 +140,19 @@ def check_one_task(owner: str, task, apply: Callable, *, class_labels: bool = Fa
             f"{f' with {ndim}-d examples' if ndim is not None else ''}. For the mean over a batch, map it over "
             f"the task axis with jax.vmap(lambda t: algo.task_loss(meta_params, model_state, t)) or train with "
             f"jmeta.train.make_meta_step")
+
+
+def param_spec(name: str, spec):
+    """An ``adapt_params=`` spec in stored form (a list of prefixes becomes a tuple, so that algorithms stay
+    hashable static pytrees), checked by :func:`make_param_filter`."""
+    if isinstance(spec, list):
+        spec = tuple(spec)
+    try:
+        make_param_filter(spec)
+    except ValueError:
+        raise ValueError(f"{name} must be None, a non-empty path prefix, a tuple of them or a callable, "
+                         f"got {spec!r}") from None
+    return spec
 
 
 def make_param_filter(spec) -> Callable[[str], bool] | None:

@@ -34,7 +34,6 @@ Implicit Gradients", NeurIPS 2019.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable
 
 import jax
@@ -42,7 +41,8 @@ import jax.numpy as jnp
 import optax
 
 from jmeta import validate
-from jmeta.algorithms.base import check_one_task, combine, make_param_filter, partition
+from jmeta._struct import hparam, static_dataclass
+from jmeta.algorithms.base import check_one_task, combine, make_param_filter, param_spec, partition
 from jmeta.implicit.root import custom_root
 from jmeta.inner.loop import check_inner_transform, inner_loop
 from jmeta.losses import get_loss, metrics_for
@@ -72,7 +72,7 @@ def _calls_custom_vjp(jaxpr) -> bool:
     return False
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@static_dataclass
 class IMAML:
     r"""iMAML with a conjugate-gradient implicit meta-gradient.
 
@@ -113,16 +113,16 @@ class IMAML:
 
     apply: Callable[..., Any]
     loss: str | Callable = "mse"
-    reg_lambda: float = 1.0
-    inner_lr: float = 0.01
-    num_steps: int = 10
-    eval_steps: int | None = None
+    reg_lambda: float = hparam(1.0, validate.number, min=0, min_open=True, traced_ok=True)
+    inner_lr: float = hparam(0.01, validate.number, min=0, min_open=True, traced_ok=True)
+    num_steps: int = hparam(10, validate.integer, min=1)
+    eval_steps: int | None = hparam(None, validate.integer, min=0, optional=True)
     inner_transform: optax.GradientTransformation | None = None
-    cg_steps: int = 5
-    cg_damping: float = 0.0
-    cg_tol: float = 1e-10
+    cg_steps: int = hparam(5, validate.integer, min=1)
+    cg_damping: float = hparam(0.0, validate.number, min=0, traced_ok=True)
+    cg_tol: float = hparam(1e-10, validate.number, min=0, traced_ok=True)
     linear_solve: str = "cg"
-    adapt_params: Any = None
+    adapt_params: Any = hparam(None, param_spec)
     bn_mode: str = "batch"
     hvp: str = "auto"
 
@@ -130,25 +130,16 @@ class IMAML:
         if not callable(self.apply):
             raise TypeError(f"apply must be a callable model, got {type(self.apply).__name__}")
         get_loss(self.loss)
-        pos = dict(min=0, min_open=True)
-        object.__setattr__(self, "reg_lambda", validate.number("reg_lambda", self.reg_lambda, **pos, traced_ok=True))
-        object.__setattr__(self, "inner_lr", validate.number("inner_lr", self.inner_lr, **pos, traced_ok=True))
-        object.__setattr__(self, "num_steps", validate.integer("num_steps", self.num_steps, min=1))
-        object.__setattr__(self, "eval_steps", validate.integer("eval_steps", self.eval_steps, min=0, optional=True))
         if self.inner_transform is not None and not isinstance(self.inner_transform, optax.GradientTransformation):
             raise TypeError("inner_transform must be an optax.GradientTransformation, "
                             f"got {type(self.inner_transform).__name__}")
         check_inner_transform("IMAML", self.inner_transform, differentiated=False)
-        object.__setattr__(self, "cg_steps", validate.integer("cg_steps", self.cg_steps, min=1))
-        object.__setattr__(self, "cg_damping", validate.number("cg_damping", self.cg_damping, min=0, traced_ok=True))
-        object.__setattr__(self, "cg_tol", validate.number("cg_tol", self.cg_tol, min=0, traced_ok=True))
         if self.linear_solve not in IMAML_SOLVES:
             raise ValueError(f"linear_solve must be one of {IMAML_SOLVES}, got {self.linear_solve!r}")
         if self.bn_mode not in IMAML_BN_MODES:
             raise ValueError(f"bn_mode must be one of {IMAML_BN_MODES}, got {self.bn_mode!r}")
         if self.hvp not in IMAML_HVPS:
             raise ValueError(f"hvp must be one of {IMAML_HVPS}, got {self.hvp!r}")
-        make_param_filter(self.adapt_params)
 
     # -- pieces ---------------------------------------------------------------
     @property

@@ -18,7 +18,6 @@ per-step learning rates, multi-step loss).
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable
 
 import jax
@@ -26,7 +25,8 @@ import jax.numpy as jnp
 import optax
 
 from jmeta import validate
-from jmeta.algorithms.base import check_one_task, combine, make_param_filter, partition
+from jmeta._struct import hparam, static_dataclass
+from jmeta.algorithms.base import check_one_task, combine, make_param_filter, param_spec, partition
 from jmeta.inner.loop import check_inner_transform, inner_loop, remat_policy
 from jmeta.inner.lr import LR_KINDS, init_log_lr, scale_by_learned_lr
 from jmeta.losses import get_loss, metrics_for
@@ -60,7 +60,7 @@ def msl_weights(num_steps: int, step, anneal_steps: int):
     return jnp.where(s >= anneal_steps, last_only, annealing)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@static_dataclass
 class GradientLearner:
     """Gradient-based meta-learning with a differentiated inner loop.
 
@@ -105,16 +105,16 @@ class GradientLearner:
 
     apply: Callable[..., Any]
     loss: str | Callable = "mse"
-    inner_lr: float = 0.01
-    num_steps: int = 1
-    eval_steps: int | None = None
-    first_order: bool = False
+    inner_lr: float = hparam(0.01, validate.number, min=0, min_open=True, traced_ok=True)
+    num_steps: int = hparam(1, validate.integer, min=1)
+    eval_steps: int | None = hparam(None, validate.integer, min=0, optional=True)
+    first_order: bool = hparam(False, validate.flag)
     inner_transform: optax.GradientTransformation | None = None
     learn_lr: str | None = None
-    adapt_params: Any = None
+    adapt_params: Any = hparam(None, param_spec)
     remat: Any = None
-    multi_step_loss: bool = False
-    msl_anneal_steps: int = 10_000
+    multi_step_loss: bool = hparam(False, validate.flag)
+    msl_anneal_steps: int = hparam(10_000, validate.integer, min=1)
     bn_mode: str = "batch"
 
     # Whether the meta-gradient differentiates through the inner updates
@@ -124,14 +124,9 @@ class GradientLearner:
     def __post_init__(self):
         if not callable(self.apply):
             raise TypeError(f"apply must be a callable model, got {type(self.apply).__name__}")
+        # the numeric and flag fields were checked and normalised by their hparam checks (NumPy/JAX scalars
+        # are stored as Python numbers, so that sweeps see float fields)
         get_loss(self.loss)
-        # NumPy/JAX scalars are stored as Python numbers (so that sweeps see float fields)
-        object.__setattr__(self, "inner_lr",
-                           validate.number("inner_lr", self.inner_lr, min=0, min_open=True, traced_ok=True))
-        object.__setattr__(self, "num_steps", validate.integer("num_steps", self.num_steps, min=1))
-        object.__setattr__(self, "eval_steps", validate.integer("eval_steps", self.eval_steps, min=0, optional=True))
-        object.__setattr__(self, "first_order", validate.flag("first_order", self.first_order))
-        object.__setattr__(self, "multi_step_loss", validate.flag("multi_step_loss", self.multi_step_loss))
         if self.learn_lr is not None and self.learn_lr not in LR_KINDS:
             raise ValueError(f"learn_lr must be None or one of {LR_KINDS}, got {self.learn_lr!r}")
         if self.inner_transform is not None and not isinstance(self.inner_transform, optax.GradientTransformation):
@@ -141,10 +136,7 @@ class GradientLearner:
                               differentiated=self._differentiates_inner_updates and not self.first_order)
         if self.bn_mode not in BN_MODES:
             raise ValueError(f"bn_mode must be one of {BN_MODES}, got {self.bn_mode!r}")
-        object.__setattr__(self, "msl_anneal_steps",
-                           validate.integer("msl_anneal_steps", self.msl_anneal_steps, min=1))
         remat_policy(self.remat)
-        make_param_filter(self.adapt_params)
 
     # -- pieces ---------------------------------------------------------------
     @property
@@ -261,19 +253,19 @@ class GradientLearner:
         return jax.lax.stop_gradient(res.evals)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@static_dataclass
 class MAML(GradientLearner):
     """Model-Agnostic Meta-Learning with the exact second-order meta-gradient (Finn et al. 2017)."""
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@static_dataclass
 class FOMAML(GradientLearner):
     """First-order MAML: the inner gradients are treated as constants (Finn et al. 2017)."""
 
     first_order: bool = True
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@static_dataclass
 class MetaSGD(GradientLearner):
     """Meta-SGD: a learned learning rate per parameter coordinate (Li et al. 2017).
 
@@ -283,7 +275,7 @@ class MetaSGD(GradientLearner):
     learn_lr: str | None = "per_param"
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@static_dataclass
 class ANIL(GradientLearner):
     """Almost No Inner Loop: adapt only the head (Raghu et al. 2020).
 
@@ -304,7 +296,7 @@ class ANIL(GradientLearner):
         return partition(params, make_param_filter(spec))
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@static_dataclass
 class MAMLPlusPlus(GradientLearner):
     """MAML with the MAML++ options on: per-layer per-step learned learning
     rates (LSLR) and the annealed multi-step loss (Antoniou et al. 2019)."""

@@ -58,7 +58,6 @@ Differentiable Convex Optimization", CVPR 2019.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import NamedTuple
 
@@ -66,6 +65,7 @@ import jax
 import jax.numpy as jnp
 
 from jmeta import validate
+from jmeta._struct import hparam, static_dataclass
 from jmeta.algorithms.r2d2 import ClosedFormHead, ridge_regression, solve_dtype
 from jmeta.implicit.linear_solve import LINEAR_SOLVERS
 from jmeta.implicit.projections import projection_simplex
@@ -204,7 +204,7 @@ def crammer_singer_svm(gram, y, *, C: float = 0.1, ridge: float = 1.0, max_iter:
     return c * (y - beta), info
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@static_dataclass
 class MetaOptNet(ClosedFormHead):
     r"""MetaOptNet-SVM (Crammer-Singer SVM head) and MetaOptNet-RR (ridge head).
 
@@ -229,29 +229,22 @@ class MetaOptNet(ClosedFormHead):
     """
 
     head: str = "svm"
-    C: float = 0.1
-    gram_ridge: float = 1.0
-    ridge_lambda: float = 50.0
-    max_iter: int = 1000
-    tol: float = 1e-4
+    C: float = hparam(0.1, validate.number, min=0, min_open=True, traced_ok=True)
+    gram_ridge: float = hparam(1.0, validate.number, min=0, traced_ok=True)
+    ridge_lambda: float = hparam(50.0, validate.number, min=0, min_open=True, traced_ok=True)
+    max_iter: int = hparam(1000, validate.integer, min=1)
+    tol: float = hparam(1e-4, validate.number, min=0, traced_ok=True)
     implicit_solve: str = "dense"
-    init_scale: float = 1.0
+    init_scale: float = hparam(1.0, validate.number, traced_ok=True)
     learn_scale: bool = True
 
     def __post_init__(self):
         super().__post_init__()
         if self.head not in METAOPTNET_HEADS:
             raise ValueError(f"head must be one of {METAOPTNET_HEADS}, got {self.head!r}")
-        object.__setattr__(self, "C", validate.number("C", self.C, min=0, min_open=True, traced_ok=True))
-        object.__setattr__(self, "gram_ridge", validate.number("gram_ridge", self.gram_ridge, min=0, traced_ok=True))
-        object.__setattr__(self, "ridge_lambda",
-                           validate.number("ridge_lambda", self.ridge_lambda, min=0, min_open=True, traced_ok=True))
-        object.__setattr__(self, "max_iter", validate.integer("max_iter", self.max_iter, min=1))
-        object.__setattr__(self, "tol", validate.number("tol", self.tol, min=0, traced_ok=True))
         if self.implicit_solve not in LINEAR_SOLVERS or self.implicit_solve == "cg":
             raise ValueError("implicit_solve must be one of ('dense', 'gmres', 'bicgstab') (the fixed-point "
                              f"Jacobian is not symmetric), got {self.implicit_solve!r}")
-        object.__setattr__(self, "init_scale", validate.number("init_scale", self.init_scale, traced_ok=True))
 
     def _head_init(self, dtype) -> dict:
         return {"scale": jnp.asarray(self.init_scale, dtype)} if self.learn_scale else {}

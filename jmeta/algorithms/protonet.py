@@ -31,13 +31,13 @@ measured on Conv4-sized features).
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from jmeta import validate
+from jmeta._struct import hparam, static_dataclass
 from jmeta.algorithms.base import check_one_task
 from jmeta.losses import accuracy, cross_entropy
 
@@ -94,7 +94,7 @@ def squared_distances(a, b):
     return jnp.maximum(aa - 2.0 * (a @ b.T) + bb[None, :], 0.0)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@static_dataclass
 class ProtoNet:
     """Prototypical Networks.
 
@@ -119,14 +119,13 @@ class ProtoNet:
     """
 
     apply: Callable[..., Any]
-    n_way: int = 5
+    n_way: int = hparam(5, validate.integer, min=2)
     bn_mode: str = "train_only"
     joint_forward: bool = True
 
     def __post_init__(self):
         if not callable(self.apply):
             raise TypeError(f"apply must be a callable embedding model, got {type(self.apply).__name__}")
-        object.__setattr__(self, "n_way", validate.integer("n_way", self.n_way, min=2))
         if self.bn_mode not in PROTONET_BN_MODES:
             raise ValueError(f"bn_mode must be one of {PROTONET_BN_MODES}, got {self.bn_mode!r}")
 

@@ -30,7 +30,6 @@ Reference: L. Bertinetto, J. F. Henriques, P. H. S. Torr, A. Vedaldi,
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, Callable
 
@@ -39,6 +38,7 @@ import jax.numpy as jnp
 import optax
 
 from jmeta import validate
+from jmeta._struct import hparam, static_dataclass
 from jmeta.algorithms.base import check_one_task
 from jmeta.losses import metrics_for
 
@@ -102,7 +102,7 @@ def ridge_regression(x, y, lam, *, form: str = "dual"):
     return jax.scipy.linalg.solve(a, x.T @ y, assume_a="pos")
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@static_dataclass
 class ClosedFormHead:
     """Shared base: an embedding model plus a per-task head solved on the support set.
 
@@ -129,17 +129,13 @@ class ClosedFormHead:
     """
 
     apply: Callable[..., Any]
-    n_way: int
-    label_smoothing: float = 0.0
+    n_way: int = hparam(check=validate.integer, min=2)
+    label_smoothing: float = hparam(0.0, validate.number, min=0, max=1, max_open=True, traced_ok=True)
     bn_mode: str = "batch"
 
     def __post_init__(self):
         if not callable(self.apply):
             raise TypeError(f"apply must be a callable model, got {type(self.apply).__name__}")
-        object.__setattr__(self, "n_way", validate.integer("n_way", self.n_way, min=2))
-        object.__setattr__(self, "label_smoothing", validate.number("label_smoothing", self.label_smoothing,
-                                                                    min=0, max=1, max_open=True,
-                                                                    traced_ok=True))
         if self.bn_mode not in HEAD_BN_MODES:
             raise ValueError(f"bn_mode must be one of {HEAD_BN_MODES}, got {self.bn_mode!r}")
 
@@ -235,7 +231,7 @@ class ClosedFormHead:
         return jax.lax.stop_gradient({k: metrics[k][None] for k in ("loss", "accuracy")})
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@static_dataclass
 class R2D2(ClosedFormHead):
     r"""R2-D2 (Bertinetto et al. 2019): a closed-form ridge-regression head.
 
@@ -258,19 +254,15 @@ class R2D2(ClosedFormHead):
         ``"auto"`` (see :func:`ridge_regression`).
     """
 
-    init_lambda: float = 1.0
+    init_lambda: float = hparam(1.0, validate.number, min=0, min_open=True, traced_ok=True)
     learn_lambda: bool = True
-    init_scale: float = 1.0
-    init_bias: float = 0.0
+    init_scale: float = hparam(1.0, validate.number, traced_ok=True)
+    init_bias: float = hparam(0.0, validate.number, traced_ok=True)
     fit_intercept: bool = False
     form: str = "dual"
 
     def __post_init__(self):
         super().__post_init__()
-        object.__setattr__(self, "init_lambda",
-                           validate.number("init_lambda", self.init_lambda, min=0, min_open=True, traced_ok=True))
-        object.__setattr__(self, "init_scale", validate.number("init_scale", self.init_scale, traced_ok=True))
-        object.__setattr__(self, "init_bias", validate.number("init_bias", self.init_bias, traced_ok=True))
         if self.form not in RIDGE_FORMS:
             raise ValueError(f"form must be one of {RIDGE_FORMS}, got {self.form!r}")
 

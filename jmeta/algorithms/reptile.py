@@ -16,18 +16,18 @@ No gradient flows through the inner loop.
 
 from __future__ import annotations
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
 
+from jmeta._struct import static_dataclass
 from jmeta.algorithms.base import check_one_task, combine
 from jmeta.algorithms.maml import GradientLearner
 from jmeta.inner.loop import inner_loop
 from jmeta.losses import metrics_for
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@static_dataclass
 class Reptile(GradientLearner):
     """Reptile. Shares :class:`GradientLearner`'s options (inner transform,
     learning rate, steps, BatchNorm mode including MAML++'s per-step rows),

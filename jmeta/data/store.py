@@ -20,12 +20,21 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from jmeta._struct import frozen_dataclass, hparam
 from jmeta.data.errors import CorruptDataError
 
 __all__ = ["ClassStore", "save_store", "load_store"]
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+def _names(name: str, value) -> tuple[str, ...]:
+    return tuple(str(n) for n in value)
+
+
+def _info(name: str, value) -> dict:
+    return dict(value)
+
+
+@frozen_dataclass(eq=False)
 class ClassStore:
     """Images of a classification dataset grouped by class.
 
@@ -42,9 +51,9 @@ class ClassStore:
     """
 
     images: np.ndarray
-    class_names: tuple[str, ...]
+    class_names: tuple[str, ...] = hparam(check=_names)
     name: str = ""
-    info: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    info: Mapping[str, Any] = hparam(check=_info, default_factory=dict)
 
     def __post_init__(self):
         images = self.images
@@ -56,12 +65,9 @@ class ClassStore:
                              f"got shape {images.shape}")
         if images.dtype != np.uint8:
             raise ValueError(f"ClassStore.images must be uint8, got {images.dtype}")
-        names = tuple(str(n) for n in self.class_names)
-        if len(names) != images.shape[0]:
-            raise ValueError(f"ClassStore.class_names has {len(names)} names but images has "
+        if len(self.class_names) != images.shape[0]:
+            raise ValueError(f"ClassStore.class_names has {len(self.class_names)} names but images has "
                              f"{images.shape[0]} classes")
-        object.__setattr__(self, "class_names", names)
-        object.__setattr__(self, "info", dict(self.info))
 
     # -- shape -------------------------------------------------------------
     @property

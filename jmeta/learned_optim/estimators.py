@@ -47,7 +47,6 @@ References:
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, NamedTuple
 
 import jax
@@ -55,6 +54,7 @@ import jax.numpy as jnp
 import optax
 
 from jmeta import validate
+from jmeta._struct import frozen_dataclass, hparam
 
 Array = Any
 PyTree = Any
@@ -109,7 +109,7 @@ def _aggregate(losses: Array, meta_loss: str) -> Array:
     return jnp.mean(jnp.log(jnp.maximum(losses, 1e-30)))
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen_dataclass
 class _Unroller:
     """Shared configuration and unroll logic of the estimators.
 
@@ -128,15 +128,13 @@ class _Unroller:
 
     learned_opt: Any
     task_family: Any
-    num_tasks: int = 8
-    horizon: int = 100
-    truncation_length: int = 20
+    num_tasks: int = hparam(8, validate.integer, min=1)
+    horizon: int = hparam(100, validate.integer, min=1)
+    truncation_length: int = hparam(20, validate.integer, min=1)
     meta_loss: str = "mean"
     stagger: bool = True
 
     def __post_init__(self):
-        for name in ("num_tasks", "horizon", "truncation_length"):
-            object.__setattr__(self, name, validate.integer(name, getattr(self, name), min=1))
         if self.horizon % self.truncation_length:
             raise ValueError(
                 f"truncation_length ({self.truncation_length}) must divide horizon ({self.horizon})"
@@ -237,7 +235,7 @@ def _metrics(losses: Array, meta_losses: Array, states: UnrollState, horizon: in
     }
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen_dataclass
 class TruncatedBPTT(_Unroller):
     """Truncated backpropagation through time.
 
@@ -278,7 +276,7 @@ class TruncatedBPTT(_Unroller):
         return g, states, metrics
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen_dataclass
 class ES(_Unroller):
     """Antithetic evolution strategies over one truncation.
 
@@ -300,11 +298,7 @@ class ES(_Unroller):
       std: the perturbation scale :math:`\\sigma`.
     """
 
-    std: float = 0.01
-
-    def __post_init__(self):
-        super().__post_init__()
-        object.__setattr__(self, "std", validate.number("std", self.std, min=0, min_open=True))
+    std: float = hparam(0.01, validate.number, min=0, min_open=True)
 
     def init_worker_state(self, theta: PyTree, key: Array) -> UnrollState:
         """Fresh (optionally staggered) workers, with a leading ``num_tasks`` axis."""
@@ -324,7 +318,7 @@ class ES(_Unroller):
         return g, pos_states, metrics
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen_dataclass
 class PES(_Unroller):
     """Antithetic persistent evolution strategies (Vicol et al., 2021).
 
@@ -343,11 +337,7 @@ class PES(_Unroller):
       std: the perturbation scale :math:`\\sigma`.
     """
 
-    std: float = 0.01
-
-    def __post_init__(self):
-        super().__post_init__()
-        object.__setattr__(self, "std", validate.number("std", self.std, min=0, min_open=True))
+    std: float = hparam(0.01, validate.number, min=0, min_open=True)
 
     def init_worker_state(self, theta: PyTree, key: Array) -> PESWorkerState:
         """Both particles start from the same fresh workers; zero accumulated noise."""

@@ -44,7 +44,6 @@ Reference:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -53,6 +52,7 @@ import jax.numpy as jnp
 import optax
 
 from jmeta import validate
+from jmeta._struct import frozen_dataclass, hparam
 
 Array = Any
 PyTree = Any
@@ -239,7 +239,11 @@ def _lstm_apply(theta_g: dict, x: Array, h: Array, c: Array, output_scale: float
     return output_scale * out[:, 0], jnp.stack(hs, axis=-2), jnp.stack(cs, axis=-2)
 
 
-@dataclasses.dataclass(frozen=True)
+def _group_names(name: str, value):
+    return value if value is None or isinstance(value, str) else tuple(value)
+
+
+@frozen_dataclass
 class LSTMOptimizer:
     """Coordinate-wise two-layer LSTM optimizer of Andrychowicz et al. (2016).
 
@@ -268,11 +272,9 @@ class LSTMOptimizer:
     preprocess_p: float = 10.0
     output_scale: float = 0.1
     groups: Callable[[KeyPath], str] | None = None
-    group_names: Sequence[str] | None = None
+    group_names: Sequence[str] | None = hparam(None, _group_names)
 
     def __post_init__(self):
-        if self.group_names is not None and not isinstance(self.group_names, str):
-            object.__setattr__(self, "group_names", tuple(self.group_names))
         _validate_config(
             self.hidden_size,
             self.num_layers,

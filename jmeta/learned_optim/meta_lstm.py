@@ -60,7 +60,6 @@ Reference:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import warnings
 from typing import Any, Callable, NamedTuple
@@ -70,6 +69,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from jmeta import validate
+from jmeta._struct import hparam, static_dataclass
 from jmeta.algorithms.base import check_one_task
 from jmeta.learned_optim.lstm import preprocess_gradients
 from jmeta.losses import get_loss, metrics_for
@@ -111,7 +111,7 @@ def _check_range(name: str, v: Any) -> tuple[float, float]:
     return lo, hi
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@static_dataclass
 class MetaLSTM:
     """The Meta-LSTM meta-learner (Ravi & Larochelle, 2017). See the module docstring.
 
@@ -135,33 +135,23 @@ class MetaLSTM:
 
     apply: Callable[..., Any]
     loss: str | Callable = "cross_entropy"
-    num_steps: int = 5
-    eval_steps: int | None = None
-    hidden_size: int = 20
-    preprocess_p: float = 10.0
-    second_order: bool = False
+    num_steps: int = hparam(5, validate.integer, min=1)
+    eval_steps: int | None = hparam(None, validate.integer, min=0, optional=True)
+    hidden_size: int = hparam(20, validate.integer, min=1)
+    preprocess_p: float = hparam(10.0, validate.number, min=0, min_open=True, traced_ok=True)
+    second_order: bool = hparam(False, validate.flag)
     bn_mode: str = "batch"
-    forget_bias_init: tuple[float, float] = (4.0, 6.0)
-    input_bias_init: tuple[float, float] = (-5.0, -4.0)
-    gate_weight_init: float = 0.01
+    forget_bias_init: tuple[float, float] = hparam((4.0, 6.0), _check_range)
+    input_bias_init: tuple[float, float] = hparam((-5.0, -4.0), _check_range)
+    gate_weight_init: float = hparam(0.01, validate.number, min=0, traced_ok=True)
 
     def __post_init__(self):
         if not callable(self.apply):
             raise ValueError(f"apply must be a callable model apply(params, state, x, *, train), "
                              f"got {type(self.apply).__name__}")
         get_loss(self.loss)  # ValueError naming the valid losses
-        object.__setattr__(self, "num_steps", validate.integer("num_steps", self.num_steps, min=1))
-        object.__setattr__(self, "eval_steps", validate.integer("eval_steps", self.eval_steps, min=0, optional=True))
-        object.__setattr__(self, "hidden_size", validate.integer("hidden_size", self.hidden_size, min=1))
-        object.__setattr__(self, "preprocess_p",
-                           validate.number("preprocess_p", self.preprocess_p, min=0, min_open=True, traced_ok=True))
-        object.__setattr__(self, "second_order", validate.flag("second_order", self.second_order))
         if self.bn_mode not in META_LSTM_BN_MODES:
             raise ValueError(f"bn_mode must be one of {META_LSTM_BN_MODES}, got {self.bn_mode!r}")
-        object.__setattr__(self, "forget_bias_init", _check_range("forget_bias_init", self.forget_bias_init))
-        object.__setattr__(self, "input_bias_init", _check_range("input_bias_init", self.input_bias_init))
-        object.__setattr__(self, "gate_weight_init",
-                           validate.number("gate_weight_init", self.gate_weight_init, min=0, traced_ok=True))
 
     @classmethod
     def from_config(cls, cfg, *, apply: Callable[..., Any], loss: str | Callable = "cross_entropy") -> "MetaLSTM":

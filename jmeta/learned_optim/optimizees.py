@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jmeta import validate
+from jmeta._struct import frozen_dataclass, hparam
 
 Array = Any
 PyTree = Any
@@ -309,7 +310,11 @@ class MLPTask:
         return _xent(h, y)
 
 
-@dataclasses.dataclass(frozen=True)
+def _as_tuple(name: str, value) -> tuple:
+    return tuple(value)
+
+
+@frozen_dataclass
 class MLPFamily:
     """MLP classifiers on MNIST digits (paper §3.2: one hidden layer of 20 sigmoid units).
 
@@ -321,14 +326,13 @@ class MLPFamily:
       image_size: 28 or a divisor of 28 (average-pooled inputs).
     """
 
-    hidden_sizes: tuple[int, ...] = (20,)
+    hidden_sizes: tuple[int, ...] = hparam((20,), _as_tuple)
     activation: str = "sigmoid"
     batch_size: int = 128
     split: str = "train"
     image_size: int = 28
 
     def __post_init__(self):
-        object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
         if not all(isinstance(h, int) and h > 0 for h in self.hidden_sizes):
             raise ValueError(f"hidden_sizes must be positive ints, got {self.hidden_sizes!r}")
         if self.activation not in _ACTIVATIONS:
@@ -390,7 +394,7 @@ class ConvTask:
         return _xent(h @ params["dense"]["w"] + params["dense"]["b"], y)
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen_dataclass
 class ConvFamily:
     """Small conv nets (3x3 stride-2 ReLU convs, then a dense layer) on MNIST digits.
 
@@ -401,13 +405,12 @@ class ConvFamily:
       image_size: 28 or a divisor of 28.
     """
 
-    channels: tuple[int, ...] = (8, 16)
+    channels: tuple[int, ...] = hparam((8, 16), _as_tuple)
     batch_size: int = 128
     split: str = "train"
     image_size: int = 28
 
     def __post_init__(self):
-        object.__setattr__(self, "channels", tuple(self.channels))
         if not self.channels or not all(isinstance(c, int) and c > 0 for c in self.channels):
             raise ValueError(f"channels must be a non-empty tuple of positive ints, got {self.channels!r}")
         _check_digits_args(self.split, self.image_size, self.batch_size)

@@ -27,7 +27,6 @@ differences (the DiCE magic box equals these ratios, with all their derivatives,
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import warnings
 from typing import Any, NamedTuple
@@ -39,6 +38,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from jmeta import validate
+from jmeta._struct import static_dataclass
 from jmeta.rl.base import check_task_mesh, draw_tasks, shard_tasks
 from jmeta.rl.envs.base import check_env, task_axis_size
 from jmeta.rl.estimators import ESTIMATORS, dice_surrogate, lvc_surrogate, reinforce_surrogate
@@ -86,7 +86,7 @@ def conjugate_gradient(matvec, b, *, iters: int = 10, tol: float = 1e-10):
     return solve_cg(matvec, b, tol=jnp.sqrt(tol) / jnp.linalg.norm(b), maxiter=iters)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@static_dataclass
 class MAMLRL:
     """MAML-RL with a choice of inner estimator and outer step (see the module docstring).
 
@@ -488,7 +488,7 @@ class MAMLRL:
         return {"num_tasks": n, "num_steps": num_steps, "return": stats, "summary": summary}
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@static_dataclass
 class ProMP(MAMLRL):
     """ProMP (Rothfuss et al. 2019): :class:`MAMLRL` with the LVC inner estimator and the PPO-clip outer
     objective with an adaptive KL penalty on the inner step.

@@ -18,7 +18,6 @@ Reference: Schulman, Wolski, Dhariwal, Radford, Klimov, "Proximal Policy Optimiz
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable
 
 import jax
@@ -26,6 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from jmeta import validate
+from jmeta._struct import hparam, static_dataclass
 from jmeta.rl.returns import normalize_advantages  # re-exported: one implementation for MAML-RL and PPO
 
 PyTree = Any
@@ -33,7 +33,7 @@ PyTree = Any
 __all__ = ["PPOConfig", "clip_surrogate", "ppo_loss", "normalize_advantages", "ppo_update"]
 
 
-@dataclasses.dataclass(frozen=True)
+@static_dataclass(eq=True)
 class PPOConfig:
     """PPO-clip hyperparameters (validated once).
 
@@ -48,26 +48,14 @@ class PPOConfig:
       normalize_advantages: standardise the advantages of each minibatch (mean 0, std 1).
     """
 
-    clip_eps: float = 0.2
-    value_coef: float = 0.5
-    entropy_coef: float = 0.01
-    epochs: int = 4
-    num_minibatches: int = 4
-    learning_rate: float = 3e-3
-    max_grad_norm: float | None = 1.0
-    normalize_advantages: bool = True
-
-    def __post_init__(self):
-        s = lambda n, v: object.__setattr__(self, n, v)  # noqa: E731
-        s("clip_eps", validate.number("clip_eps", self.clip_eps, min=0, min_open=True))
-        s("value_coef", validate.number("value_coef", self.value_coef, min=0))
-        s("entropy_coef", validate.number("entropy_coef", self.entropy_coef, min=0))
-        s("epochs", validate.integer("epochs", self.epochs, min=1))
-        s("num_minibatches", validate.integer("num_minibatches", self.num_minibatches, min=1))
-        s("learning_rate", validate.number("learning_rate", self.learning_rate, min=0, min_open=True))
-        s("max_grad_norm", validate.number("max_grad_norm", self.max_grad_norm, min=0, min_open=True,
-                                           optional=True))
-        s("normalize_advantages", validate.flag("normalize_advantages", self.normalize_advantages))
+    clip_eps: float = hparam(0.2, validate.number, min=0, min_open=True)
+    value_coef: float = hparam(0.5, validate.number, min=0)
+    entropy_coef: float = hparam(0.01, validate.number, min=0)
+    epochs: int = hparam(4, validate.integer, min=1)
+    num_minibatches: int = hparam(4, validate.integer, min=1)
+    learning_rate: float = hparam(3e-3, validate.number, min=0, min_open=True)
+    max_grad_norm: float | None = hparam(1.0, validate.number, min=0, min_open=True, optional=True)
+    normalize_advantages: bool = hparam(True, validate.flag)
 
     def optimizer(self) -> optax.GradientTransformation:
         """Adam at ``learning_rate``, after a global-norm clip when ``max_grad_norm`` is set."""

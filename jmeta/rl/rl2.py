@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jmeta import validate
+from jmeta._struct import hparam, static_dataclass
 from jmeta.rl.base import check_task_mesh, draw_tasks, shard_tasks
 from jmeta.rl.envs.base import check_env, task_axis_size
 from jmeta.rl.ppo import PPOConfig, normalize_advantages, ppo_loss, ppo_update
@@ -178,7 +179,7 @@ class CompiledStep:
         return self._jitted(state)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@static_dataclass
 class RL2:
     """RL^2 with a recurrent (categorical or Gaussian) policy trained by PPO-clip (module docstring).
 
@@ -196,10 +197,10 @@ class RL2:
 
     env: Any
     policy: RecurrentPolicy
-    num_episodes: int = 10
-    meta_batch_size: int = 64
-    discount: float = 0.99
-    gae_lambda: float = 0.95
+    num_episodes: int = hparam(10, validate.integer, min=1)
+    meta_batch_size: int = hparam(64, validate.integer, min=1)
+    discount: float = hparam(0.99, validate.number, min=0, max=1)
+    gae_lambda: float = hparam(0.95, validate.number, min=0, max=1)
     ppo: PPOConfig = dataclasses.field(default_factory=PPOConfig)
 
     def __post_init__(self):
@@ -214,11 +215,6 @@ class RL2:
         if self.policy.input_size != rl2_input_size(env):
             raise ValueError(f"policy.input_size ({self.policy.input_size}) must equal rl2_input_size(env) = "
                              f"obs_size + action_size + 2 = {rl2_input_size(env)}")
-        s = lambda n, v: object.__setattr__(self, n, v)  # noqa: E731
-        s("num_episodes", validate.integer("num_episodes", self.num_episodes, min=1))
-        s("meta_batch_size", validate.integer("meta_batch_size", self.meta_batch_size, min=1))
-        s("discount", validate.number("discount", self.discount, min=0, max=1))
-        s("gae_lambda", validate.number("gae_lambda", self.gae_lambda, min=0, max=1))
         if not isinstance(self.ppo, PPOConfig):
             raise TypeError(f"ppo must be a jmeta.rl.PPOConfig; got {validate.describe(self.ppo)}")
         if self.meta_batch_size % self.ppo.num_minibatches:

@@ -40,9 +40,8 @@ class Section:
     """
 
     def __init__(self, kind: str, name: str, options: dict):
-        object.__setattr__(self, "kind", kind)
-        object.__setattr__(self, "entry", _registry.get(kind, name))
-        object.__setattr__(self, "options", dict(options))
+        # read-only (__setattr__ refuses): the fields go straight into the instance dictionary
+        self.__dict__.update(kind=kind, entry=_registry.get(kind, name), options=dict(options))
 
     @classmethod
     def make(cls, kind: str, name: str, options: dict | None = None, placeholders: dict | None = None) -> "Section":

@@ -26,7 +26,7 @@ class Experiment:
       model: the :class:`~jmeta.models.Model`.
       algorithm: the algorithm object.
       meta_optimizer: the optax meta-optimizer.
-      train_sample: ``sample(key, num_tasks[, data])`` for meta-training.
+      train_sample: ``sample(key, num_tasks, data)`` for meta-training.
       eval_samples: ``{shots: sample}`` for the final evaluation (held-out tasks).
       train_data: device data passed to ``train_sample`` (or ``None``).
       eval_data: device data passed to the evaluation samplers (or ``None``).
@@ -319,13 +319,8 @@ def _build_images(cfg: Config, *, data_dir=None) -> Experiment:
         if eval_way != t.n_way else algo
     train_sampler = EpisodeSampler(t.n_way, t.k_support, t.k_query, **norm)
 
-    def train_sample(key, n, data):
-        return train_sampler.sample(data, key, n)
-
-    evals = {}
-    for shots in cfg.eval.shots:
-        sampler = EpisodeSampler(eval_way, shots, eval_query, **norm)
-        evals[shots] = (lambda s: lambda key, n, data: s.sample(data, key, n))(sampler)
+    train_sample = train_sampler.sample  # sample(key, num_tasks, images)
+    evals = {shots: EpisodeSampler(eval_way, shots, eval_query, **norm).sample for shots in cfg.eval.shots}
     tp = cfg.train.task_parallel
     if tp == "auto" and recommended_task_parallel() == "map":
         tp = "map"  # convolutions on XLA:CPU: a loop over tasks beats vmap (see jmeta.ops)

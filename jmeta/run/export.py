@@ -145,12 +145,12 @@ LOADER_SOURCE = textwrap.dedent('''\
 
 def _example_task(exp, cfg):
     """One task of the evaluation distribution (its shapes and dtypes define the inputs)."""
-    from jmeta.train.step import sample_fn_takes_data
+    from jmeta.tasks.base import sample_tasks
 
     shots = cfg.eval.shots[0] if cfg.eval.shots else cfg.task.k_support
     sample = exp.eval_samples.get(shots) or next(iter(exp.eval_samples.values()))
     key = jax.random.key(0)
-    batch = sample(key, 1, exp.eval_data) if sample_fn_takes_data(sample) else sample(key, 1)
+    batch = sample_tasks(sample, key, 1, exp.eval_data)
     return jax.tree.map(lambda a: a[0], batch)
 
 

@@ -7,24 +7,18 @@ wiring (:mod:`jmeta.run.experiment`) passes to them.
 
 from __future__ import annotations
 
-import dataclasses
-
 from jmeta import validate
+from jmeta._struct import frozen_dataclass, hparam
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen_dataclass
 class _Episodes:
-    n_way: int = 5
-    k_support: int = 1
-    k_query: int = 15
-
-    def __post_init__(self):
-        object.__setattr__(self, "n_way", validate.integer("n_way", self.n_way, min=2))
-        object.__setattr__(self, "k_support", validate.integer("k_support", self.k_support, min=1))
-        object.__setattr__(self, "k_query", validate.integer("k_query", self.k_query, min=1))
+    n_way: int = hparam(5, validate.integer, min=2)
+    k_support: int = hparam(1, validate.integer, min=1)
+    k_query: int = hparam(15, validate.integer, min=1)
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen_dataclass
 class Omniglot(_Episodes):
     """Omniglot episodes.
 
@@ -34,16 +28,11 @@ class Omniglot(_Episodes):
       image_size: image side length.
     """
 
-    rotations: bool = True
-    image_size: int = 28
-
-    def __post_init__(self):
-        super().__post_init__()
-        object.__setattr__(self, "rotations", validate.flag("rotations", self.rotations))
-        object.__setattr__(self, "image_size", validate.integer("image_size", self.image_size, min=1))
+    rotations: bool = hparam(True, validate.flag)
+    image_size: int = hparam(28, validate.integer, min=1)
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen_dataclass
 class MiniImageNet(_Episodes):
     """mini-ImageNet episodes.
 
@@ -54,10 +43,5 @@ class MiniImageNet(_Episodes):
         unpickling can run arbitrary code, so only for files you trust (``jmeta train --allow-pickle``).
     """
 
-    image_size: int = 84
-    allow_pickle: bool = False
-
-    def __post_init__(self):
-        super().__post_init__()
-        object.__setattr__(self, "image_size", validate.integer("image_size", self.image_size, min=1))
-        object.__setattr__(self, "allow_pickle", validate.flag("allow_pickle", self.allow_pickle))
+    image_size: int = hparam(84, validate.integer, min=1)
+    allow_pickle: bool = hparam(False, validate.flag)

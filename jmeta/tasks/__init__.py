@@ -1,4 +1,4 @@
-"""Task families: pure samplers ``sample(key, num_tasks) -> TaskBatch``."""
+"""Task families: pure samplers ``sample(key, num_tasks, data) -> TaskBatch`` (``data=None`` for data-free ones)."""
 
 from jmeta.tasks.base import TaskBatch, task_at, validate_task_batch
 from jmeta.tasks.episodes import EpisodeSampler, EpisodeTasks, put_on_device

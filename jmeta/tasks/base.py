@@ -7,7 +7,8 @@ passes through ``jit``, ``vmap``, ``lax.map`` and sharding unchanged.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import warnings
+from typing import Any, Callable, NamedTuple
 
 import jax
 
@@ -119,3 +120,50 @@ def validate_task_batch(task: TaskBatch, *, batched: bool = True) -> None:
 def task_at(batch: TaskBatch, i) -> TaskBatch:
     """The ``i``-th task of a batch (works with traced ``i``)."""
     return jax.tree.map(lambda a: a[i], batch)
+
+
+# -- the sampler signature -------------------------------------------------------------------------------------
+def check_no_data(owner: str, data: Any) -> None:
+    """Refuses data given to a data-free task family (``None`` or an empty pytree such as ``()`` is fine)."""
+    if data is not None and jax.tree.leaves(data):
+        raise TypeError(f"{owner} samples without data (data must be None or an empty pytree such as ()); got "
+                         f"a pytree with {len(jax.tree.leaves(data))} array(s)")
+
+
+def sample_tasks(sample_fn: Callable[..., TaskBatch], key: Any, num_tasks: int, data: Any = None) -> TaskBatch:
+    """``sample_fn(key, num_tasks, data)``: how jmeta calls every sampler.
+
+    One signature for every task family: ``sample(key, num_tasks, data) -> TaskBatch``, where ``data`` is a
+    pytree of device arrays passed *into* the compiled step as an argument (so that a large dataset is not
+    embedded in the program as a constant), and ``None`` for families that need none
+    (:meth:`jmeta.tasks.Sinusoid.sample`, :meth:`jmeta.tasks.EpisodeSampler.sample` with the images as
+    ``data``).
+
+    A ``sample_fn(key, num_tasks)`` of two arguments (the form before this signature) still works when
+    ``data`` is ``None``, with a ``DeprecationWarning``: it goes in the next release.
+
+    Raises:
+      TypeError: if ``sample_fn`` takes only ``(key, num_tasks)`` but ``data`` is given.
+    """
+    try:
+        return sample_fn(key, num_tasks, data)
+    except TypeError as e:
+        # Only a call that failed binding its arguments (no frame of sample_fn's own ran) falls back; a
+        # TypeError raised inside sample_fn propagates unchanged. No signature is read.
+        if e.__traceback__ is None or e.__traceback__.tb_next is not None:
+            raise
+        first_error = e
+    try:
+        tasks = sample_fn(key, num_tasks)
+    except TypeError as e2:
+        if e2.__traceback__ is None or e2.__traceback__.tb_next is not None:
+            raise
+        raise TypeError(f"sample_fn must take (key, num_tasks, data); calling it so failed with: "
+                        f"{first_error}") from None
+    if data is not None and jax.tree.leaves(data):
+        raise TypeError("data was given, but sample_fn takes only (key, num_tasks): the data would be ignored; "
+                        "give a sample_fn(key, num_tasks, data)") from None
+    warnings.warn("a sample_fn taking (key, num_tasks) is deprecated: jmeta calls sample_fn(key, num_tasks, data) "
+                  "(data is None for data-free families); add the data argument (this form goes in the next "
+                  "release)", DeprecationWarning, stacklevel=3)
+    return tasks

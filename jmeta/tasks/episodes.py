@@ -37,14 +37,19 @@ Example:
   >>> store = jmeta.data.load_omniglot("train", rotations=True)
   >>> images = put_on_device(store)                      # uint8 on device
   >>> sampler = EpisodeSampler(n_way=5, k_shot=1, q_query=15)
-  >>> sample = jax.jit(sampler.sample, static_argnums=2)
-  >>> batch = sample(images, jax.random.key(0), 32)      # x: [32, 5, 28, 28, 1]
-  >>> tasks = sampler.bind(images)     # pytree; tasks.sample(key, 32) like other task families
+  >>> sample = jax.jit(sampler.sample, static_argnums=1)
+  >>> batch = sample(jax.random.key(0), 32, images)      # x: [32, 5, 28, 28, 1]
+  >>> step = jmeta.make_meta_step(maml, sampler.sample, opt, meta_batch_size=32)
+  >>> state, metrics = step(state, key, images)          # images: an argument of the compiled step
+
+Like every task family, :meth:`EpisodeSampler.sample` takes ``(key, num_tasks, data)``; its data are the
+images.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, Sequence
 
 import jax
@@ -52,7 +57,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jmeta import validate
-from jmeta.tasks.base import TaskBatch
+from jmeta._struct import hparam, static_dataclass
+from jmeta.tasks.base import TaskBatch, check_no_data
 
 __all__ = ["EpisodeSampler", "EpisodeTasks", "put_on_device"]
 
@@ -94,7 +100,16 @@ def _as_tuple(name: str, v: Any) -> tuple[float, ...] | None:
     return tuple(float(x) for x in arr.reshape(-1))
 
 
-@dataclasses.dataclass(frozen=True)
+def _count(name: str, value: Any) -> int:
+    return validate.integer(f"EpisodeSampler.{name}", value, min=1)
+
+
+def _old_order(what: str, new: str) -> None:
+    warnings.warn(f"EpisodeSampler.{what} with the images first is deprecated: call {new} (the signature "
+                  "every task family shares; this order goes in the next release)", DeprecationWarning, stacklevel=3)
+
+
+@static_dataclass(eq=True)
 class EpisodeSampler:
     """Samples batches of N-way K-shot classification episodes on the device.
 
@@ -112,24 +127,21 @@ class EpisodeSampler:
       mean: optional per-channel (or scalar) mean subtracted after scaling.
       std: optional per-channel (or scalar) std divided by after centring.
 
-    The sampler is hashable, so it can be a static argument of ``jit``.
+    The sampler is hashable and a pytree without leaves, so it can be a static argument of ``jit`` or an
+    ordinary one.
     """
 
-    n_way: int
-    k_shot: int
-    q_query: int
+    n_way: int = hparam(check=_count)
+    k_shot: int = hparam(check=_count)
+    q_query: int = hparam(check=_count)
     rotate: bool = False
     shuffle: bool = False
     dtype: Any = "float32"
     scale: bool = True
-    mean: float | Sequence[float] | None = None
-    std: float | Sequence[float] | None = None
+    mean: float | Sequence[float] | None = hparam(None, _as_tuple)
+    std: float | Sequence[float] | None = hparam(None, _as_tuple)
 
     def __post_init__(self):
-        for name in ("n_way", "k_shot", "q_query"):
-            object.__setattr__(self, name, validate.integer(f"EpisodeSampler.{name}", getattr(self, name), min=1))
-        object.__setattr__(self, "mean", _as_tuple("mean", self.mean))
-        object.__setattr__(self, "std", _as_tuple("std", self.std))
         if self.std is not None and any(s <= 0 for s in self.std):
             raise ValueError(f"EpisodeSampler.std must be positive, got {self.std}")
         try:
@@ -246,24 +258,27 @@ class EpisodeSampler:
         self._check_counts(int(num_classes), int(num_per_class), "the dataset (num_classes, num_per_class)")
         return self._indices(self._draw(key, num_tasks), int(num_classes), int(num_per_class))
 
-    def sample(self, images: Array, key: Array, num_tasks: int) -> TaskBatch:
+    def sample(self, key: Array, num_tasks: int, images: Array) -> TaskBatch:
         """A batch of ``num_tasks`` episodes; pure and jit-able.
 
         All random draws of the batch come from one ``jax.random.bits`` call,
         which keeps the compiled program small and quick to compile.
 
         Args:
-          images: device array ``[C, M, H, W, ch]`` (pass it as an argument of
-            the jitted function, not as a closure constant, so that large
-            datasets are not embedded in the compiled program).
           key: a ``jax.random.key``.
           num_tasks: batch size ``B`` (static under ``jit``).
+          images: device array ``[C, M, H, W, ch]``, the family's ``data`` (pass
+            it as an argument of the jitted function, not as a closure constant,
+            so that large datasets are not embedded in the compiled program).
 
         Returns:
           A :class:`TaskBatch` with ``support_x [B, N*K, H, W, ch]``,
           ``support_y [B, N*K]`` int32, ``query_x [B, N*Q, H, W, ch]``,
           ``query_y [B, N*Q]`` int32.
         """
+        if getattr(key, "ndim", None) == 5:  # sample(images, key, num_tasks): the order before this release
+            _old_order("sample(images, key, num_tasks)", "sample(key, num_tasks, images)")
+            key, num_tasks, images = num_tasks, images, key
         b = validate.integer("num_tasks", num_tasks, min=1)
         self._check_images(images)
         c, m, h, w, ch = images.shape
@@ -296,12 +311,15 @@ class EpisodeSampler:
             qx = jnp.take_along_axis(qx, pq[:, :, None, None, None], 1)
         return TaskBatch(sx, sy, qx, qy)
 
-    def sample_one(self, images: Array, key: Array) -> TaskBatch:
+    def sample_one(self, key: Array, images: Array) -> TaskBatch:
         """One episode without a task axis (``support_x [N*K, H, W, ch]`` etc.)."""
-        return jax.tree.map(lambda a: a[0], self.sample(images, key, 1))
+        if getattr(key, "ndim", None) == 5:  # sample_one(images, key): the order before this release
+            _old_order("sample_one(images, key)", "sample_one(key, images)")
+            key, images = images, key
+        return jax.tree.map(lambda a: a[0], self.sample(key, 1, images))
 
     def bind(self, images: Array) -> "EpisodeTasks":
-        """Pairs the sampler with device images as a task family ``sample(key, num_tasks)``."""
+        """Pairs the sampler with device images: a task family whose ``sample(key, num_tasks)`` needs no data."""
         self._check_images(images)
         return EpisodeTasks(self, images)
 
@@ -322,9 +340,10 @@ class EpisodeTasks:
     sampler: EpisodeSampler
     images: Array
 
-    def sample(self, key: Array, num_tasks: int) -> TaskBatch:
-        """``sampler.sample(images, key, num_tasks)``."""
-        return self.sampler.sample(self.images, key, num_tasks)
+    def sample(self, key: Array, num_tasks: int, data: Any = None) -> TaskBatch:
+        """``sampler.sample(key, num_tasks, images)``; ``data`` must be ``None`` (the images are bound)."""
+        check_no_data("EpisodeTasks.sample (its images are bound)", data)
+        return self.sampler.sample(key, num_tasks, self.images)
 
     def tree_flatten(self):
         return (self.images,), self.sampler

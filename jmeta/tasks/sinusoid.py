@@ -9,16 +9,19 @@ the jitted meta-step.
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 
 from jmeta import validate
-from jmeta.tasks.base import TaskBatch
+from jmeta._struct import hparam, static_dataclass
+from jmeta.tasks.base import TaskBatch, check_no_data
 
 
-@dataclasses.dataclass(frozen=True)
+def _size(name: str, value) -> int:
+    return validate.integer(f"Sinusoid.{name}", value, min=1)
+
+
+@static_dataclass(eq=True)
 class Sinusoid:
     """The sinusoid task family.
 
@@ -33,18 +36,21 @@ class Sinusoid:
     Example:
       >>> tasks = Sinusoid(k_support=10, k_query=10)
       >>> batch = tasks.sample(jax.random.key(0), 25)  # TaskBatch, x: [25, 10, 1]
+      >>> step = jmeta.make_meta_step(maml, tasks.sample, optax.adam(1e-3), meta_batch_size=25)
+
+    Like every task family it samples with ``sample(key, num_tasks, data)``; it needs no ``data``
+    (``None``, the default). It is hashable and a pytree without leaves, so it can be a static argument
+    of ``jit`` or an ordinary one.
     """
 
-    k_support: int = 10
-    k_query: int = 10
+    k_support: int = hparam(10, _size)
+    k_query: int = hparam(10, _size)
     amplitude: tuple[float, float] = (0.1, 5.0)
     phase: tuple[float, float] = (0.0, float(jnp.pi))
     x_range: tuple[float, float] = (-5.0, 5.0)
     dtype: str = "float32"
 
     def __post_init__(self):
-        for name in ("k_support", "k_query"):
-            object.__setattr__(self, name, validate.integer(f"Sinusoid.{name}", getattr(self, name), min=1))
         for name in ("amplitude", "phase", "x_range"):
             lo, hi = getattr(self, name)
             if not lo <= hi:
@@ -57,8 +63,16 @@ class Sinusoid:
         phase = jax.random.uniform(kp, (num_tasks,), self.dtype, *self.phase)
         return amp, phase
 
-    def sample(self, key, num_tasks: int) -> TaskBatch:
-        """Samples a :class:`TaskBatch` of ``num_tasks`` tasks (``x, y: [B, K, 1]``)."""
+    def sample(self, key, num_tasks: int, data=None) -> TaskBatch:
+        """Samples a :class:`TaskBatch` of ``num_tasks`` tasks (``x, y: [B, K, 1]``).
+
+        Args:
+          key: a ``jax.random.key``.
+          num_tasks: ``B`` (static under ``jit``).
+          data: ``None`` (or an empty pytree): the family needs no data; the argument is there so that
+            every task family samples with the same signature ``sample(key, num_tasks, data)``.
+        """
+        check_no_data("Sinusoid.sample", data)
         return self.sample_with_params(key, num_tasks)[0]
 
     def sample_with_params(self, key, num_tasks: int):

@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from jmeta import validate
+from jmeta.tasks.base import sample_tasks
 
 if TYPE_CHECKING:
     from jmeta.algorithms.base import MetaLearner
@@ -81,12 +82,12 @@ def evaluate(algorithm: MetaLearner, meta_params: PyTree, model_state: PyTree, s
     Args:
       algorithm: a jmeta algorithm.
       meta_params, model_state: what training produced.
-      sample_fn: ``sample_fn(key, num_tasks[, data]) -> TaskBatch`` (held-out tasks).
+      sample_fn: ``sample_fn(key, num_tasks, data) -> TaskBatch`` (held-out tasks).
       key: evaluation key (use one disjoint from training keys).
       num_tasks: tasks to evaluate (``>= 1``; the papers use 600).
       num_steps: adaptation steps (default: the algorithm's evaluation steps).
       batch_size: tasks per compiled batch.
-      data: passed to ``sample_fn`` as a third argument when given.
+      data: ``sample_fn``'s data (an argument of the compiled program; ``None`` for data-free families).
       return_per_task: include the per-task arrays under ``"per_task"``.
       task_parallel: ``"vmap"`` (vectorise the tasks of a batch) or ``"map"``
         (one task after another inside the compiled program: much faster for
@@ -103,19 +104,13 @@ def evaluate(algorithm: MetaLearner, meta_params: PyTree, model_state: PyTree, s
     """
     num_tasks = validate.integer("num_tasks", num_tasks, min=1)
     batch_size = validate.integer("batch_size", batch_size, min=1)
-    from jmeta.train.step import sample_fn_takes_data
-
     if task_parallel not in ("vmap", "map"):
         raise ValueError(f"task_parallel must be 'vmap' or 'map', got {task_parallel!r}")
     bs = min(batch_size, num_tasks)
-    takes_data = sample_fn_takes_data(sample_fn)
-    if data is not None and not takes_data:
-        raise TypeError("evaluate() got data, but sample_fn takes only (key, num_tasks): the data would be "
-                        "ignored; give a sample_fn(key, num_tasks, data) or drop data")
 
     @jax.jit
     def run(mp, ms, ks, ke, d):
-        tasks = sample_fn(ks, bs, d) if takes_data else sample_fn(ks, bs)
+        tasks = sample_tasks(sample_fn, ks, bs, d)
         keys = jax.random.split(ke, bs)
         one = lambda t, kk: algorithm.evaluate(mp, ms, t, key=kk, num_steps=num_steps)  # noqa: E731
         if task_parallel == "map":

@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import optax
 
 from jmeta import validate
-from jmeta.tasks.base import TaskBatch, validate_task_batch
+from jmeta.tasks.base import TaskBatch, sample_tasks, validate_task_batch
 from jmeta.train import distributed
 from jmeta.train.precision import canonical_compute_dtype, mixed_precision_task_loss
 
@@ -438,23 +438,6 @@ def meta_grad(algorithm: MetaLearner, meta_params: PyTree, tasks: TaskBatch, key
     return obj, grads
 
 
-def sample_fn_takes_data(sample_fn) -> bool:
-    """Whether ``sample_fn`` accepts a third positional argument ``data``."""
-    import inspect
-
-    try:
-        sig = inspect.signature(sample_fn)
-    except (TypeError, ValueError):
-        return False
-    pos = [p for p in sig.parameters.values()
-           if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
-    if any(p.kind == p.VAR_POSITIONAL for p in pos):
-        return True
-    if len(pos) < 2:
-        raise TypeError(f"sample_fn must take (key, num_tasks[, data]), its signature is {sig}")
-    return len(pos) >= 3
-
-
 # -- devices -----------------------------------------------------------------------------------------------------
 def _task_axes(mesh, task_axis) -> tuple[str, ...]:
     return distributed.task_axes(mesh, task_axis)
@@ -537,10 +520,11 @@ def make_meta_step(
 
     Args:
       algorithm: any jmeta algorithm (see :mod:`jmeta.algorithms.base`).
-      sample_fn: ``sample_fn(key, num_tasks)`` or ``sample_fn(key, num_tasks,
-        data)`` returning a :class:`~jmeta.tasks.TaskBatch`; ``data`` (e.g. a
-        device-resident uint8 dataset) is passed through from ``step``'s
-        argument so it is not baked into the program as a constant.
+      sample_fn: ``sample_fn(key, num_tasks, data)`` returning a
+        :class:`~jmeta.tasks.TaskBatch` (e.g. ``Sinusoid(...).sample`` or
+        ``EpisodeSampler(...).sample``); ``data`` (e.g. a device-resident uint8
+        dataset, ``None`` for data-free families) is passed through from
+        ``step``'s argument so it is not baked into the program as a constant.
       meta_optimizer: any optax transformation.
       meta_batch_size: tasks per meta-step, ``>= 1``.
       task_parallel: ``"vmap"``, ``"map"``, a chunk size or ``"auto"``
@@ -591,19 +575,10 @@ def make_meta_step(
     if not isinstance(meta_optimizer, optax.GradientTransformation):
         raise TypeError(f"meta_optimizer must be an optax.GradientTransformation, got {type(meta_optimizer).__name__}")
 
-    takes_data = sample_fn_takes_data(sample_fn)
-
-    def sample(key, data):
-        if takes_data:
-            return sample_fn(key, meta_batch_size, data)
-        if data is not None:
-            raise TypeError("step() got data, but sample_fn takes only (key, num_tasks)")
-        return sample_fn(key, meta_batch_size)
-
     def step(state: TrainState, key, data=None):
         k = jax.random.fold_in(key, state.step)
         k_sample, k_tasks = jax.random.split(k)
-        tasks = sample(k_sample, data)
+        tasks = sample_tasks(sample_fn, k_sample, meta_batch_size, data)
         validate_task_batch(tasks)
         keys = jax.random.split(k_tasks, meta_batch_size)
         opts = dict(task_parallel=task_parallel, compute_dtype=dtype, memory_budget=memory_budget)

@@ -44,7 +44,7 @@ def init_params(key):
             "layers_1": {"kernel": jax.random.normal(k1, (HIDDEN, N_WAY)) / 3, "bias": jnp.zeros((N_WAY,))}}
 
 
-def sample(key, num_tasks):
+def sample(key, num_tasks, data=None):
     """Three Gaussian classes per task, ``SHOTS`` support and ``QUERY`` query points each."""
     km, ks, kq = jax.random.split(key, 3)
     means = jax.random.normal(km, (num_tasks, N_WAY, DIM))

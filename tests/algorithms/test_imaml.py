@@ -142,7 +142,7 @@ def test_meta_training_under_jit_and_vmap(dtype, request):
     params = jax.tree.map(lambda a: a.astype(dtype), model.params)
     algo = IMAML(model.apply, loss="mse", reg_lambda=1.0, inner_lr=0.05, num_steps=5)
     tasks = _tasks(4, dtype=dtype)
-    step = make_meta_step(algo, lambda key, n: tasks, optax.adam(1e-2), meta_batch_size=4)
+    step = make_meta_step(algo, lambda key, n, data: tasks, optax.adam(1e-2), meta_batch_size=4)
     state = init_train_state(algo, params, model.state, optax.adam(1e-2))
     losses = []
     for _ in range(10):

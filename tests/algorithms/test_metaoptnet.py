@@ -146,7 +146,7 @@ def test_meta_training_under_jit_and_vmap(dtype, request):
     params = jax.tree.map(lambda a: a.astype(dtype), model.params)
     algo = MetaOptNet(model.apply, n_way=3, init_scale=5.0, label_smoothing=0.1)
     tasks = gaussian_tasks(4, dtype=dtype)
-    step = make_meta_step(algo, lambda key, n: tasks, optax.adam(1e-2), meta_batch_size=4)
+    step = make_meta_step(algo, lambda key, n, data: tasks, optax.adam(1e-2), meta_batch_size=4)
     state = init_train_state(algo, params, model.state, optax.adam(1e-2))
     losses = []
     for _ in range(10):
@@ -172,7 +172,7 @@ def test_bfloat16_task_loss_and_meta_step_match_float32(head):
     algo = MetaOptNet(model.apply, n_way=3, init_scale=2.0, head=head)
     tasks = gaussian_tasks(4)
     assert_bf16_matches_f32(algo, model.params, model.state, jax.tree.map(lambda a: a[0], tasks))
-    step = make_meta_step(algo, lambda key, n: tasks, optax.adam(1e-2), meta_batch_size=4, compute_dtype="bfloat16")
+    step = make_meta_step(algo, lambda key, n, data: tasks, optax.adam(1e-2), meta_batch_size=4, compute_dtype="bfloat16")
     state = init_train_state(algo, model.params, model.state, optax.adam(1e-2))
     state, metrics = step(state, jax.random.key(0))
     assert np.isfinite(float(metrics["loss"]))

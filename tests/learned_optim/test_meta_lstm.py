@@ -186,7 +186,7 @@ def test_meta_step_vmap_equals_map_and_jit_evaluate_curve():
     model = mlp(4, (16,), 3, key=jax.random.key(0))
     algo = MetaLSTM(model.apply, num_steps=2)
 
-    def sample(key, n):
+    def sample(key, n, data=None):
         k1, k2, k3 = jax.random.split(key, 3)
         w = jax.random.normal(k1, (n, 4, 3))
         xs, xq = jax.random.normal(k2, (n, 9, 4)), jax.random.normal(k3, (n, 9, 4))

@@ -38,7 +38,7 @@ def run_step(mesh=None, task_parallel="vmap", num_steps=3):
     alg, model, tasks, record = build()
     traces = []
 
-    def sample(key, n):
+    def sample(key, n, data=None):
         traces.append(1)  # runs once per trace of the step
         return tasks.sample(key, n)
 

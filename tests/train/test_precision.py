@@ -118,7 +118,7 @@ def test_bf16_keeps_the_model_state_in_float32():
     model = from_apply(apply, {"w": jnp.ones((1, 1))}, {"mean": jnp.ones(())})
     algo = MAML(model.apply, inner_lr=0.01, num_steps=1)
 
-    def sample(key, n):
+    def sample(key, n, data=None):
         x = 1.03 + 0.01 * jax.random.normal(key, (n, 10, 1))
         return TaskBatch(x, x, x, x)
 

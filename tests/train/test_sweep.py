@@ -32,7 +32,7 @@ def test_sweep_equals_separate_runs():
     state = sweep.init_sweep(alg, model.params, model.state, opt, HP)
     traces = []
 
-    def sample(key, n):
+    def sample(key, n, data=None):
         traces.append(1)  # once per trace of the sweep step
         return tasks.sample(key, n)
 

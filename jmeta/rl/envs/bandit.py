@@ -22,13 +22,13 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from jmeta import validate
+from jmeta._struct import frozen_dataclass, hparam
 
 __all__ = ["BernoulliBandit", "BanditState", "check_discrete_action", "check_task_leaf"]
 
@@ -73,7 +73,7 @@ def check_task_leaf(name: str, leaf: Any, shape: tuple[int, ...], env_name: str)
     return leaf
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen_dataclass
 class BernoulliBandit:
     """``num_arms``-armed Bernoulli bandit with ``p ~ U[0, 1]`` per arm per task (Duan et al. 2016).
 
@@ -82,12 +82,8 @@ class BernoulliBandit:
       horizon: pulls per episode (the paper: 1; a trial of ``n`` episodes is ``n`` pulls).
     """
 
-    num_arms: int = 5
-    horizon: int = 1
-
-    def __post_init__(self):
-        object.__setattr__(self, "num_arms", validate.integer("num_arms", self.num_arms, min=1))
-        object.__setattr__(self, "horizon", validate.integer("horizon", self.horizon, min=1))
+    num_arms: int = hparam(5, validate.integer, min=1)
+    horizon: int = hparam(1, validate.integer, min=1)
 
     @property
     def obs_size(self) -> int:

@@ -18,7 +18,6 @@ Reinforcement Learning", 2016 (S=10, A=5, horizon 10, trials of n = 10 ... 100 e
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import NamedTuple
 
@@ -26,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from jmeta import validate
+from jmeta._struct import frozen_dataclass, hparam
 from jmeta.rl.envs.bandit import check_discrete_action, check_task_leaf
 
 __all__ = ["RandomTabularMDP", "TabularState"]
@@ -49,7 +49,7 @@ def _sample_mdps(key, n, S, A):
     return {"P": P, "R": R}
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen_dataclass
 class RandomTabularMDP:
     """Random MDP with ``num_states`` states and ``num_actions`` actions (Duan et al. 2016).
 
@@ -59,13 +59,9 @@ class RandomTabularMDP:
       horizon: steps per episode (the paper: 10).
     """
 
-    num_states: int = 10
-    num_actions: int = 5
-    horizon: int = 10
-
-    def __post_init__(self):
-        for name in ("num_states", "num_actions", "horizon"):
-            object.__setattr__(self, name, validate.integer(name, getattr(self, name), min=1))
+    num_states: int = hparam(10, validate.integer, min=1)
+    num_actions: int = hparam(5, validate.integer, min=1)
+    horizon: int = hparam(10, validate.integer, min=1)
 
     @property
     def obs_size(self) -> int:
