@@ -230,7 +230,7 @@ register(Entry("model", "gaussian-gru", "jmeta.rl.recurrent:gaussian_gru_policy"
 # constructors; the option names here.
 register(Entry("algorithm", "maml-rl", "jmeta.rl.maml_rl:MAMLRL", wiring=("env", "policy", "num_tasks"),
                check_by_building=False, doc="MAML-RL: DiCE/LVC/first-order inner step, TRPO or PPO outer step"))
-register(Entry("algorithm", "promp", "jmeta.run.rl:promp", wiring=("env", "policy", "num_tasks"),
+register(Entry("algorithm", "promp", "jmeta.rl.maml_rl:ProMP", wiring=("env", "policy", "num_tasks"),
                check_by_building=False, doc="ProMP (Rothfuss et al. 2019): LVC, PPO-clip, inner KL penalty"))
 register(Entry("algorithm", "rl2", "jmeta.run.rl:rl2", wiring=("env", "policy", "meta_batch_size"),
                check_by_building=False, doc="RL^2 (Duan et al. 2016): GRU over a trial, PPO-clip"))

@@ -36,7 +36,6 @@ built.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import time
 from typing import Any, NamedTuple
 
@@ -52,35 +51,6 @@ from jmeta.run.registry import HOST_FAMILIES, RL_ALGORITHMS, RL_FAMILIES, check_
 
 
 # -- constructors the registry names ------------------------------------------------------------------------
-
-#: ProMP's defaults over MAML-RL's (Rothfuss et al. 2019, ``ProMP/configs``; :func:`jmeta.rl.promp`).
-PROMP_DEFAULTS = dict(estimator="lvc", outer="ppo", inner_lr=0.1, ppo_epochs=5, clip_eps=0.3, outer_lr=1e-3,
-                      inner_kl_penalty=5e-4, target_inner_kl=0.01)
-
-
-def promp(env, policy, **options):
-    """ProMP as a :class:`~jmeta.rl.MAMLRL` (:func:`jmeta.rl.promp`); its options are MAML-RL's with ProMP's
-    defaults (:data:`PROMP_DEFAULTS`)."""
-    from jmeta.rl.maml_rl import MAMLRL
-
-    return MAMLRL(env, policy, **{**PROMP_DEFAULTS, **options})
-
-
-def _promp_signature():
-    from jmeta.rl.maml_rl import MAMLRL
-
-    params = []
-    for f in dataclasses.fields(MAMLRL):
-        default = PROMP_DEFAULTS.get(f.name, f.default)
-        kind = inspect.Parameter.POSITIONAL_OR_KEYWORD if f.name in ("env", "policy") else \
-            inspect.Parameter.KEYWORD_ONLY
-        params.append(inspect.Parameter(f.name, kind, default=inspect.Parameter.empty
-                                        if default is dataclasses.MISSING else default))
-    return inspect.Signature(params)
-
-
-promp.__signature__ = _promp_signature()  # the options (and the registry's check) see MAML-RL's fields
-
 
 def rl2(env, policy, *, num_episodes: int = 10, meta_batch_size: int = 64, discount: float = 0.99,
         gae_lambda: float = 0.95, clip_eps: float = 0.2, value_coef: float = 0.5, entropy_coef: float = 0.01,
