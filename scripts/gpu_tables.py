@@ -304,23 +304,33 @@ def run_eval_stage(stage: Stage, work: pathlib.Path, *, budget: float, rehearse:
                           protocol_steps=protocol_steps)
 
 
-def run_bench_stage(stage: Stage, work: pathlib.Path, *, budget: float, rehearse: bool, env: dict) -> dict:
-    """The Omniglot MAML meta-step of jmeta against the PyTorch peers (``benchmarks/omniglot_step.py``)."""
-    out = work / "bench" / "omniglot_step.json"
+def run_benchmark(stage: Stage, work: pathlib.Path, script: str, args: list[str], *, budget: float,
+                  rehearse: bool, env: dict) -> tuple[dict, dict | None]:
+    """Runs ``benchmarks/SCRIPT.py ARGS --out WORK/bench/SCRIPT.json`` within ``budget``: the stage's record
+    (``status="FAILED"`` with the reason when it did not finish) and the JSON it wrote (``None`` then)."""
+    out = work / "bench" / f"{script}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     log = work / "logs" / f"{stage.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    size = ["--tasks", "2", "--steps", "1"] if rehearse else ["--tasks", "32", "--steps", "20"]
-    cmd = [sys.executable, "benchmarks/omniglot_step.py", "--forms", "auto", *size, "--out", str(out)]
+    cmd = [sys.executable, f"benchmarks/{script}.py", *args, "--out", str(out)]
     rec: dict = {"stage": stage.name, "paper": stage.paper, "rehearsal": rehearse, "budget_s": round(budget, 1),
                  "command": " ".join(["python", *cmd[1:]]).replace(str(work), "WORK")}
     rc, wall = run_command(cmd, log, budget, env)
     rec["bench_s"] = round(wall, 1)
     if rc != 0 or not out.is_file():
         why = f"stopped at its budget ({budget:.0f} s)" if rc is None else f"exited with {rc}: {_last_line(log)}"
-        rec.update(status="FAILED", reason=f"benchmarks/omniglot_step.py {why}")
+        rec.update(status="FAILED", reason=f"benchmarks/{script}.py {why}")
+        return rec, None
+    return rec, json.loads(out.read_text())
+
+
+def run_bench_stage(stage: Stage, work: pathlib.Path, *, budget: float, rehearse: bool, env: dict) -> dict:
+    """The Omniglot MAML meta-step of jmeta against the PyTorch peers (``benchmarks/omniglot_step.py``)."""
+    size = ["--tasks", "2", "--steps", "1"] if rehearse else ["--tasks", "32", "--steps", "20"]
+    rec, res = run_benchmark(stage, work, "omniglot_step", ["--forms", "auto", *size], budget=budget,
+                             rehearse=rehearse, env=env)
+    if res is None:
         return rec
-    res = json.loads(out.read_text())
     r, machine = res["results"], res["machine"]
     jm = r.get("auto", {})
     rec.update(status="ok", device=machine.get("device_kind"), platform=machine.get("backend"),
@@ -344,21 +354,9 @@ RL_SIZES = {"rehearse": ["--rollout-sizes", "2x2", "--meta-tasks", "1", "--round
 
 def run_rl_stage(stage: Stage, work: pathlib.Path, *, budget: float, rehearse: bool, env: dict) -> dict:
     """nav2d MAML-TRPO of jmeta against plain JAX and PyTorch MAML-RL (``benchmarks/rl_throughput.py --torch``)."""
-    out = work / "bench" / "rl_throughput.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    log = work / "logs" / f"{stage.name}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "benchmarks/rl_throughput.py", "--torch",
-           *RL_SIZES["rehearse" if rehearse else "gpu"], "--out", str(out)]
-    rec: dict = {"stage": stage.name, "paper": stage.paper, "rehearsal": rehearse, "budget_s": round(budget, 1),
-                 "command": " ".join(["python", *cmd[1:]]).replace(str(work), "WORK")}
-    rc, wall = run_command(cmd, log, budget, env)
-    rec["bench_s"] = round(wall, 1)
-    if rc != 0 or not out.is_file():
-        why = f"stopped at its budget ({budget:.0f} s)" if rc is None else f"exited with {rc}: {_last_line(log)}"
-        rec.update(status="FAILED", reason=f"benchmarks/rl_throughput.py {why}")
-        return rec
-    return rl_record(rec, json.loads(out.read_text()))
+    rec, res = run_benchmark(stage, work, "rl_throughput", ["--torch", *RL_SIZES["rehearse" if rehearse else "gpu"]],
+                             budget=budget, rehearse=rehearse, env=env)
+    return rec if res is None else rl_record(rec, res)
 
 
 def rl_record(rec: dict, res: dict) -> dict:

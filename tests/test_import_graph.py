@@ -24,6 +24,7 @@ LAYERS = {
     "jmeta.validate": ("jmeta.",),
     "jmeta._deprecation": ("jmeta.",),
     "jmeta._struct": ("jmeta.",),
+    "jmeta._refs": ("jmeta.",),
     "jmeta._io": RUN_LAYER,
     "jmeta.ops": RUN_LAYER + ("jmeta.algorithms", "jmeta.inner", "jmeta.learned_optim", "jmeta.rl", "jmeta.train"),
     "jmeta.models": RUN_LAYER + ("jmeta.algorithms", "jmeta.inner", "jmeta.learned_optim", "jmeta.rl", "jmeta.train"),

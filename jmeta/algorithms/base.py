@@ -40,11 +40,12 @@ and fails when a class implementing the contract is missing from the list).
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, Callable, Protocol, runtime_checkable
 
 import jax
 from jax.tree_util import keystr
+
+from jmeta._refs import resolve_all
 
 PyTree = Any
 Array = Any
@@ -111,11 +112,7 @@ ALGORITHM_BASES: dict[str, str] = {
 
 def algorithm_classes() -> dict[str, type]:
     """``{name: class}`` of :data:`ALGORITHMS` (imports their modules)."""
-    out = {}
-    for name, ref in ALGORITHMS.items():
-        module, _, qualname = ref.partition(":")
-        out[name] = getattr(importlib.import_module(module), qualname)
-    return out
+    return resolve_all(ALGORITHMS)
 
 
 def check_one_task(owner: str, task, apply: Callable, *, class_labels: bool = False) -> None:

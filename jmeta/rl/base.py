@@ -30,11 +30,12 @@ through the same checks, and fails when a class implementing the contract is mis
 
 from __future__ import annotations
 
-import importlib
 import math
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import jax
+
+from jmeta._refs import resolve_all
 
 PyTree = Any
 Array = Any
@@ -107,11 +108,7 @@ ALGORITHM_BASES: dict[str, str] = {}
 
 def algorithm_classes() -> dict[str, type]:
     """``{name: class}`` of :data:`ALGORITHMS` (imports their modules)."""
-    out = {}
-    for name, ref in ALGORITHMS.items():
-        module, _, qualname = ref.partition(":")
-        out[name] = getattr(importlib.import_module(module), qualname)
-    return out
+    return resolve_all(ALGORITHMS)
 
 
 def draw_tasks(env, key: Array, n: int) -> tuple[PyTree, Array]:

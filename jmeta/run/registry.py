@@ -15,10 +15,11 @@ the library never imports this module.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import inspect
 import types
 from typing import Any, Callable, Mapping
+
+from jmeta._refs import resolve
 
 _EMPTY: Mapping = types.MappingProxyType({})
 
@@ -54,8 +55,7 @@ class Entry:
     doc: str = ""
 
     def constructor(self) -> Callable:
-        module, _, attr = self.target.partition(":")
-        return getattr(importlib.import_module(module), attr)
+        return resolve(self.target)
 
     def options(self) -> dict[str, Any]:
         """``{option: default}`` in constructor order (config-only options last)."""

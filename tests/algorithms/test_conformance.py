@@ -25,6 +25,7 @@ import optax
 import pytest
 
 import jmeta
+from ast_classes import classes_in_jmeta
 from jmeta.algorithms import ALGORITHM_BASES, ALGORITHMS, MetaLearner, algorithm_classes
 from jmeta.tasks import TaskBatch
 
@@ -132,23 +133,10 @@ def test_registry_lists_classes():
         assert cls.__name__ == name
 
 
-def _classes_in_jmeta():
-    """``{qualified name: (defined methods, base names)}`` of every class in ``jmeta/`` (read with ``ast``)."""
-    out = {}
-    for path in PKG.rglob("*.py"):
-        module = ".".join(path.relative_to(PKG.parent).with_suffix("").parts).removesuffix(".__init__")
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ClassDef):
-                methods = {n.name for n in node.body if isinstance(n, ast.FunctionDef)}
-                bases = {b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in node.bases}
-                out[f"{module}:{node.name}"] = (methods, bases)
-    return out
-
-
 def test_registry_is_complete():
     """Every class that implements the contract (defines ``task_loss`` or ``adapt``, or derives from a registered
     class) is in ALGORITHMS or ALGORITHM_BASES, so the conformance checks cannot miss a new algorithm."""
-    classes = _classes_in_jmeta()
+    classes = classes_in_jmeta()
     known = set(ALGORITHMS.values()) | set(ALGORITHM_BASES.values())
     known_names = {ref.partition(":")[2] for ref in known}
     protocol = {"jmeta.algorithms.base:MetaLearner"}
@@ -169,7 +157,7 @@ def test_rl_algorithms_are_covered():
 
     known = set(RL_ALGORITHMS.values()) | set(RL_BASES.values())
     names = {ref.partition(":")[2] for ref in known}
-    found = {ref for ref, (methods, bases) in _classes_in_jmeta().items()
+    found = {ref for ref, (methods, bases) in classes_in_jmeta().items()
              if ref != "jmeta.rl.base:MetaRLAlgorithm" and ("meta_step" in methods or bases & names)}
     assert found >= known and not found - known, f"meta-RL classes missing from jmeta.rl.ALGORITHMS: {found - known}"
     rl_test = PKG.parent / "tests" / "rl" / "test_rl_conformance.py"

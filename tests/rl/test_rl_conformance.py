@@ -16,11 +16,9 @@ own tests. Multi-device sharding: ``tests/rl/test_rl_sharding.py``.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import functools
 import inspect
-import pathlib
 import re
 
 import jax
@@ -29,11 +27,11 @@ import numpy as np
 import pytest
 
 import jmeta
+from ast_classes import classes_in_jmeta
 from jmeta.rl import (ALGORITHMS, MAMLRL, RL2, MetaRLAlgorithm, PPOConfig, ProMP, algorithm_classes, draw_tasks,
                       envs, gaussian_mlp_policy, gru_policy, make_rl_meta_step, rl2_input_size)
 from jmeta.rl.base import ALGORITHM_BASES
 
-PKG = pathlib.Path(jmeta.__file__).resolve().parent
 NAV = envs.Nav2D(horizon=4)
 BANDIT = envs.BernoulliBandit(num_arms=3)
 
@@ -123,19 +121,6 @@ def test_registry_lists_classes():
         assert name.partition("[")[0] in ALGORITHMS, f"{name}: a variant of an unregistered algorithm"
 
 
-def _classes_in_jmeta():
-    """``{qualified name: (defined methods, base names)}`` of every class in ``jmeta/`` (read with ``ast``)."""
-    out = {}
-    for path in PKG.rglob("*.py"):
-        module = ".".join(path.relative_to(PKG.parent).with_suffix("").parts).removesuffix(".__init__")
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ClassDef):
-                methods = {n.name for n in node.body if isinstance(n, ast.FunctionDef)}
-                bases = {b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in node.bases}
-                out[f"{module}:{node.name}"] = (methods, bases)
-    return out
-
-
 def unregistered(classes) -> list[str]:
     """Classes implementing the meta-RL contract (defining ``meta_step``, or deriving from a registered class)
     that are neither in :data:`jmeta.rl.ALGORITHMS` nor in ``ALGORITHM_BASES``."""
@@ -149,7 +134,7 @@ def unregistered(classes) -> list[str]:
 
 
 def test_registry_is_complete():
-    classes = _classes_in_jmeta()
+    classes = classes_in_jmeta()
     assert not unregistered(classes), (f"classes implementing the meta-RL contract but missing from "
                                        f"jmeta.rl.ALGORITHMS: {unregistered(classes)}")
     # the check fails for a class that implements the contract (or derives from a registered one) unlisted
