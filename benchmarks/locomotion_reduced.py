@@ -38,6 +38,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -47,6 +48,7 @@ from _common import device_info  # noqa: E402
 
 from jmeta.rl import MAMLRL, gaussian_mlp_policy  # noqa: E402
 from jmeta.rl.envs import locomotion  # noqa: E402
+from jmeta.rl.rollout import episode_returns  # noqa: E402
 from jmeta.train.evaluation import task_statistics  # noqa: E402
 
 ENVS = {"cheetah-dir": "HalfCheetahDirection", "cheetah-vel": "HalfCheetahVelocity"}
@@ -83,6 +85,9 @@ def main(argv=None):
     ap.add_argument("--eval-episodes", type=int, default=10, help="episodes per held-out task and step")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--time-only", action="store_true", help="time the compile and --iterations steps; no eval")
+    ap.add_argument("--eager-outer", action="store_true",
+                    help="jit the sampling (rollouts, inner step) but run the TRPO step op by op: on the shared 2-core "
+                         "CPU (jax 0.10.2) the fused jitted meta-step stopped returning after a few iterations")
     ap.add_argument("--quick", action="store_true", help="toy size (2 tasks x 2 episodes x horizon 5, 2 "
                     "iterations, 2 eval tasks): checks the program end to end in seconds")
     ap.add_argument("--out", default=None, help="JSON path (default results/cpu/<env>_reduced.json)")
@@ -103,6 +108,17 @@ def main(argv=None):
     # programs then compile in seconds instead of a minute; the real runs use XLA's defaults.
     opts = _FAST_COMPILE if args.quick else None
     step = jax.jit(algo.meta_step, compiler_options=opts)
+    if args.eager_outer:
+        sample = jax.jit(algo.sample, compiler_options=opts)
+
+        def step(state, key):
+            """``meta_step`` with the sampling jitted and the TRPO step op by op (``--eager-outer``)."""
+            data, old, _ = sample(state.params, key)
+            pre, (post_traj, _) = data
+            m = {"return_pre": jnp.mean(episode_returns(pre[0][0])), "return_post": jnp.mean(episode_returns(post_traj))}
+            with jax.disable_jit():
+                params, mt = algo._trpo(state.params, data, old)
+            return state._replace(params=params, step=state.step + 1), {**m, **mt}
     eval_fn = jax.jit(lambda p, t, k: algo.evaluate_returns(p, t, k, num_steps=1, num_episodes=args.eval_episodes),
                       compiler_options=opts)
     state = algo.init()
@@ -133,7 +149,8 @@ def main(argv=None):
                         "estimator": "reinforce (MAML-RL's surrogate)", "baseline": "linear feature",
                         "outer": f"TRPO max_kl={MAX_KL}, 10 CG iterations, 15 backtracks, ratio 0.8",
                         "eval_tasks": args.eval_tasks, "eval_episodes": args.eval_episodes,
-                        "eval_every": args.eval_every, "seed": args.seed},
+                        "eval_every": args.eval_every, "seed": args.seed,
+                        "outer_step": "eager (op by op)" if args.eager_outer else "jitted with the sampling"},
            "budget": {"iterations": args.iterations, "env_steps_per_iteration": steps_per_it,
                       "env_steps_total": steps_per_it * args.iterations, "full_protocol": FULL,
                       "full_env_steps_per_iteration": full_steps_per_it,

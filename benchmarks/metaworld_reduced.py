@@ -69,6 +69,16 @@ class _HostShapes:
     sample_tasks = reset = step = _host_only
 
 
+def _eager(fn):
+    """``fn`` run op by op (``jax.disable_jit``): the ``--eager-outer`` workaround, see ``main``."""
+
+    def run(*args):
+        with jax.disable_jit():
+            return fn(*args)
+
+    return run
+
+
 def _write(path: pathlib.Path, out: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -79,7 +89,7 @@ def _write(path: pathlib.Path, out: dict) -> None:
 class HostMAML:
     """MAML-TRPO whose rollouts run on the host through :class:`MetaWorldML1` (jitted policy and updates)."""
 
-    def __init__(self, ml1: MetaWorldML1, tasks: int, episodes: int, seed: int):
+    def __init__(self, ml1: MetaWorldML1, tasks: int, episodes: int, seed: int, eager_outer: bool = False):
         self.ml1, self.episodes = ml1, episodes
         policy = gaussian_mlp_policy(ml1.obs_size, ml1.action_size, HIDDEN, key=jax.random.key(seed))
         self.algo = MAMLRL(_HostShapes(ml1), policy, num_tasks=tasks, num_episodes=episodes,
@@ -108,7 +118,8 @@ class HostMAML:
             ps = jax.vmap(algo.adapted_params, in_axes=(None, 0))(jax.lax.stop_gradient(meta_params), data[0])
             return algo._trpo(meta_params, data, (tuple(ps[:-1]), ps[-1]))
 
-        self._act, self._adapt, self._lp, self._outer = jax.jit(act), jax.jit(adapt), jax.jit(log_probs), jax.jit(outer)
+        self._act, self._adapt, self._lp = jax.jit(act), jax.jit(adapt), jax.jit(log_probs)
+        self._outer = _eager(outer) if eager_outer else jax.jit(outer)
 
     def rollout(self, params_per_task, tasks, key):
         """Host rollouts of ``tasks`` (``episodes`` each) with per-task parameters: ``(Trajectories, raw)``."""
@@ -165,6 +176,9 @@ def main(argv=None):
     ap.add_argument("--eval-tasks", type=int, default=50, help="ML1 test goals evaluated (of 50)")
     ap.add_argument("--eval-episodes", type=int, default=5, help="episodes per test goal before and after")
     ap.add_argument("--seed", type=int, default=0, help="ML1's seed (goal positions) and the policy's")
+    ap.add_argument("--eager-outer", action="store_true",
+                    help="run the TRPO outer step op by op instead of jitted: on the shared 2-core CPU (jax 0.10.2) "
+                         "the jitted outer step of this program never returned (all XLA threads idle)")
     ap.add_argument("--quick", action="store_true", help="toy size (2 tasks x 2 episodes x horizon 5, 2 iterations)")
     ap.add_argument("--out", default="results/cpu/metaworld_ml1_reach_reduced.json")
     args = ap.parse_args(argv)
@@ -179,7 +193,7 @@ def main(argv=None):
 
     import metaworld
     ml1 = MetaWorldML1(args.env_name, seed=args.seed, horizon=args.horizon)
-    learner = HostMAML(ml1, args.tasks, args.episodes, args.seed)
+    learner = HostMAML(ml1, args.tasks, args.episodes, args.seed, eager_outer=args.eager_outer)
     params = learner.algo.init().params
     rng = np.random.default_rng(args.seed)
     test = ml1.test_tasks[:args.eval_tasks]
@@ -202,7 +216,8 @@ def main(argv=None):
                         "eval": "ML1 test goals: episodes with theta (before; adaptation data), one inner step, "
                                 "episodes with the adapted parameters (after); success = info['success'] at any "
                                 "step; per-task rate, mean +- 95% CI over tasks",
-                        "eval_tasks": args.eval_tasks, "eval_episodes": args.eval_episodes, "seed": args.seed},
+                        "eval_tasks": args.eval_tasks, "eval_episodes": args.eval_episodes, "seed": args.seed,
+                        "outer_step": "eager (op by op)" if args.eager_outer else "jitted"},
            "budget": {"iterations": args.iterations, "env_steps_per_iteration": steps_per_it,
                       "env_steps_total": steps_per_it * args.iterations},
            "train": [], "eval": []}
