@@ -182,6 +182,8 @@ def main(argv=None):
               f"{float(m['return_post']):8.2f}  accepted {bool(m['accepted'])}", flush=True)
         if it % args.eval_every == 0 or it == args.iterations:
             evaluate(it)
+        else:
+            _write(path, out)  # the training rows survive a run that stops between evaluations
     out["done"] = True
     out["wall_s"] = time.perf_counter() - t0
     _write(path, out)
