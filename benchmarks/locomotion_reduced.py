@@ -15,7 +15,8 @@ number it writes is a reduced-budget number, labelled so in the JSON.
 Evaluation (``--eval-every``, plus iteration 0 and the last): the same ``--eval-tasks`` held-out tasks
 (drawn once with a key apart from training), ``--eval-episodes`` episodes per task and step, mean undiscounted
 return per task before adaptation and after one inner step, summarised over the tasks with
-:meth:`jmeta.rl.MAMLRL.evaluate_returns` and :func:`jmeta.train.evaluation.task_statistics` (mean, 95% CI = 1.96 standard errors over tasks).
+:meth:`jmeta.rl.MAMLRL.evaluate_returns` and :func:`jmeta.train.evaluation.task_statistics` (mean, 95% CI =
+1.96 standard errors over tasks).
 
 The JSON (written atomically after every evaluation: an interrupted run keeps what it has) holds the
 protocol, the budget and its ratio to the full protocol, the machine, the command, host load averages, the
@@ -115,7 +116,8 @@ def main(argv=None):
             """``meta_step`` with the sampling jitted and the TRPO step op by op (``--eager-outer``)."""
             data, old, _ = sample(state.params, key)
             pre, (post_traj, _) = data
-            m = {"return_pre": jnp.mean(episode_returns(pre[0][0])), "return_post": jnp.mean(episode_returns(post_traj))}
+            m = {"return_pre": jnp.mean(episode_returns(pre[0][0])),
+                 "return_post": jnp.mean(episode_returns(post_traj))}
             with jax.disable_jit():
                 params, mt = algo._trpo(state.params, data, old)
             return state._replace(params=params, step=state.step + 1), {**m, **mt}
@@ -166,7 +168,11 @@ def main(argv=None):
         out["eval"].append(row)
         out["load_average_end"] = os.getloadavg()
         _write(path, out)
-        s = lambda k: f"{row[f'return after {k} step(s)']['mean']:.2f} +- {row[f'return after {k} step(s)']['ci95']:.2f}"  # noqa: E731
+
+        def s(k):
+            stat = row[f"return after {k} step(s)"]
+            return f"{stat['mean']:.2f} +- {stat['ci95']:.2f}"
+
         print(f"[{row['wall_s']:7.1f} s] eval it {it:4d}: before {s(0)} | after 1 step {s(1)}", flush=True)
 
     evaluate(0)

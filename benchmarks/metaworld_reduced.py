@@ -234,7 +234,11 @@ def main(argv=None):
         out["eval"].append(row)
         out["load_average_end"] = os.getloadavg()
         _write(path, out)
-        f = lambda n, k: f"{row[f'{n} after {k} step(s)']['mean']:.3f} +- {row[f'{n} after {k} step(s)']['ci95']:.3f}"  # noqa: E731
+
+        def f(n, k):
+            stat = row[f"{n} after {k} step(s)"]
+            return f"{stat['mean']:.3f} +- {stat['ci95']:.3f}"
+
         print(f"[{row['wall_s']:7.1f} s] eval it {it:3d}: success {f('success rate', 0)} -> "
               f"{f('success rate', 1)} | return {f('return', 0)} -> {f('return', 1)}", flush=True)
 
