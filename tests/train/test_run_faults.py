@@ -249,7 +249,19 @@ class _Signaller:
         pass
 
 
-def test_sigint_in_process_checkpoints_the_current_step(tmp_path, reference):
+@pytest.fixture
+def sigint_handled():
+    """SIGINT as an interactive shell leaves it: a suite started in the background (``pytest ... &`` from a
+    script) inherits SIGINT ignored, and jmeta rightly leaves an ignored SIGINT ignored (module docstring of
+    :mod:`jmeta.run.interrupt`); these tests are about what a delivered SIGINT does."""
+    old = signal.getsignal(signal.SIGINT)
+    if old is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
+def test_sigint_in_process_checkpoints_the_current_step(tmp_path, reference, sigint_handled):
     """SIGINT as SIGTERM (the subprocess test above): the checkpoint of the step reached (not a periodic one),
     then a resume that equals the uninterrupted reference."""
     from jmeta.run.interrupt import Interrupted
@@ -272,7 +284,7 @@ def test_sigint_in_process_checkpoints_the_current_step(tmp_path, reference):
     _assert_same_state(_final_state(run, cfg)[1], _final_state(ref_run, ref_cfg)[1])
 
 
-def test_a_second_signal_stops_at_once_and_the_cli_says_what_holds(tmp_path, capsys, monkeypatch):
+def test_a_second_signal_stops_at_once_and_the_cli_says_what_holds(tmp_path, capsys, monkeypatch, sigint_handled):
     from jmeta.run import runner
 
     run = tmp_path / "run"
