@@ -204,8 +204,9 @@ class RL2:
     ppo: PPOConfig = dataclasses.field(default_factory=PPOConfig)
 
     def __post_init__(self):
-        env = check_env(self.env, discrete=getattr(self.policy, "discrete", True),
-                        user=f"RL2 with a {type(self.policy).__name__}")
+        discrete = getattr(self.policy, "discrete", True)
+        env = check_env(self.env, discrete=discrete,
+                        user=f"RL2 (a {'categorical' if discrete else 'Gaussian'} GRU policy)")
         if not isinstance(self.policy, RecurrentPolicy):
             raise TypeError(f"policy must be a jmeta.rl.RecurrentPolicy (see gru_policy); got "
                             f"{type(self.policy).__name__}")

@@ -107,7 +107,7 @@ def test_size_and_kind_mismatches_are_one_clear_error_each(nav):
         RL2(env, gaussian_gru_policy(rl2_input_size(env), 3, hidden_size=4))
     with pytest.raises(ValueError, match=r"policy.input_size \(5\) must equal rl2_input_size\(env\)"):
         RL2(env, gaussian_gru_policy(5, 2, hidden_size=4))
-    with pytest.raises(ValueError, match=r"RL2 with a GaussianRecurrentPolicy needs an environment with continuous "
+    with pytest.raises(ValueError, match=r"RL2 \(a Gaussian GRU policy\) needs an environment with continuous "
                                          r"actions; BernoulliBandit has discrete=True"):
         RL2(BernoulliBandit(num_arms=2), gaussian_gru_policy(6, 2, hidden_size=4))
     with pytest.raises(ValueError, match="action_size must be an integer >= 1; got 0"):
