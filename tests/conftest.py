@@ -81,11 +81,17 @@ def pytest_unconfigure(config):
         shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """Under ``pytest -n N`` (pytest-xdist, ``--dist loadgroup``, as ``scripts/test.sh`` runs it) one test file runs
     on one worker, so the module- and session-scoped fixtures that share compiled programs and decoded data are built
     once, not once per worker. A test that already has an ``xdist_group`` keeps it (``tests/data`` puts its files in
-    one group: they share the decoded datasets). Without xdist the marker does nothing."""
+    one group: they share the decoded datasets). Without xdist the marker does nothing.
+
+    ``tryfirst``: xdist reads the ``xdist_group`` markers in its own ``pytest_collection_modifyitems`` (it appends
+    ``@group`` to the node ids it schedules by); run after it, these markers were never seen, the tests of one file
+    went out one by one to both workers, and every module fixture was built twice (measured: the MJX meta-step
+    fixture of tests/rl/test_locomotion_meta_step.py set up on both workers, 20 s each)."""
     for item in items:
         if item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
