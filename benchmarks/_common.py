@@ -15,7 +15,9 @@ count are counted once and flagged. Both numbers are written out.
 
 from __future__ import annotations
 
+import json
 import math
+import pathlib
 import statistics
 import time
 from typing import Any, Callable
@@ -215,3 +217,30 @@ def write_csv(path, rows: list[dict]) -> None:
         w.writeheader()
         for r in rows:
             w.writerow({k: r.get(k, "") for k in keys})
+
+
+def write_json(path: pathlib.Path, out: dict) -> None:
+    """Writes ``out`` as indented JSON to ``path`` atomically (a temporary file, then a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(out, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def train_and_evaluate(iterations: int, eval_every: int, train: Callable[[int], Any], evaluate: Callable[[int], Any],
+                       path: pathlib.Path, out: dict, t0: float) -> None:
+    """The loop of the reduced-protocol RL benchmarks: ``evaluate(0)``, then ``train(it)`` for ``it = 1 ..
+    iterations`` with ``evaluate(it)`` every ``eval_every`` iterations and after the last one (``out`` is written
+    to ``path`` after every iteration, so the training rows survive a run that stops between evaluations); ends
+    with ``out["done"] = True`` and ``out["wall_s"]`` (seconds since ``t0``) written."""
+    evaluate(0)
+    for it in range(1, iterations + 1):
+        train(it)
+        if it % eval_every == 0 or it == iterations:
+            evaluate(it)
+        else:
+            write_json(path, out)
+    out["done"] = True
+    out["wall_s"] = time.perf_counter() - t0
+    write_json(path, out)
+    print(f"wrote {path}")

@@ -32,7 +32,6 @@ Run:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import sys
@@ -45,7 +44,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from _common import device_info  # noqa: E402
+from _common import device_info, train_and_evaluate, write_json  # noqa: E402
 
 from jmeta.rl import MAMLRL, gaussian_mlp_policy  # noqa: E402
 from jmeta.rl.envs import locomotion  # noqa: E402
@@ -57,13 +56,6 @@ ENVS = {"cheetah-dir": "HalfCheetahDirection", "cheetah-vel": "HalfCheetahVeloci
 INNER_LR, MAX_KL, GAMMA, HIDDEN = 0.1, 0.01, 0.99, (100, 100)
 _FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 FULL = {"tasks": 40, "episodes": 20, "horizon": 200, "iterations": 500}
-
-
-def _write(path: pathlib.Path, out: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(out, indent=2) + "\n")
-    tmp.replace(path)
 
 
 def build(env_name: str, tasks: int, episodes: int, horizon: int, seed: int) -> MAMLRL:
@@ -167,7 +159,7 @@ def main(argv=None):
                "wall_s": time.perf_counter() - t0, "load_average": os.getloadavg()}
         out["eval"].append(row)
         out["load_average_end"] = os.getloadavg()
-        _write(path, out)
+        write_json(path, out)
 
         def s(k):
             stat = row[f"return after {k} step(s)"]
@@ -175,8 +167,8 @@ def main(argv=None):
 
         print(f"[{row['wall_s']:7.1f} s] eval it {it:4d}: before {s(0)} | after 1 step {s(1)}", flush=True)
 
-    evaluate(0)
-    for it in range(1, args.iterations + 1):
+    def train(it):
+        nonlocal state
         t1 = time.perf_counter()
         state, m = step(state, jax.random.fold_in(jax.random.key(args.seed), it))
         jax.block_until_ready(state)
@@ -186,14 +178,8 @@ def main(argv=None):
                              "kl": float(m["kl"])})
         print(f"  it {it:4d}: {dt:6.2f} s  batch return {float(m['return_pre']):8.2f} -> "
               f"{float(m['return_post']):8.2f}  accepted {bool(m['accepted'])}", flush=True)
-        if it % args.eval_every == 0 or it == args.iterations:
-            evaluate(it)
-        else:
-            _write(path, out)  # the training rows survive a run that stops between evaluations
-    out["done"] = True
-    out["wall_s"] = time.perf_counter() - t0
-    _write(path, out)
-    print(f"wrote {path}")
+
+    train_and_evaluate(args.iterations, args.eval_every, train, evaluate, path, out, t0)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ every number reduced. The MetaWorld paper trains MAML on ML1 for millions of env
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import platform
@@ -45,6 +44,9 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+from _common import train_and_evaluate, write_json  # noqa: E402
 
 from jmeta.rl import MAMLRL, gaussian_mlp_policy  # noqa: E402
 from jmeta.rl.envs.metaworld import MetaWorldML1, episode_success  # noqa: E402
@@ -77,13 +79,6 @@ def _eager(fn):
             return fn(*args)
 
     return run
-
-
-def _write(path: pathlib.Path, out: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(out, indent=2) + "\n")
-    tmp.replace(path)
 
 
 class HostMAML:
@@ -233,7 +228,7 @@ def main(argv=None):
                "load_average": os.getloadavg()}
         out["eval"].append(row)
         out["load_average_end"] = os.getloadavg()
-        _write(path, out)
+        write_json(path, out)
 
         def f(n, k):
             stat = row[f"{n} after {k} step(s)"]
@@ -242,8 +237,8 @@ def main(argv=None):
         print(f"[{row['wall_s']:7.1f} s] eval it {it:3d}: success {f('success rate', 0)} -> "
               f"{f('success rate', 1)} | return {f('return', 0)} -> {f('return', 1)}", flush=True)
 
-    evaluate(0)
-    for it in range(1, args.iterations + 1):
+    def train(it):
+        nonlocal params
         t1 = time.perf_counter()
         idx = rng.choice(50, size=args.tasks, replace=False)
         tasks = [ml1.train_tasks[i] for i in idx]
@@ -257,14 +252,8 @@ def main(argv=None):
                              "kl": float(m["kl"])})
         print(f"  it {it:3d}: {dt:6.2f} s  return {r0:8.2f} -> {r1:8.2f}  success {s0:.2f} -> {s1:.2f}  "
               f"accepted {bool(m['accepted'])}", flush=True)
-        if it % args.eval_every == 0 or it == args.iterations:
-            evaluate(it)
-        else:
-            _write(path, out)  # the training rows survive a run that stops between evaluations
-    out["done"] = True
-    out["wall_s"] = time.perf_counter() - t0
-    _write(path, out)
-    print(f"wrote {path}")
+
+    train_and_evaluate(args.iterations, args.eval_every, train, evaluate, path, out, t0)
 
 
 if __name__ == "__main__":

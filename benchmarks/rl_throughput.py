@@ -28,7 +28,6 @@ Run:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import pathlib
 import sys
@@ -41,7 +40,7 @@ from jax.flatten_util import ravel_pytree
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from _common import device_info, median_iqr  # noqa: E402
+from _common import device_info, median_iqr, write_json  # noqa: E402
 
 from jmeta.rl import MAMLRL, envs, gaussian_mlp_policy, rollout_tasks  # noqa: E402
 
@@ -420,10 +419,7 @@ def _torch_sync(torch, device):
 # (measured), and torch vs JAX differ by ~1e-4 there: 1e-3.
 def _write_json(out, path):
     p = pathlib.Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(p.suffix + ".tmp")
-    tmp.write_text(json.dumps(out, indent=2) + "\n")
-    tmp.replace(p)
+    write_json(p, out)
     print(f"wrote {p}")
 
 

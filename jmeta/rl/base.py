@@ -161,23 +161,27 @@ def shard_tasks(tree: PyTree, mesh: jax.sharding.Mesh | None, axes: tuple[str, .
 
 
 class CompiledMetaStep:
-    """A jitted ``step(state, key) -> (state, metrics)`` that counts its traces (``num_traces``)."""
+    """A jitted ``step(state, key) -> (state, metrics)`` that counts its traces (``num_traces``).
+
+    The arguments are passed through as they are (RL^2's :meth:`~jmeta.rl.RL2.make_step` compiles
+    ``step(state)`` with it: :class:`jmeta.rl.rl2.CompiledStep` is this class).
+    """
 
     def __init__(self, fn, **jit_kwargs):
         self.num_traces = 0
 
-        def counted(state, key):
+        def counted(*args):
             self.num_traces += 1
-            return fn(state, key)
+            return fn(*args)
 
         self._jitted = jax.jit(counted, **jit_kwargs)
 
-    def __call__(self, state, key):
-        return self._jitted(state, key)
+    def __call__(self, *args):
+        return self._jitted(*args)
 
-    def lower(self, state, key):
+    def lower(self, *args):
         """``jax.jit(...).lower`` of the step (for its compiled text, cost and memory analyses)."""
-        return self._jitted.lower(state, key)
+        return self._jitted.lower(*args)
 
 
 def make_rl_meta_step(algorithm: MetaRLAlgorithm, *, mesh: jax.sharding.Mesh | None = None,

@@ -50,7 +50,7 @@ import numpy as np
 
 from jmeta import validate
 from jmeta._struct import hparam, static_dataclass
-from jmeta.rl.base import check_task_mesh, draw_tasks, shard_tasks
+from jmeta.rl.base import CompiledMetaStep, check_task_mesh, draw_tasks, shard_tasks
 from jmeta.rl.envs.base import check_env, task_axis_size
 from jmeta.rl.ppo import PPOConfig, normalize_advantages, ppo_loss, ppo_update
 from jmeta.rl.recurrent import RecurrentPolicy
@@ -163,20 +163,9 @@ class RL2State(NamedTuple):
     iteration: jax.Array
 
 
-class CompiledStep:
-    """A jitted ``step(state) -> (state, metrics)`` that counts its traces (``num_traces``)."""
-
-    def __init__(self, fn):
-        self.num_traces = 0
-
-        def counted(state):
-            self.num_traces += 1
-            return fn(state)
-
-        self._jitted = jax.jit(counted)
-
-    def __call__(self, state):
-        return self._jitted(state)
+#: A jitted ``step(state) -> (state, metrics)`` that counts its traces (``num_traces``): the shared
+#: :class:`jmeta.rl.CompiledMetaStep`.
+CompiledStep = CompiledMetaStep
 
 
 @static_dataclass
