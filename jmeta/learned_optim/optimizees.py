@@ -255,6 +255,21 @@ def _xent(logits: Array, labels: Array) -> Array:
     return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=-1))
 
 
+def _image_task(cls):
+    """A frozen dataclass pytree of an image task (:class:`MLPTask`, :class:`ConvTask`): its ``seed`` is data,
+    its ``family`` and ``images`` are static."""
+    return jax.tree_util.register_dataclass(dataclasses.dataclass(frozen=True)(cls), data_fields=["seed"],
+                                            meta_fields=["family", "images"])
+
+
+def _task_batch(task, key_or_batch: Any) -> tuple[Array, Array]:
+    """An image task's minibatch: a key is first folded with the task's ``seed`` (each task its own data
+    stream); a given ``(x, y)`` is used as is."""
+    if not isinstance(key_or_batch, (tuple, list)):
+        key_or_batch = jax.random.fold_in(key_or_batch, jax.random.key_data(task.seed)[-1])
+    return _batch(task.images, key_or_batch, task.family.batch_size)
+
+
 _ACTIVATIONS = {"sigmoid": jax.nn.sigmoid, "relu": jax.nn.relu, "tanh": jnp.tanh}
 
 
@@ -263,12 +278,7 @@ _ACTIVATIONS = {"sigmoid": jax.nn.sigmoid, "relu": jax.nn.relu, "tanh": jnp.tanh
 # --------------------------------------------------------------------------
 
 
-@functools.partial(
-    jax.tree_util.register_dataclass,
-    data_fields=["seed"],
-    meta_fields=["family", "images"],
-)
-@dataclasses.dataclass(frozen=True)
+@_image_task
 class MLPTask:
     """An MLP classification task (a pytree).
 
@@ -297,9 +307,7 @@ class MLPTask:
 
     def loss(self, params: dict, key_or_batch: Any) -> Array:
         """Mean cross-entropy on a minibatch drawn with the key (or given ``(x, y)``)."""
-        if not isinstance(key_or_batch, (tuple, list)):
-            key_or_batch = jax.random.fold_in(key_or_batch, jax.random.key_data(self.seed)[-1])
-        x, y = _batch(self.images, key_or_batch, self.family.batch_size)
+        x, y = _task_batch(self, key_or_batch)
         h = x.reshape(x.shape[0], -1)
         act = _ACTIVATIONS[self.family.activation]
         n = len(params)
@@ -349,12 +357,7 @@ class MLPFamily:
 # --------------------------------------------------------------------------
 
 
-@functools.partial(
-    jax.tree_util.register_dataclass,
-    data_fields=["seed"],
-    meta_fields=["family", "images"],
-)
-@dataclasses.dataclass(frozen=True)
+@_image_task
 class ConvTask:
     """A small conv-net classification task (a pytree); see :class:`ConvFamily`."""
 
@@ -380,9 +383,7 @@ class ConvTask:
 
     def loss(self, params: dict, key_or_batch: Any) -> Array:
         """Mean cross-entropy on a minibatch drawn with the key (or given ``(x, y)``)."""
-        if not isinstance(key_or_batch, (tuple, list)):
-            key_or_batch = jax.random.fold_in(key_or_batch, jax.random.key_data(self.seed)[-1])
-        x, y = _batch(self.images, key_or_batch, self.family.batch_size)
+        x, y = _task_batch(self, key_or_batch)
         h = x[..., None].astype(params["conv_0"]["w"].dtype)  # NHWC; lax.conv does not promote (float64 runs)
         for i in range(len(self.family.channels)):
             p = params[f"conv_{i}"]

@@ -439,15 +439,6 @@ def meta_grad(algorithm: MetaLearner, meta_params: PyTree, tasks: TaskBatch, key
 
 
 # -- devices -----------------------------------------------------------------------------------------------------
-def _task_axes(mesh, task_axis) -> tuple[str, ...]:
-    return distributed.task_axes(mesh, task_axis)
-
-
-def _shard_tasks(x, mesh, axes):
-    """Places the task axis of ``x`` on ``axes`` (:func:`jmeta.train.distributed.shard_task_axis`)."""
-    return distributed.shard_task_axis(x, mesh, axes)
-
-
 def _cross_device_state(state, axes):
     """Mean of float model-state leaves across devices; max of the rest (counters, and PRNG keys, e.g. an
     ``nnx.Dropout`` stream, through their key data)."""
@@ -479,12 +470,12 @@ def sharded_loss_and_grad(algorithm: MetaLearner, meta_params, model_state, task
     ``task_axis`` (default: all mesh axes).
     """
     P = jax.sharding.PartitionSpec
-    axes = _task_axes(mesh, task_axis)
+    axes = distributed.task_axes(mesh, task_axis)
     d = math.prod(mesh.shape[a] for a in axes)
     b = tasks.support_x.shape[0]
     if b % d:
         raise ValueError(f"the meta-batch of {b} tasks must be divisible by the {d} devices of the task axes {axes}")
-    tasks, keys = _shard_tasks((tasks, keys), mesh, axes)
+    tasks, keys = distributed.shard_task_axis((tasks, keys), mesh, axes)
 
     def local(mp, ms, t, k, s):
         # Mark the replicated inputs device-varying first. Otherwise JAX's
@@ -560,7 +551,7 @@ def make_meta_step(
     task_parallel = _check_task_parallel(task_parallel)
     local_batch = meta_batch_size
     if mesh is not None:
-        axes = _task_axes(mesh, task_axis)
+        axes = distributed.task_axes(mesh, task_axis)
         d = math.prod(mesh.shape[a] for a in axes)
         if meta_batch_size % d:
             raise ValueError(f"meta_batch_size {meta_batch_size} must be divisible by the {d} devices of the "
