@@ -50,8 +50,7 @@ def data_dir() -> pathlib.Path:
 
 
 _CACHE_DIR_ENV = "JAX_COMPILATION_CACHE_DIR"
-_CACHE_ENV = {_CACHE_DIR_ENV: None, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-              "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
+_CACHE_ENV = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
 
 
 def pytest_configure(config):
@@ -65,8 +64,7 @@ def pytest_configure(config):
     if not os.environ.get(_CACHE_DIR_ENV):  # the xdist controller (or a plain run): workers inherit the variable
         config._jmeta_jax_cache = os.environ[_CACHE_DIR_ENV] = tempfile.mkdtemp(prefix="jmeta-tests-jax-cache-")
     for name, value in _CACHE_ENV.items():
-        if value is not None:
-            os.environ.setdefault(name, value)
+        os.environ.setdefault(name, value)
     # jax read the variables when conftest imported it: set the options too (no program is compiled before this)
     jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_DIR_ENV])
     jax.config.update("jax_persistent_cache_min_compile_time_secs",

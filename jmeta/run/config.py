@@ -203,10 +203,6 @@ class Config:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
 
 
-ALGORITHMS = _registry.names("algorithm")
-FAMILIES = _registry.names("task")
-MODELS = _registry.names("model")
-
 #: Sections whose keys are fixed fields, and sections that name a registry entry.
 _SECTIONS = {"train": TrainConfig, "eval": EvalConfig}
 _REGISTERED = ("task", "model", "algorithm")
@@ -336,11 +332,10 @@ def _placeholder_apply(*args, **kwargs):
 def _placeholders(cfg: Config, name: str, options: dict) -> dict:
     """The wiring an algorithm's constructor is checked with in :func:`from_dict` (:mod:`jmeta.run.experiment`
     supplies the real ones)."""
-    wiring = _registry.get("algorithm", name).wiring
-    values = {"apply": _placeholder_apply, "loss": "mse" if cfg.task.family == "sinusoid" else "cross_entropy",
-              "eval_steps": cfg.eval.steps, "n_way": cfg.task.get("n_way", 5),
-              "inner_transform": _registry.inner_transform(options.get("inner_optimizer", "sgd"))}
-    return {k: v for k, v in values.items() if k in wiring}
+    return _registry.algorithm_wiring(
+        _registry.get("algorithm", name), apply=_placeholder_apply,
+        loss="mse" if cfg.task.family == "sinusoid" else "cross_entropy", n_way=cfg.task.get("n_way", 5),
+        eval_steps=cfg.eval.steps, inner_optimizer=options.get("inner_optimizer", "sgd"))
 
 
 #: The flat sections of an earlier jmeta: every key with its default.

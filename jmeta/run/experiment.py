@@ -66,18 +66,17 @@ def build_algorithm(cfg: Config, apply: Callable, *, loss: str, n_way: int | Non
     loss, the ways, ``eval.steps``, the inner transform); :meth:`jmeta.run.registry.Entry.build` turns the
     constructor's ``ValueError``/``TypeError`` into the :class:`ConfigError`.
     """
-    from jmeta.run.registry import inner_transform
+    from jmeta.run.registry import algorithm_wiring
 
     a = cfg.algorithm
     if a.name in HEAD_ALGORITHMS and loss != "cross_entropy":
         raise ConfigError(f"algorithm.name={a.name!r} is a classification head; task.family must be "
                           f"'omniglot' or 'miniimagenet'")
-    wiring = {"apply": apply, "loss": loss, "n_way": cfg.task.get("n_way") if n_way is None else n_way,
-              "eval_steps": cfg.eval.steps or a.num_steps if a.name == "meta-lstm" else cfg.eval.steps,
-              "inner_transform": inner_transform(a.get("inner_optimizer", "sgd")),
-              # custom_vjp convolutions (patches_vjp, "auto" on the CPU) have no forward mode
-              "hvp": "reverse" if conv_impl == "patches_vjp" else "forward"}
-    return a.entry.build(a.options, **{k: v for k, v in wiring.items() if k in a.entry.wiring})
+    wiring = algorithm_wiring(a.entry, apply=apply, loss=loss,
+                              n_way=cfg.task.get("n_way") if n_way is None else n_way,
+                              eval_steps=cfg.eval.steps or a.num_steps if a.name == "meta-lstm" else cfg.eval.steps,
+                              inner_optimizer=a.get("inner_optimizer", "sgd"), conv_impl=conv_impl)
+    return a.entry.build(a.options, **wiring)
 
 
 # Algorithms whose model is an embedding (no classification layer): the head is fitted per task.

@@ -275,3 +275,15 @@ def inner_transform(inner_optimizer: str):
 
         return optax.scale_by_adam(eps_root=1e-8)
     return None
+
+
+def algorithm_wiring(entry: Entry, *, apply, loss: str, n_way, eval_steps, inner_optimizer: str = "sgd",
+                     conv_impl: str | None = None) -> dict:
+    """The constructor arguments the wiring supplies to the algorithm ``entry`` (those in ``entry.wiring``):
+    the model's ``apply``, the loss, the ways, ``eval_steps``, the :func:`inner_transform` of
+    ``inner_optimizer`` and iMAML's ``hvp`` (``conv_impl`` is the model's resolved convolution form:
+    custom_vjp convolutions, ``patches_vjp``, have no forward mode)."""
+    values = {"apply": apply, "loss": loss, "n_way": n_way, "eval_steps": eval_steps,
+              "inner_transform": inner_transform(inner_optimizer),
+              "hvp": "reverse" if conv_impl == "patches_vjp" else "forward"}
+    return {k: v for k, v in values.items() if k in entry.wiring}
