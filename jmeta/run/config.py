@@ -203,6 +203,10 @@ class Config:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
 
 
+ALGORITHMS = _registry.names("algorithm")
+FAMILIES = _registry.names("task")
+MODELS = _registry.names("model")
+
 #: Sections whose keys are fixed fields, and sections that name a registry entry.
 _SECTIONS = {"train": TrainConfig, "eval": EvalConfig}
 _REGISTERED = ("task", "model", "algorithm")
