@@ -117,28 +117,24 @@ class RLExperiment:
     def step_fn(self, state, key, data=None):
         """One meta-step ``(state, key, data) -> (state, metrics)`` (not jitted; the loop scans it).
 
-        The step's key is ``fold_in(key, state.step)``. ``metrics``: the algorithm's, plus ``objective`` (the
+        The step's key is ``fold_in(key, state.step)``; a host-side family's ``data`` is :meth:`host_batch`'s
+        (its episodes, drawn with that key on the host). ``metrics``: the algorithm's, plus ``objective`` (the
         mean return after adaptation: MAML-RL's ``return_post``, RL^2's last episode) and ``update_norm`` (the
         global norm of the parameter change), which the NaN guard checks.
         """
         k = jax.random.fold_in(key, state.step)
-        if self.host is not None:  # the rollouts were stepped on the host (data: host_batch)
-            new, m = self.host.step_from_batch(state, data)
-            m = {**m, "objective": m["return_post"],
-                 **{s: data[s] for s in ("success_pre", "success_post") if s in data}}
-            m.pop("inner_kl_coef", None)
-            if "inner_kl" in m and jnp.ndim(m["inner_kl"]):
-                ikl = m.pop("inner_kl")
-                m.update({f"inner_kl_{i + 1}": ikl[i] for i in range(ikl.shape[0])})
-            old_p, new_p = state.params, new.params
-        elif self.kind == "rl2":
+        if self.kind == "rl2":
             inner, m = self.algorithm.update(state.rl2._replace(key=k))
             new = RL2RunState(state.step + 1, inner)
             ep = m.pop("episode_return")
             m = {**m, "return_first_episode": ep[0], "return_last_episode": ep[-1], "objective": ep[-1]}
             old_p, new_p = state.rl2.params, inner.params
         else:
-            new, m = self.algorithm.meta_step(state, k)
+            if self.host is not None:  # the episodes were stepped on the host: data is host_batch's
+                new, m = self.host.step_from_batch(state, data)
+                m.update({s: data[s] for s in ("success_pre", "success_post") if s in data})
+            else:
+                new, m = self.algorithm.meta_step(state, k)
             m = {**m, "objective": m["return_post"]}
             m.pop("inner_kl_coef", None)  # an array per inner step: the records hold scalars
             if "inner_kl" in m and jnp.ndim(m["inner_kl"]):
