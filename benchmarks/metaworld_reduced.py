@@ -12,10 +12,11 @@ MLP 39-100-100-4 ReLU, one inner step of 0.1 with MAML-RL's surrogate, linear fe
 advantages, gamma 0.99, TRPO with max KL 0.01), the settings the MetaWorld paper (Yu et al. 2019, App.) lists
 for its MAML baseline being the same family (TRPO outer, one inner step). The environment steps run on the host
 (:class:`jmeta.rl.envs.metaworld.MetaWorldML1`, all episodes of a batch in lock step, the policy jitted), and
-the rest of the meta-iteration is jitted: per-task baseline/advantages and the inner step
-(:meth:`MAMLRL.process`, :meth:`MAMLRL.inner_update`, vmapped over tasks), then the TRPO outer step
-(:meth:`MAMLRL._trpo`, the same conjugate-gradient/line-search step as :meth:`MAMLRL.meta_step`) on the
-pre-/post-adaptation samples. So one meta-iteration is the one of ``meta_step`` with the rollouts taken out.
+the rest of the meta-iteration is jitted: :class:`jmeta.rl.host.HostMAMLRL` (per-task baseline/advantages and the
+inner step, vmapped over tasks), then :meth:`MAMLRL.meta_step_from_samples` (the same TRPO step as
+:meth:`MAMLRL.meta_step`) on the pre-/post-adaptation samples: the code ``jmeta train --config
+metaworld-ml1-reach-maml-trpo`` runs. So one meta-iteration is the one of ``meta_step`` with the rollouts taken
+out.
 
 Protocol (ML1, ``metaworld.ML1("reach-v3", seed)``): meta-training draws ``--tasks`` of the 50 train goals per
 meta-batch; evaluation uses ML1's held-out test goals (``--eval-tasks`` of the 50; all 50 for the full
@@ -49,30 +50,15 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from _common import train_and_evaluate, write_json  # noqa: E402
 
 from jmeta.rl import MAMLRL, gaussian_mlp_policy  # noqa: E402
-from jmeta.rl.envs.metaworld import MetaWorldML1, episode_success  # noqa: E402
-from jmeta.rl.rollout import Trajectories  # noqa: E402
+from jmeta.rl.envs.metaworld import MetaWorldML1  # noqa: E402
+from jmeta.rl.host import HostEnvShapes, HostMAMLRL  # noqa: E402
 from jmeta.train.evaluation import task_statistics  # noqa: E402
 
 INNER_LR, MAX_KL, GAMMA, HIDDEN = 0.1, 0.01, 0.99, (100, 100)
 
 
-class _HostShapes:
-    """Static sizes of the ML1 family for :class:`MAMLRL`'s checks; its rollouts happen on the host, so the
-    jitted env functions are never called (they raise if they were)."""
-
-    discrete = False
-
-    def __init__(self, ml1: MetaWorldML1):
-        self.obs_size, self.action_size, self.horizon = ml1.obs_size, ml1.action_size, ml1.horizon
-
-    def _host_only(self, *_):
-        raise RuntimeError("MetaWorld ML1 steps on the host (MetaWorldML1.rollout); not inside jit")
-
-    sample_tasks = reset = step = _host_only
-
-
 def _eager(fn):
-    """``fn`` run op by op (``jax.disable_jit``): the ``--eager-outer`` workaround, see ``main``."""
+    """``fn`` run op by op (``jax.disable_jit``): the ``--eager-outer`` option."""
 
     def run(*args):
         with jax.disable_jit():
@@ -81,81 +67,13 @@ def _eager(fn):
     return run
 
 
-class HostMAML:
-    """MAML-TRPO whose rollouts run on the host through :class:`MetaWorldML1` (jitted policy and updates)."""
-
-    def __init__(self, ml1: MetaWorldML1, tasks: int, episodes: int, seed: int, eager_outer: bool = False):
-        self.ml1, self.episodes = ml1, episodes
-        policy = gaussian_mlp_policy(ml1.obs_size, ml1.action_size, HIDDEN, key=jax.random.key(seed))
-        self.algo = MAMLRL(_HostShapes(ml1), policy, num_tasks=tasks, num_episodes=episodes,
-                           estimator="reinforce", inner_lr=INNER_LR, gamma=GAMMA, max_kl=MAX_KL, outer="trpo",
-                           baseline="linear")
-        algo = self.algo
-
-        def act(params, obs, key):  # params with a task axis, obs [tasks, episodes, obs_size]
-            keys = jax.random.split(key, obs.shape[0] * obs.shape[1]).reshape(obs.shape[0], obs.shape[1])
-            per_task = jax.vmap(lambda p, o, k: jax.vmap(lambda oo, kk: policy.sample(p, oo, kk)[0])(o, k))
-            return per_task(params, obs, keys)
-
-        def adapt(meta_params, traj):
-            proc = jax.vmap(algo.process)(traj)
-            new = jax.vmap(algo.inner_update, in_axes=(None, None, 0, 0))(meta_params, meta_params["policy"],
-                                                                           traj, proc)
-            return proc, new
-
-        def log_probs(params, obs, actions):  # behaviour log-probs, params with a task axis
-            return jax.vmap(policy.log_prob)(params, obs, actions)
-
-        def outer(meta_params, pre, post):
-            pre_proc = jax.vmap(algo.process)(pre)
-            post_proc = jax.vmap(algo.process)(post)
-            data = (((pre, pre_proc),), (post, post_proc))
-            ps = jax.vmap(algo.adapted_params, in_axes=(None, 0))(jax.lax.stop_gradient(meta_params), data[0])
-            return algo._trpo(meta_params, data, (tuple(ps[:-1]), ps[-1]))
-
-        self._act, self._adapt, self._lp = jax.jit(act), jax.jit(adapt), jax.jit(log_probs)
-        self._outer = _eager(outer) if eager_outer else jax.jit(outer)
-
-    def rollout(self, params_per_task, tasks, key):
-        """Host rollouts of ``tasks`` (``episodes`` each) with per-task parameters: ``(Trajectories, raw)``."""
-        n, e = len(tasks), self.episodes
-
-        def policy(obs, t):
-            a = self._act(params_per_task, jnp.asarray(obs).reshape(n, e, -1), jax.random.fold_in(key, t))
-            return np.asarray(a).reshape(n * e, -1)
-
-        raw = self.ml1.rollout(policy, tasks, episodes=e)
-        obs, act = jnp.asarray(raw["obs"]), jnp.asarray(raw["action"])
-        rew = jnp.asarray(raw["reward"])
-        traj = Trajectories(obs, act, rew, jnp.zeros(rew.shape, bool), jnp.ones_like(rew),
-                            self._lp(params_per_task, obs, act))
-        return traj, raw
-
-    def broadcast(self, policy_params, n):
-        return jax.tree.map(lambda a: jnp.broadcast_to(a, (n, *a.shape)), policy_params)
-
-    def pre_post(self, params, tasks, key):
-        """Rollouts before and after one inner step on ``tasks``: ``(pre, raw_pre, post, raw_post)``."""
-        k1, k2 = jax.random.split(key)
-        pre, raw_pre = self.rollout(self.broadcast(params["policy"], len(tasks)), tasks, k1)
-        _, adapted = self._adapt(params, pre)
-        post, raw_post = self.rollout(adapted, tasks, k2)
-        return pre, raw_pre, post, raw_post
-
-    def step(self, params, tasks, key):
-        pre, raw_pre, post, raw_post = self.pre_post(params, tasks, key)
-        new, m = self._outer(params, pre, post)
-        return new, m, raw_pre, raw_post
-
-
-def _stats(raw_pre, raw_post) -> dict:
-    """Per-task success rate and mean return before/after adaptation, summarised over tasks."""
-    succ = np.stack([episode_success(r["success"]).mean(axis=1) for r in (raw_pre, raw_post)], axis=1)
-    ret = np.stack([r["reward"].sum(-1).mean(axis=1) for r in (raw_pre, raw_post)], axis=1)
+def _stats(result) -> dict:
+    """Per-task success rate and mean return before/after adaptation (:meth:`HostMAMLRL.evaluate`), summarised
+    over tasks."""
     out = {}
-    for name, arr in (("success rate", succ), ("return", ret)):
-        s = task_statistics(arr, higher_is_better=True)
-        for k in range(2):
+    for name, key in (("success rate", "success"), ("return", "return")):
+        s = task_statistics(result[key], higher_is_better=True)
+        for k in range(result[key].shape[1]):
             out[f"{name} after {k} step(s)"] = {"mean": s["mean"][k], "ci95": s["ci95"][k]}
     return out
 
@@ -172,8 +90,8 @@ def main(argv=None):
     ap.add_argument("--eval-episodes", type=int, default=5, help="episodes per test goal before and after")
     ap.add_argument("--seed", type=int, default=0, help="ML1's seed (goal positions) and the policy's")
     ap.add_argument("--eager-outer", action="store_true",
-                    help="run the TRPO outer step op by op instead of jitted: on the shared 2-core CPU (jax 0.10.2) "
-                         "the jitted outer step of this program never returned (all XLA threads idle)")
+                    help="run the TRPO outer step op by op instead of jitted (a workaround from before the baseline "
+                         "fits left the outer program: compiled into it, they hung XLA's CPU runtime)")
     ap.add_argument("--quick", action="store_true", help="toy size (2 tasks x 2 episodes x horizon 5, 2 iterations)")
     ap.add_argument("--out", default="results/cpu/metaworld_ml1_reach_reduced.json")
     args = ap.parse_args(argv)
@@ -188,8 +106,13 @@ def main(argv=None):
 
     import metaworld
     ml1 = MetaWorldML1(args.env_name, seed=args.seed, horizon=args.horizon)
-    learner = HostMAML(ml1, args.tasks, args.episodes, args.seed, eager_outer=args.eager_outer)
-    params = learner.algo.init().params
+    policy = gaussian_mlp_policy(ml1.obs_size, ml1.action_size, HIDDEN, key=jax.random.key(args.seed))
+    algo = MAMLRL(HostEnvShapes(ml1), policy, num_tasks=args.tasks, num_episodes=args.episodes,
+                  estimator="reinforce", inner_lr=INNER_LR, gamma=GAMMA, max_kl=MAX_KL, outer="trpo",
+                  baseline="linear")
+    host = HostMAMLRL(algo, ml1)
+    outer = _eager(algo.meta_step_from_samples) if args.eager_outer else jax.jit(algo.meta_step_from_samples)
+    state = algo.init()
     rng = np.random.default_rng(args.seed)
     test = ml1.test_tasks[:args.eval_tasks]
     eval_key = jax.random.key(20_000 + args.seed)
@@ -216,14 +139,11 @@ def main(argv=None):
            "budget": {"iterations": args.iterations, "env_steps_per_iteration": steps_per_it,
                       "env_steps_total": steps_per_it * args.iterations},
            "train": [], "eval": []}
-    learner.episodes = args.episodes
 
     def evaluate(it):
         t1 = time.perf_counter()
-        learner.episodes = args.eval_episodes
-        _, raw_pre, _, raw_post = learner.pre_post(params, test, eval_key)
-        learner.episodes = args.episodes
-        row = {"iteration": it, "env_steps": it * steps_per_it, **_stats(raw_pre, raw_post),
+        result = host.evaluate(state.params, test, eval_key, num_steps=1, episodes=args.eval_episodes)
+        row = {"iteration": it, "env_steps": it * steps_per_it, **_stats(result),
                "eval_wall_s": time.perf_counter() - t1, "wall_s": time.perf_counter() - t0,
                "load_average": os.getloadavg()}
         out["eval"].append(row)
@@ -238,15 +158,16 @@ def main(argv=None):
               f"{f('success rate', 1)} | return {f('return', 0)} -> {f('return', 1)}", flush=True)
 
     def train(it):
-        nonlocal params
+        nonlocal state
         t1 = time.perf_counter()
         idx = rng.choice(50, size=args.tasks, replace=False)
         tasks = [ml1.train_tasks[i] for i in idx]
-        params, m, raw_pre, raw_post = learner.step(params, tasks, jax.random.fold_in(jax.random.key(args.seed), it))
-        jax.block_until_ready(params)
+        batch = host.batch(state.params, tasks, jax.random.fold_in(jax.random.key(args.seed), it))
+        state, m = outer(state, batch["samples"])
+        jax.block_until_ready(state)
         dt = time.perf_counter() - t1
-        r0, r1 = float(raw_pre["reward"].sum(-1).mean()), float(raw_post["reward"].sum(-1).mean())
-        s0, s1 = (float(episode_success(r["success"]).mean()) for r in (raw_pre, raw_post))
+        r0, r1 = float(m["return_pre"]), float(m["return_post"])
+        s0, s1 = float(batch["success_pre"]), float(batch["success_post"])
         out["train"].append({"iteration": it, "wall_s": dt, "return_pre": r0, "return_post": r1,
                              "success_pre": s0, "success_post": s1, "accepted": bool(m["accepted"]),
                              "kl": float(m["kl"])})

@@ -129,6 +129,8 @@ RL_PRESETS = {
     "bandit-rl2": dict(meta_batch_size=64, num_episodes=10, discount=0.99),
     "tabular-mdp-rl2": dict(meta_batch_size=64, num_episodes=10, discount=0.99),
     "nav2d-rl2": dict(meta_batch_size=200, num_episodes=2, discount=0.99, gae_lambda=1.0),
+    "metaworld-ml1-reach-maml-trpo": dict(num_tasks=20, num_episodes=10, inner_lr=0.1, estimator="reinforce",
+                                          outer="trpo", max_kl=0.01),
 }
 
 
@@ -146,6 +148,11 @@ def test_every_meta_rl_preset_builds_its_algorithm(name):
     if cfg.task.family in ("cheetah-dir", "cheetah-vel", "ant-dir"):
         assert "mujoco" not in sys.modules or "jmeta.rl.envs.locomotion" in sys.modules
         assert cfg.task.horizon == 200 and cfg.model.hidden == (100, 100)
+        return
+    if cfg.task.family == "metaworld-ml1":  # the algorithm needs the metaworld venv (tests/rl/test_metaworld.py)
+        assert (cfg.task.horizon, cfg.model.hidden, cfg.train.meta_batch_size) == (500, (100, 100), 20)
+        want = {k: v for k, v in RL_PRESETS[name].items() if k != "num_tasks"}
+        assert {k: getattr(cfg.algorithm, k) for k in want} == want
         return
     from jmeta.run.rl import build
 

@@ -362,6 +362,19 @@ class MAMLRL:
         means of the outer update are reduced across them (:func:`jmeta.rl.make_rl_meta_step`).
         """
         data, old, _ = self.sample(state.params, key, mesh=mesh, task_axis=task_axis)
+        return self.outer_update(state, data, old)
+
+    def outer_update(self, state: MetaRLState, data, old):
+        """The outer update of a sampled meta-batch: what :meth:`meta_step` does after :meth:`sample`.
+
+        Args:
+          state: the training state the samples were drawn with.
+          data, old: :meth:`sample`'s per-task samples and adapted parameters at sampling time (task axis
+            first).
+
+        Returns:
+          ``(new_state, metrics)`` as :meth:`meta_step`.
+        """
         pre, (post_traj, _) = data
         metrics = {"return_pre": jnp.mean(episode_returns(pre[0][0])),
                    "return_post": jnp.mean(episode_returns(post_traj))}
@@ -373,6 +386,28 @@ class MAMLRL:
             new = state._replace(params=params, opt_state=opt_state, inner_kl_coef=coef, step=state.step + 1)
         metrics.update(m)
         return new, metrics
+
+    def meta_step_from_samples(self, state: MetaRLState, data):
+        """One meta-iteration on samples drawn elsewhere (pure, jit it): the rest of :meth:`meta_step` when the
+        rollouts run outside the compiled step (a host-side environment, :class:`jmeta.rl.host.HostMAMLRL`).
+
+        Args:
+          state: the training state the samples were drawn with.
+          data: :meth:`sample`'s format, task axis first: ``(pre, (post_traj, post_proc))`` with ``pre`` one
+            ``(traj_k, proc_k)`` per inner step, ``traj_k`` sampled with ``theta_k`` (``theta_0`` the
+            meta-parameters, ``theta_{k+1}`` :meth:`inner_update` of ``theta_k`` on ``(traj_k, proc_k)``, as
+            :meth:`sample_task` does), ``proc = jax.vmap(self.process)(traj)``.
+
+        Returns:
+          ``(new_state, metrics)`` as :meth:`meta_step` (the adapted parameters at sampling time are recomputed
+          from ``data``).
+        """
+        pre = data[0]
+        if len(pre) != self.num_inner_steps:
+            raise ValueError(f"data must hold one (traj, proc) pair per inner step ({self.num_inner_steps}) "
+                             f"before the post-adaptation pair; got {len(pre)}")
+        ps = jax.vmap(self.adapted_params, in_axes=(None, 0))(jax.lax.stop_gradient(state.params), pre)
+        return self.outer_update(state, data, (tuple(ps[:-1]), ps[-1]))
 
     def _trpo(self, params, data, old):
         flat0, unravel = ravel_pytree(params)

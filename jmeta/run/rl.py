@@ -27,10 +27,17 @@ RL^2's :class:`RL2RunState` (the step and :class:`~jmeta.rl.RL2State`). Each met
   keys ``"return in episode i"`` (``i = 1 .. num_episodes``) with the same four statistics, and
   ``"trial return"`` (the sum over the trial's episodes).
 
-MetaWorld ML1 (``metaworld-ml1``) is registered with its options (the adapter runs MetaWorld on the host,
-:mod:`jmeta.rl.envs.metaworld`), but its episodes cannot run inside the compiled meta-step, so ``jmeta train``
-refuses it with a message saying so; nothing here imports ``metaworld`` or ``mujoco`` unless such a family is
-built.
+MetaWorld ML1 (``metaworld-ml1``, MAML-RL/ProMP only) runs its episodes on the host
+(:mod:`jmeta.rl.envs.metaworld`; the ``metaworld`` package, in its own environment): each meta-step draws
+``train.meta_batch_size`` of ML1's 50 train goals and the rollouts' seeds from ``fold_in(k_train, step)``,
+steps the episodes on the host (:class:`jmeta.rl.host.HostMAMLRL`, the policy jitted) and then runs the rest of
+the meta-step compiled (:meth:`jmeta.rl.MAMLRL.meta_step_from_samples`), one step per compiled call
+(:meth:`RLExperiment.host_steps`), through the same loop, checkpoints and NaN policy. Its ``eval.json`` scores
+the first ``eval.num_tasks`` of ML1's 50 held-out test goals (``algorithm.num_episodes`` episodes per goal and
+step, sampled actions) with MetaWorld's success rate: summary keys ``"success rate after k step(s)"`` (per goal,
+the fraction of its episodes with ``info["success"]`` at any step) and ``"return after k step(s)"``. Nothing here
+imports ``metaworld`` or ``mujoco`` unless such a family is built; without the package, building it is a
+:class:`ConfigError` naming it.
 """
 
 from __future__ import annotations
@@ -90,6 +97,8 @@ class RLExperiment:
       policy: the policy (its sizes are the environment's).
       algorithm: a :class:`~jmeta.rl.MAMLRL` (``maml-rl``, ``promp``) or :class:`~jmeta.rl.RL2`.
       kind: ``"maml"`` or ``"rl2"``.
+      host: for a host-side family (MetaWorld), the :class:`~jmeta.rl.host.HostMAMLRL` that steps its
+        episodes (``env`` is then the host environment, ``algorithm.env`` its static sizes); else ``None``.
     """
 
     env: Any
@@ -97,6 +106,7 @@ class RLExperiment:
     algorithm: Any
     kind: str
     task_kind: str = "rl"
+    host: Any = None
 
     def init_state(self, key) -> PyTree:
         """The initial training state (RL^2's key: ``key``; MAML-RL's parameters are the policy's)."""
@@ -107,11 +117,11 @@ class RLExperiment:
     def step_fn(self, state, key, data=None):
         """One meta-step ``(state, key, data) -> (state, metrics)`` (not jitted; the loop scans it).
 
-        The step's key is ``fold_in(key, state.step)``. ``metrics``: the algorithm's, plus ``objective`` (the
+        The step's key is ``fold_in(key, state.step)``; a host-side family's ``data`` is :meth:`host_batch`'s
+        (its episodes, drawn with that key on the host). ``metrics``: the algorithm's, plus ``objective`` (the
         mean return after adaptation: MAML-RL's ``return_post``, RL^2's last episode) and ``update_norm`` (the
         global norm of the parameter change), which the NaN guard checks.
         """
-        del data
         k = jax.random.fold_in(key, state.step)
         if self.kind == "rl2":
             inner, m = self.algorithm.update(state.rl2._replace(key=k))
@@ -120,7 +130,11 @@ class RLExperiment:
             m = {**m, "return_first_episode": ep[0], "return_last_episode": ep[-1], "objective": ep[-1]}
             old_p, new_p = state.rl2.params, inner.params
         else:
-            new, m = self.algorithm.meta_step(state, k)
+            if self.host is not None:  # the episodes were stepped on the host: data is host_batch's
+                new, m = self.host.step_from_batch(state, data)
+                m.update({s: data[s] for s in ("success_pre", "success_post") if s in data})
+            else:
+                new, m = self.algorithm.meta_step(state, k)
             m = {**m, "objective": m["return_post"]}
             m.pop("inner_kl_coef", None)  # an array per inner step: the records hold scalars
             if "inner_kl" in m and jnp.ndim(m["inner_kl"]):
@@ -131,6 +145,28 @@ class RLExperiment:
                                         zip(jax.tree.leaves(new_p), jax.tree.leaves(old_p))))
         m = {k2: jnp.asarray(v, jnp.float32) for k2, v in m.items()}
         return new, m
+
+    def host_batch(self, state, key) -> dict:
+        """A host-side family's data of the meta-step at ``state.step``: ``train.meta_batch_size`` train goals and
+        the rollouts' keys from ``fold_in(key, state.step)``, the episodes stepped on the host."""
+        k_tasks, k_roll = jax.random.split(jax.random.fold_in(key, state.step))
+        pool = self.env.train_tasks
+        idx = np.asarray(jax.random.choice(k_tasks, len(pool), (self.algorithm.num_tasks,), replace=False))
+        return self.host.batch(state.params, [pool[i] for i in idx], k_roll)
+
+    def host_steps(self, guarded, state, bad, skipped, key, n: int):
+        """``n`` meta-steps of a host-side family, one compiled ``guarded`` call each (``guarded``:
+        :func:`jmeta.train.loop.guarded_steps` of :meth:`step_fn`): ``(state, bad, skipped, metrics)``, the
+        metrics averaged over the steps run, as one call of ``guarded`` with ``n`` steps returns them. Stops
+        early at a non-finite step (``bad >= 0``; the loop then raises)."""
+        records = []
+        for _ in range(n):
+            batch = self.host_batch(state, key)
+            state, bad, skipped, m = guarded(state, bad, skipped, key, batch, 1)
+            records.append(m)
+            if int(bad) >= 0:
+                break
+        return state, bad, skipped, jax.tree.map(lambda *v: jnp.mean(jnp.stack(v), axis=0), *records)
 
     def params(self, state) -> PyTree:
         """The policy's (meta-)parameters in ``state``."""
@@ -147,12 +183,9 @@ def build(cfg) -> RLExperiment:
     from jmeta.rl.rl2 import rl2_input_size
 
     t, m, a = cfg.task, cfg.model, cfg.algorithm
-    if t.family in HOST_FAMILIES:
-        raise ConfigError(f"task.family={t.family!r} runs its episodes on the host (MetaWorld's MuJoCo, see "
-                          f"jmeta.rl.envs.metaworld), so `jmeta train` cannot put them into the compiled meta-step; "
-                          f"drive jmeta.rl.envs.metaworld.MetaWorldML1 from Python (scripts/test_metaworld.sh "
-                          f"builds its environment)")
     check_rl(cfg)
+    if t.family in HOST_FAMILIES:
+        return _build_host(cfg)
     env = t.entry.build(t.options)
     key = jax.random.fold_in(jax.random.key(cfg.train.seed), 1)
     if m.name in ("gru", "gaussian-gru"):
@@ -168,6 +201,32 @@ def build(cfg) -> RLExperiment:
     policy = m.entry.build(m.options, **env_sizes(env), key=key)
     algo = a.entry.build(a.options, env=env, policy=policy, num_tasks=cfg.train.meta_batch_size)
     return RLExperiment(env, policy, algo, "maml")
+
+
+def _build_host(cfg) -> RLExperiment:
+    """The :class:`RLExperiment` of a host-side family (MetaWorld ML1): MAML-RL/ProMP on the host environment's
+    sizes, driven by :class:`jmeta.rl.host.HostMAMLRL`."""
+    from jmeta.rl.host import HostEnvShapes, HostMAMLRL
+
+    t, m, a = cfg.task, cfg.model, cfg.algorithm
+    if a.name == "rl2":
+        raise ConfigError(f"task.family={t.family!r} runs its episodes on the host: algorithm.name must be "
+                          f"'maml-rl' or 'promp' there, got 'rl2'")
+    if cfg.eval.num_tasks > 50:
+        raise ConfigError(f"eval.num_tasks must be <= 50 for task.family={t.family!r} (ML1 has 50 held-out test "
+                          f"goals), got {cfg.eval.num_tasks}")
+    if cfg.train.meta_batch_size > 50:
+        raise ConfigError(f"train.meta_batch_size must be <= 50 for task.family={t.family!r} (ML1 has 50 train "
+                          f"goals, drawn without replacement), got {cfg.train.meta_batch_size}")
+    try:
+        env = t.entry.build(t.options)
+    except ImportError as e:
+        raise ConfigError(f"task.family={t.family!r} needs the metaworld package: {e}") from None
+    key = jax.random.fold_in(jax.random.key(cfg.train.seed), 1)
+    shapes = HostEnvShapes(env)
+    policy = m.entry.build(m.options, **env_sizes(shapes), key=key)
+    algo = a.entry.build(a.options, env=shapes, policy=policy, num_tasks=cfg.train.meta_batch_size)
+    return RLExperiment(env, policy, algo, "maml", host=HostMAMLRL(algo, env))
 
 
 def uncommitted(tree):
@@ -208,6 +267,16 @@ def evaluate(cfg, exp: RLExperiment, state, key, out=None, *, filename: str = "e
         tstats = task_statistics(trial, higher_is_better=True)
         summary["trial return"] = {s: tstats[s][0] for s in ("mean", "ci95", "median", "nonfinite")}
         results = {"return": stats, "num_episodes": exp.algorithm.num_episodes}
+    elif exp.host is not None:  # MetaWorld: the first n held-out test goals, MetaWorld's success rate
+        r = exp.host.evaluate(params, exp.env.test_tasks[:n], key, num_steps=cfg.eval.steps)
+        summary, results = {}, {"num_steps": cfg.eval.steps, "num_episodes": exp.algorithm.num_episodes,
+                                "tasks": "ML1 test goals", "horizon": int(exp.env.horizon)}
+        for name, arr in (("success rate", r["success"]), ("return", r["return"])):
+            stats = task_statistics(arr, higher_is_better=True)
+            results[name] = stats
+            summary.update({f"{name} after {k} step(s)": {s: stats[s][k] for s in ("mean", "ci95", "median",
+                                                                                    "nonfinite")}
+                            for k in range(cfg.eval.steps + 1)})
     else:
         r = exp.algorithm.evaluate(params, key, num_tasks=n, num_steps=cfg.eval.steps)
         summary = r["summary"]

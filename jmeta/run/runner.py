@@ -400,7 +400,10 @@ def _train(cfg: Config, out_dir, *, resume, progress, data_dir, sinks, evaluate_
     t0 = time.perf_counter()
 
     def advance(st, _, n):  # st: (TrainState, first bad step, skipped updates), the last two on the device
-        state, bad, skipped, metrics = guarded(*st, k_train, train_data, n)
+        if rl and exp.host is not None:  # episodes stepped on the host (MetaWorld): one compiled call per step
+            state, bad, skipped, metrics = exp.host_steps(guarded, *st, k_train, n)
+        else:
+            state, bad, skipped, metrics = guarded(*st, k_train, train_data, n)
         return (state, bad, skipped), metrics, bad, skipped
 
     def nonfinite_message(b):

@@ -59,6 +59,27 @@ def test_trpo_step_satisfies_kl_bound_and_improves(trpo_run):
         assert max(float(x) for x in d) > 0
 
 
+def test_meta_step_from_samples_is_meta_step_on_given_samples(x64):
+    """The outer update on samples drawn elsewhere (what a host-side environment, jmeta.rl.host, feeds it) is
+    meta_step's: the same new parameters and metrics from the same samples (float64: float32 CG amplifies the
+    rounding of two differently fused programs to ~2% of the update)."""
+    env = envs.Nav2D(horizon=5)
+    algo = MAMLRL(env, gaussian_mlp_policy(2, 2, (4,), key=jax.random.key(0)), num_tasks=2, num_episodes=3)
+    state, key = algo.init(), jax.random.key(7)
+    state = state._replace(params=jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), state.params))
+    new, m = jax.jit(algo.meta_step)(state, key)
+    data, _, _ = jax.jit(algo.sample)(state.params, key)
+    got, gm = jax.jit(algo.meta_step_from_samples)(state, data)
+    assert int(got.step) == int(new.step) == 1 and bool(m["accepted"])
+    for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(new.params), strict=True):
+        assert a.dtype == jnp.float64
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    for k in ("return_pre", "return_post", "kl", "surrogate_gain", "line_search_steps", "accepted"):
+        np.testing.assert_allclose(gm[k], m[k], rtol=1e-9, atol=1e-12, err_msg=k)
+    with pytest.raises(ValueError, match=r"data must hold one \(traj, proc\) pair per inner step \(1\)"):
+        algo.meta_step_from_samples(state, ((), data[1]))
+
+
 def test_conjugate_gradient_solves_spd_system(x64):
     rng = np.random.default_rng(0)
     a = rng.normal(size=(6, 6))

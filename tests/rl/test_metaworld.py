@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -103,3 +104,105 @@ def test_bad_inputs(reach, mw):
     push = mw.ML1("push-v3", seed=0)
     with pytest.raises(ValueError, match="tasks must be reach-v3 tasks"):
         reach.rollout(lambda obs, t: np.zeros((len(obs), 4)), push.train_tasks[:1])
+
+
+# -- `jmeta train --config metaworld-ml1-reach-maml-trpo`: host rollouts through the run layer ---------------------
+
+PRESET = "metaworld-ml1-reach-maml-trpo"
+#: A few seconds of host rollouts: 2 train goals x 2 episodes x 10 steps per meta-step, 3 held-out goals.
+TINY = ["task.horizon=10", "algorithm.num_episodes=2", "train.meta_batch_size=2", "eval.num_tasks=3",
+        "train.checkpoint_every=1", "train.log_every=1"]
+
+
+def _records(run):
+    import json
+    return [{k: v for k, v in json.loads(line).items() if k != "time"}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def straight(mw, tmp_path_factory):
+    """Two meta-steps through the CLI, evaluated at the end (the test that owns the compiles)."""
+    from jmeta.run.cli import main
+    out = tmp_path_factory.mktemp("mw") / "straight"
+    sets = [a for s in TINY for a in ("--set", s)]
+    assert main(["train", "--config", PRESET, "--out", str(out), "--steps", "2", "--no-progress", *sets]) == 0
+    return out
+
+
+def test_preset_trains_through_the_run_layer_and_evaluates_with_metaworld_success(straight):
+    import json
+    recs = _records(straight)
+    assert [r["step"] for r in recs] == [1, 2]
+    for r in recs:
+        assert 0.0 <= r["success_pre"] <= 1.0 and 0.0 <= r["success_post"] <= 1.0
+        assert np.isfinite([r["return_pre"], r["return_post"], r["kl"], r["update_norm"]]).all()
+        assert r["objective"] == r["return_post"] and r["update_norm"] > 0  # TRPO moved the parameters
+        assert r["kl"] <= 0.01 + 1e-6  # the preset's KL bound
+    assert sorted(p.name for p in (straight / "checkpoints").iterdir() if p.name.isdigit()) == ["1", "2"]
+    ev = json.loads((straight / "eval.json").read_text())
+    assert ev["step"] == 2 and ev["num_tasks"] == 3 and ev["family"] == "metaworld-ml1"
+    want = {f"{m} after {k} step(s)" for m in ("success rate", "return") for k in (0, 1)}
+    assert set(ev["summary"]) == want
+    for k in (0, 1):
+        s = ev["summary"][f"success rate after {k} step(s)"]
+        assert 0.0 <= s["mean"] <= 1.0 and s["ci95"] >= 0.0
+        r = ev["summary"][f"return after {k} step(s)"]
+        assert np.isfinite(r["mean"]) and r["ci95"] > 0.0  # three goals, different returns
+    if pytest.importorskip("matplotlib"):
+        assert (straight / "rl_returns.png").stat().st_size > 0
+
+
+def test_resume_is_bit_identical_to_the_straight_run(straight, tmp_path):
+    """Stopped after one step and resumed in a new environment pool (a fresh MetaWorldML1): the state and the
+    records at step 2 equal the straight run's bit for bit (MetaWorld's seeds come from the jax key)."""
+    from jmeta.run import config as C
+    from jmeta.run.experiment import load_run
+    from jmeta.run.runner import train
+
+    cfg = C.apply_overrides(C.load(PRESET), [*TINY, "train.steps=2"])
+    out = tmp_path / "resumed"
+    kw = dict(progress=False, evaluate_at_end=False, plots=False, tensorboard=False)
+    assert train(cfg, out, stop_after=1, **kw)["steps"] == 1
+    assert train(cfg, out, resume=True, **kw)["steps"] == 2
+    assert _records(out) == _records(straight)
+    a, b = (load_run(run)[2] for run in (straight, out))
+    assert int(a.step) == int(b.step) == 2
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_jmeta_eval_rewrites_the_same_eval_json(straight, capsys):
+    import json
+
+    from jmeta.run.cli import main
+    before = json.loads((straight / "eval.json").read_text())["summary"]
+    assert main(["eval", str(straight), "--no-progress"]) == 0
+    assert json.loads((straight / "eval.json").read_text())["summary"] == before
+    assert "success rate after 1 step(s)" in capsys.readouterr().out
+
+
+def test_host_batches_are_a_function_of_params_tasks_and_key(reach):
+    """HostMAMLRL's data of a meta-step (rollouts, baseline fits, the inner step in between) is a function of
+    (params, tasks, key): MetaWorld's own seeds come from the key. Sizes are checked against the algorithm's."""
+    from jmeta.rl import MAMLRL, gaussian_mlp_policy
+    from jmeta.rl.host import HostEnvShapes, HostMAMLRL
+    shapes = HostEnvShapes(reach)
+    with pytest.raises(RuntimeError, match="steps on the host"):
+        shapes.reset(None, None)
+    policy = gaussian_mlp_policy(39, 4, (8,), key=jax.random.key(0))
+    algo = MAMLRL(shapes, policy, num_tasks=2, num_episodes=2, estimator="reinforce")
+    host = HostMAMLRL(algo, reach)
+    state, tasks = algo.init(), reach.train_tasks[:2]
+    b1, b2, b3 = (host.batch(state.params, tasks, jax.random.key(k)) for k in (3, 3, 4))
+    for x, y in zip(jax.tree.leaves(b1), jax.tree.leaves(b2), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    (pre,), (post, _) = b1["samples"]
+    assert pre[0].obs.shape == post.obs.shape == (2, 2, 60, 39)
+    assert not np.array_equal(pre[0].actions, b3["samples"][0][0][0].actions)
+    assert not np.array_equal(pre[0].actions, post.actions)  # post: other keys, adapted parameters
+    with pytest.raises(ValueError, match=r"one \(traj, proc\) pair per inner step \(1\)"):
+        algo.meta_step_from_samples(state, ((), b1["samples"][1]))
+    other = type("Env", (), {"obs_size": 39, "action_size": 4, "horizon": 5})()
+    with pytest.raises(ValueError, match="algorithm.env.horizon is 60 but host_env.horizon is 5"):
+        HostMAMLRL(algo, other)

@@ -39,7 +39,8 @@ from jmeta import validate
 __all__ = ["MetaWorldML1", "success_rate", "episode_success"]
 
 _MISSING = ("MetaWorld is not installed: the ML1 adapter needs the optional extra, pip install "
-            "'jmeta[metaworld]', in an environment without jmeta[mjx] (metaworld pins mujoco==3.3.0)")
+            "'jmeta[metaworld]', in an environment without jmeta[mjx] (metaworld pins mujoco==3.3.0); "
+            "`bash scripts/test_metaworld.sh` builds such a venv")
 
 
 def _import_metaworld():
@@ -112,7 +113,8 @@ class MetaWorldML1:
             self._pool.append(self._cls())
         return self._pool[i]
 
-    def rollout(self, policy: Callable[[np.ndarray, int], Any], tasks: Sequence, episodes: int = 1) -> dict:
+    def rollout(self, policy: Callable[[np.ndarray, int], Any], tasks: Sequence, episodes: int = 1, *,
+                seed: int | None = None) -> dict:
         """``episodes`` episodes of each task, stepped in lock step on the host.
 
         Args:
@@ -121,6 +123,10 @@ class MetaWorldML1:
             environment). Its randomness is its own (e.g. ``jax.random.fold_in(key, t)``).
           tasks: MetaWorld tasks of this family (from :attr:`train_tasks` / :attr:`test_tasks`).
           episodes: episodes per task.
+          seed: MetaWorld's own seed of the batch: environment ``i`` of the batch is seeded with ``seed + i``
+            (``env.seed``) before its reset; default ``seed * 1_000_003`` of the benchmark's ``seed``. The
+            episodes are a function of the tasks, the policy and this seed (the environments of the pool
+            are reset, not rebuilt, between batches; MuJoCo's state is reset with them).
 
         Returns:
           A dict of NumPy arrays with leading axes ``[tasks, episodes, horizon]``: ``obs`` (the observation
@@ -135,11 +141,12 @@ class MetaWorldML1:
             raise ValueError(f"tasks must be {self.env_name} tasks of this ML1 benchmark; got {bad[:3]}")
         episodes = validate.integer("episodes", episodes, min=1)
         n, T = len(tasks) * episodes, self.horizon
+        base = self.seed * 1_000_003 if seed is None else validate.integer("seed", seed, min=0)
         envs = [self._env(i) for i in range(n)]
         obs = np.empty((n, self.obs_size), np.float32)
         for i, env in enumerate(envs):
             env.set_task(self._with_goal(tasks[i // episodes]) if self.observe_goal else tasks[i // episodes])
-            env.seed(self.seed * 1_000_003 + i)
+            env.seed(base + i)
             obs[i] = env.reset()[0]
         out = {"obs": np.empty((n, T, self.obs_size), np.float32),
                "action": np.empty((n, T, self.action_size), np.float32),
