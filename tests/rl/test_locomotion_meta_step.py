@@ -1,17 +1,22 @@
 """MJX locomotion smoke test of MAML-RL: one compiled meta-step on HalfCheetah, reused across calls.
 
-Tiny sizes (2 tasks x 2 episodes, horizon 5, an 8-unit policy, TRPO): the point is that the whole meta-iteration
-(vmapped MJX rollouts before and after the inner step, the inner policy gradient, TRPO's conjugate gradient and
-line search) compiles as one program, runs finite, is reused, is deterministic for a key and moves the
-parameters. XLA's backend optimisation is off as in ``test_locomotion.py``. Measured on the shared 2-core
-machine (load 0.2-1.4): HalfCheetahDirection's meta-step compiles in 18 s and runs in 0.2 s per call (fixture
-22 s, file 26 s); the velocity task compiles its own program (fixture 28 s), so it runs only with
-``JMETA_TEST_CHEETAH_VEL=1``.
+Tiny sizes (2 tasks x 2 episodes, horizon 5, TRPO): the point is that the whole meta-iteration (vmapped MJX
+rollouts before and after the inner step, the inner policy gradient, TRPO's conjugate gradient and line search)
+compiles as one program, runs finite, is reused, is deterministic for a key and moves the parameters. The
+algorithm is ``benchmarks/locomotion_reduced.py``'s ``build`` at its ``--quick`` sizes (MAML-RL's cheetah settings:
+obs-100-100-act policy, linear baseline), jitted as that program jits it (XLA's backend optimisation off, as in
+``test_locomotion.py``): the meta-step is the HLO that ``tests/rl/test_locomotion_reduced.py`` compiles, so in one
+test run the persistent compilation cache (tests/conftest.py) compiles it once for both files. Measured on the
+shared 2-core machine (load 0.2-1.4, with an 8-unit policy): HalfCheetahDirection's meta-step compiles in 18 s and
+runs in 0.2 s per call (fixture 22 s, file 26 s); the velocity task compiles its own program (fixture 28 s), so it
+runs only with ``JMETA_TEST_CHEETAH_VEL=1``.
 """
 
 from __future__ import annotations
 
 import os
+import pathlib
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -21,10 +26,9 @@ import pytest
 pytest.importorskip("mujoco.mjx", reason="MuJoCo MJX not installed (pip install 'jmeta[mjx]')")
 pytest.importorskip("gymnasium", reason="gymnasium (ships the MJCF models) not installed (pip install 'jmeta[mjx]')")
 
-from jmeta.rl import MAMLRL, gaussian_mlp_policy  # noqa: E402
-from jmeta.rl.envs import locomotion as loco  # noqa: E402
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "benchmarks"))
+import locomotion_reduced as bench  # noqa: E402
 
-_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 _VEL = pytest.mark.skipif(not os.environ.get("JMETA_TEST_CHEETAH_VEL"),
                           reason="a second MJX meta-step program (~20 s of CPU compile); JMETA_TEST_CHEETAH_VEL=1")
 
@@ -32,16 +36,16 @@ _VEL = pytest.mark.skipif(not os.environ.get("JMETA_TEST_CHEETAH_VEL"),
 @pytest.fixture(scope="module", params=["HalfCheetahDirection", pytest.param("HalfCheetahVelocity", marks=_VEL)])
 def run(request):
     """Three calls of one jitted, trace-counting meta-step: ``(state, k1)``, ``(new, k2)``, ``(state, k1)``."""
-    env = getattr(loco, request.param)(horizon=5)
-    policy = gaussian_mlp_policy(env.obs_size, env.action_size, (8,), key=jax.random.key(0))
-    algo = MAMLRL(env, policy, num_tasks=2, num_episodes=2, estimator="reinforce")
+    env_name = {"HalfCheetahDirection": "cheetah-dir", "HalfCheetahVelocity": "cheetah-vel"}[request.param]
+    algo = bench.build(env_name, tasks=2, episodes=2, horizon=5, seed=0)  # the benchmark's --quick sizes
+    assert type(algo.env).__name__ == request.param
     traces = []
 
-    def step(state, key):
+    def meta_step(state, key):  # named and signed as MAMLRL.meta_step: the same HLO module as the benchmark's jit
         traces.append(1)
         return algo.meta_step(state, key)
 
-    f = jax.jit(step, compiler_options=_FAST_COMPILE)
+    f = jax.jit(meta_step, compiler_options=bench._FAST_COMPILE)
     state = algo.init()
     k1, k2 = jax.random.key(1), jax.random.key(2)
     first = f(state, k1)
