@@ -55,7 +55,9 @@ from jmeta.train.evaluation import task_statistics  # noqa: E402
 ENVS = {"cheetah-dir": "HalfCheetahDirection", "cheetah-vel": "HalfCheetahVelocity"}
 # MAML-RL maml_trpo_cheetah*.py: fast_lr, one grad step, step_size (max KL), discount, hidden sizes.
 INNER_LR, MAX_KL, GAMMA, HIDDEN = 0.1, 0.01, 0.99, (100, 100)
-_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+# XLA:CPU's elemental emitters rather than its fusion emitters: a third less compile time (measured on an MJX rollout)
+_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True,
+                 "xla_cpu_use_fusion_emitters": False}
 FULL = {"tasks": 40, "episodes": 20, "horizon": 200, "iterations": 500}
 
 

@@ -48,7 +48,9 @@ HORIZON, EPISODES, HIDDEN, INNER_LR, GAMMA, MAX_KL = 100, 20, (100, 100), 0.1, 0
 # --quick (a smoke test, not a measurement) compiles with XLA's backend optimisation off, as
 # benchmarks/locomotion_reduced.py --quick does: the meta-step compiles in about half the time (measured on the
 # 2-core CPU: 9.0 -> 5.0 s for 1 task x 20 episodes); the real runs use XLA's defaults.
-_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+# XLA:CPU's elemental emitters rather than its fusion emitters: a third less compile time (measured on an MJX rollout)
+_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True,
+                 "xla_cpu_use_fusion_emitters": False}
 
 
 # ---------------------------------------------------------------- the plain-JAX reference MAML-TRPO on nav2d
