@@ -32,6 +32,7 @@ Run:
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import pathlib
 import sys
@@ -54,7 +55,9 @@ from jmeta.train.evaluation import task_statistics  # noqa: E402
 ENVS = {"cheetah-dir": "HalfCheetahDirection", "cheetah-vel": "HalfCheetahVelocity"}
 # MAML-RL maml_trpo_cheetah*.py: fast_lr, one grad step, step_size (max KL), discount, hidden sizes.
 INNER_LR, MAX_KL, GAMMA, HIDDEN = 0.1, 0.01, 0.99, (100, 100)
-_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+# XLA:CPU's elemental emitters rather than its fusion emitters: a third less compile time (measured on an MJX rollout)
+_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True,
+                 "xla_cpu_use_fusion_emitters": False}
 FULL = {"tasks": 40, "episodes": 20, "horizon": 200, "iterations": 500}
 
 
@@ -64,6 +67,21 @@ def build(env_name: str, tasks: int, episodes: int, horizon: int, seed: int) -> 
     policy = gaussian_mlp_policy(env.obs_size, env.action_size, HIDDEN, key=jax.random.key(seed))
     return MAMLRL(env, policy, num_tasks=tasks, num_episodes=episodes, estimator="reinforce", inner_lr=INNER_LR,
                   gamma=GAMMA, max_kl=MAX_KL, outer="trpo", baseline="linear")
+
+
+@functools.lru_cache(maxsize=4)
+def programs(env_name: str, tasks: int, episodes: int, horizon: int, seed: int, eval_episodes: int, quick: bool):
+    """``(algo, step, eval_fn)``: :func:`build`'s algorithm, its jitted ``meta_step`` and its jitted evaluation
+    (return per held-out task before and after one inner step), made once per process for a setting, so a caller
+    in the same process (tests/rl/test_locomotion_reduced.py) reuses the compiled programs of :func:`main`.
+    ``quick`` compiles with XLA's backend optimisation off: the MJX programs then compile in seconds instead of a
+    minute; the real runs use XLA's defaults."""
+    algo = build(env_name, tasks, episodes, horizon, seed)
+    opts = _FAST_COMPILE if quick else None
+    step = jax.jit(algo.meta_step, compiler_options=opts)
+    eval_fn = jax.jit(lambda p, t, k: algo.evaluate_returns(p, t, k, num_steps=1, num_episodes=eval_episodes),
+                      compiler_options=opts)
+    return algo, step, eval_fn
 
 
 def main(argv=None):
@@ -95,14 +113,11 @@ def main(argv=None):
         raise SystemExit(f"--eval-tasks must be >= 2 (a CI needs two tasks); got {args.eval_tasks}")
     path = pathlib.Path(args.out or f"results/cpu/{args.env.replace('-', '_')}_reduced.json")
 
-    algo = build(args.env, args.tasks, args.episodes, args.horizon, args.seed)
+    algo, step, eval_fn = programs(args.env, args.tasks, args.episodes, args.horizon, args.seed, args.eval_episodes,
+                                   args.quick)
     t0 = time.perf_counter()
-    # --quick compiles with XLA's backend optimisation off (as tests/rl/test_locomotion_meta_step.py): the MJX
-    # programs then compile in seconds instead of a minute; the real runs use XLA's defaults.
-    opts = _FAST_COMPILE if args.quick else None
-    step = jax.jit(algo.meta_step, compiler_options=opts)
     if args.eager_outer:
-        sample = jax.jit(algo.sample, compiler_options=opts)
+        sample = jax.jit(algo.sample, compiler_options=_FAST_COMPILE if args.quick else None)
 
         def step(state, key):
             """``meta_step`` with the sampling jitted and the TRPO step op by op (``--eager-outer``)."""
@@ -113,8 +128,6 @@ def main(argv=None):
             with jax.disable_jit():
                 params, mt = algo._trpo(state.params, data, old)
             return state._replace(params=params, step=state.step + 1), {**m, **mt}
-    eval_fn = jax.jit(lambda p, t, k: algo.evaluate_returns(p, t, k, num_steps=1, num_episodes=args.eval_episodes),
-                      compiler_options=opts)
     state = algo.init()
 
     if args.time_only:

@@ -45,6 +45,12 @@ from _common import device_info, median_iqr, write_json  # noqa: E402
 from jmeta.rl import MAMLRL, envs, gaussian_mlp_policy, rollout_tasks  # noqa: E402
 
 HORIZON, EPISODES, HIDDEN, INNER_LR, GAMMA, MAX_KL = 100, 20, (100, 100), 0.1, 0.99, 0.01
+# --quick (a smoke test, not a measurement) compiles with XLA's backend optimisation off, as
+# benchmarks/locomotion_reduced.py --quick does: the meta-step compiles in about half the time (measured on the
+# 2-core CPU: 9.0 -> 5.0 s for 1 task x 20 episodes); the real runs use XLA's defaults.
+# XLA:CPU's elemental emitters rather than its fusion emitters: a third less compile time (measured on an MJX rollout)
+_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True,
+                 "xla_cpu_use_fusion_emitters": False}
 
 
 # ---------------------------------------------------------------- the plain-JAX reference MAML-TRPO on nav2d
@@ -495,9 +501,10 @@ def time_interleaved(calls, rounds, min_sample_s=0.01):
     return res
 
 
-def bench_rollouts(sizes, repeats, torch_ctx=None):
+def bench_rollouts(sizes, repeats, torch_ctx=None, compiler_options=None):
     """Env-steps/s of jmeta's ``rollout_tasks``, the plain-JAX rollouts and (with ``torch_ctx``) the PyTorch
-    batched-tensor rollouts, one policy for all tasks, in interleaved rounds."""
+    batched-tensor rollouts, one policy for all tasks, in interleaved rounds (``compiler_options``: XLA's, for
+    every program)."""
     env = envs.Nav2D(horizon=HORIZON)
     policy = gaussian_mlp_policy(2, 2, HIDDEN)
     params = policy.init()
@@ -513,7 +520,7 @@ def bench_rollouts(sizes, repeats, torch_ctx=None):
         comps = {}
         for name, fn, args in (("jmeta", f, (params, tasks)), ("plain", g, (p0, goals))):
             t0 = time.perf_counter()
-            comps[name] = (fn.lower(*args, jax.random.key(1)).compile(), args)
+            comps[name] = (fn.lower(*args, jax.random.key(1)).compile(compiler_options), args)
             row[f"{name}_compile_s" if name != "jmeta" else "compile_s"] = time.perf_counter() - t0
         keys = iter(jax.random.split(jax.random.key(2), 100_000))
         calls = {name: ((lambda c=c, a=a: c(*a, next(keys))), jax.block_until_ready) for name, (c, a) in comps.items()}
@@ -541,9 +548,10 @@ def bench_rollouts(sizes, repeats, torch_ctx=None):
     return out
 
 
-def bench_meta_step(task_counts, rounds, torch_ctx=None):
+def bench_meta_step(task_counts, rounds, torch_ctx=None, compiler_options=None):
     """Seconds per MAML-TRPO meta-iteration of jmeta's ``MAMLRL``, the plain-JAX reference and (with
-    ``torch_ctx``) the PyTorch one, in interleaved rounds after one warm-up iteration each."""
+    ``torch_ctx``) the PyTorch one, in interleaved rounds after one warm-up iteration each (``compiler_options``:
+    XLA's, for every program)."""
     env = envs.Nav2D(horizon=HORIZON)
     out = []
     for n in task_counts:
@@ -558,7 +566,7 @@ def bench_meta_step(task_counts, rounds, torch_ctx=None):
         keys = iter(jax.random.split(jax.random.key(100), 10_000))
         for name, fn, arg in (("jmeta", algo.meta_step, state), ("plain", plain, p0)):
             t0 = time.perf_counter()
-            comp = jax.jit(fn).lower(arg, jax.random.key(0)).compile()
+            comp = jax.jit(fn).lower(arg, jax.random.key(0)).compile(compiler_options)
             row[f"{name}_compile_s"] = time.perf_counter() - t0
             calls[name] = ((lambda c=comp, a=arg: c(a, next(keys))), jax.block_until_ready)
         if torch_ctx is not None:
@@ -643,8 +651,11 @@ def main(argv=None):
         torch.manual_seed(0)
         torch_ctx = {"torch": torch, "impl": impl, "params": impl.init(0)}
         print(f"torch {info['torch']} on {info['torch_device_name']}", flush=True)
-    out["rollouts"] = bench_rollouts(sizes, 3 if args.quick else 7, torch_ctx)
-    out["meta_step"] = bench_meta_step(tasks, rounds, torch_ctx)
+    opts = _FAST_COMPILE if args.quick else None
+    if opts:
+        out["protocol"]["compiler_options"] = opts
+    out["rollouts"] = bench_rollouts(sizes, 3 if args.quick else 7, torch_ctx, opts)
+    out["meta_step"] = bench_meta_step(tasks, rounds, torch_ctx, opts)
     _write_json(out, args.out)
     return 0 if out.get("check", {}).get("ok", True) else 1
 

@@ -24,8 +24,11 @@ pytest.importorskip("gymnasium", reason="gymnasium (ships the MJCF models) not i
 from jmeta.rl.envs import check_env, index_task  # noqa: E402
 from jmeta.rl.envs import locomotion as loco  # noqa: E402
 
-# Compile-time saver for tests only: LLVM's expensive passes off (the programs are tiny at test sizes).
-_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+# Compile-time saver for tests only: LLVM's expensive passes off (the programs are tiny at test sizes), and XLA:CPU's
+# older elemental emitters instead of its fusion emitters (measured: the rollout program compiled in 5.8 s instead
+# of 8.7 s of CPU on the shared 2-core machine).
+_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True,
+                 "xla_cpu_use_fusion_emitters": False}
 T, E = 3, 2  # horizon and episodes per task in the tests
 DT = 0.01 * 5  # the models' timestep x gym's frame_skip
 
