@@ -15,7 +15,14 @@ on the shared 2-core CPU (jax 0.10.2; measured: native stacks of both ``tf_XLAEi
 ``lapack_sgetrf_ffi -> jax::ParallelBatchMap -> absl::BlockingCounter::Wait``, reached from
 ``ThunkExecutor::SplitReadyQueue``). ``--mode sequential`` solves the same systems one matrix per LAPACK call
 (``jax.custom_batching.sequential_vmap``, the workaround in :func:`jmeta.rl.returns.fit_linear_baseline`): a batch
-of one is never split, nothing blocks. jax >= 0.11.1 no longer splits LAPACK batches in open-source builds.
+of one is never split, nothing blocks. jax >= 0.11.1 no longer splits LAPACK batches in open-source builds
+(jax commit 859992407d, "Don't try to parallelize LAPACK kernels in opensource builds").
+
+Measured on the shared 2-core CPU (defaults: 8 loops x 50 solves of ``[5, 38, 38]``), jax 0.10.2 / python 3.11:
+``--mode batched`` HANG (4 of 4 runs, also with ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false`` and with
+``JAX_CPU_ENABLE_ASYNC_DISPATCH=false``); ``--mode sequential`` finishes (5 calls in 0.31 s); ``--mode batched``
+under ``taskset -c 0`` (a 1-worker pool: the kernel never splits) or with ``--n 30`` (5 x 30^3 < 2e5: not split)
+finishes. jax 0.12.0 / python 3.12 (a venv outside the repo): ``--mode batched`` finishes (5 calls in 0.12 s).
 
 A watchdog turns a hang into exit status 3 after ``--timeout`` seconds (compile excluded), printing "HANG".
 
