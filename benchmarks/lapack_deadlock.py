@@ -19,7 +19,7 @@ of one is never split, nothing blocks. jax >= 0.11.1 no longer splits LAPACK bat
 (jax commit 859992407d, "Don't try to parallelize LAPACK kernels in opensource builds").
 
 Measured on the shared 2-core CPU (defaults: 8 loops x 50 solves of ``[5, 38, 38]``), jax 0.10.2 / python 3.11:
-``--mode batched`` HANG (4 of 4 runs, also with ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false`` and with
+``--mode batched`` HANG (3 of 3 runs: plain, with ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false`` and with
 ``JAX_CPU_ENABLE_ASYNC_DISPATCH=false``); ``--mode sequential`` finishes (5 calls in 0.31 s); ``--mode batched``
 under ``taskset -c 0`` (a 1-worker pool: the kernel never splits) or with ``--n 30`` (5 x 30^3 < 2e5: not split)
 finishes. jax 0.12.0 / python 3.12 (a venv outside the repo): ``--mode batched`` finishes (5 calls in 0.12 s).
