@@ -97,8 +97,9 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--time-only", action="store_true", help="time the compile and --iterations steps; no eval")
     ap.add_argument("--eager-outer", action="store_true",
-                    help="jit the sampling (rollouts, inner step) but run the TRPO step op by op: on the shared 2-core "
-                         "CPU (jax 0.10.2) the fused jitted meta-step stopped returning after a few iterations")
+                    help="jit the sampling (rollouts, inner step) but run the TRPO step op by op (a former attempt at "
+                         "the jax 0.10.x CPU deadlock, which benchmarks/lapack_deadlock.py explains; not needed since "
+                         "the linear baseline solves one matrix per LAPACK call)")
     ap.add_argument("--quick", action="store_true", help="toy size (2 tasks x 2 episodes x horizon 5, 2 "
                     "iterations, 2 eval tasks): checks the program end to end in seconds")
     ap.add_argument("--out", default=None, help="JSON path (default results/cpu/<env>_reduced.json)")

@@ -90,8 +90,9 @@ def main(argv=None):
     ap.add_argument("--eval-episodes", type=int, default=5, help="episodes per test goal before and after")
     ap.add_argument("--seed", type=int, default=0, help="ML1's seed (goal positions) and the policy's")
     ap.add_argument("--eager-outer", action="store_true",
-                    help="run the TRPO outer step op by op instead of jitted (a workaround from before the baseline "
-                         "fits left the outer program: compiled into it, they hung XLA's CPU runtime)")
+                    help="run the TRPO outer step op by op instead of jitted (a former attempt at the jax 0.10.x CPU "
+                         "deadlock, which benchmarks/lapack_deadlock.py explains; not needed since the linear baseline "
+                         "solves one matrix per LAPACK call)")
     ap.add_argument("--quick", action="store_true", help="toy size (2 tasks x 2 episodes x horizon 5, 2 iterations)")
     ap.add_argument("--out", default="results/cpu/metaworld_ml1_reach_reduced.json")
     args = ap.parse_args(argv)

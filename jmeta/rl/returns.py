@@ -10,6 +10,10 @@
   (2016) as rllab's ``LinearFeatureBaseline``: features ``[o, o^2, t/100, (t/100)^2, (t/100)^3, 1]`` with
   ``o = clip(obs, -10, 10)``, least squares on the discounted returns of one task's episodes, ridge
   ``reg_coeff = 1e-5`` (multiplied by 10, up to 5 times, while the solution is not finite).
+
+The baseline's solves run one matrix at a time even when vmapped over tasks (:func:`_solve`): jaxlib
+0.10.x's batched CPU LAPACK kernels split the batch over XLA's intra-op thread pool and block a pool worker
+until the pieces finish, which deadlocks once every worker of the pool waits so (see :func:`_solve`).
 """
 
 from __future__ import annotations
@@ -90,6 +94,25 @@ def baseline_features(obs, mask):
     return feats * mask[..., None]
 
 
+@jax.custom_batching.sequential_vmap
+def _solve(a, b):
+    """``jnp.linalg.solve(a, b)`` for one ``[n, n]`` matrix; under ``vmap`` a ``lax.map`` of unbatched solves.
+
+    Why: on the CPU, jaxlib 0.10.x's LAPACK kernels (``lapack_sgetrf_ffi`` -> ``jax::ParallelBatchMap``)
+    split a batch whose cost ``batch * n^3`` exceeds 2e5 flops into chunks scheduled on XLA's intra-op
+    thread pool and then block the calling thread on a counter until the chunks are done. When the
+    calling thread is itself a worker of that pool (XLA's thunk executor runs independent thunks and
+    loop bodies there) and every worker blocks so at once, nothing is left to run the chunks: the
+    program never finishes, all threads idle, the host waits in ``block_until_ready``. On a 2-core CPU
+    the pool has 2 workers and the linear baseline of a meta-batch (5 retries of a ``[tasks, 38, 38]``
+    solve for HalfCheetah) triggered it within a few meta-iterations (``benchmarks/lapack_deadlock.py``).
+    One matrix per call takes the kernel's inline path (a batch of one is never split). jax >= 0.11.1
+    no longer splits LAPACK batches in open-source builds; results are identical either way (the batched
+    kernel runs the same LAPACK routine per matrix).
+    """
+    return jnp.linalg.solve(a, b)
+
+
 def fit_linear_baseline(obs, returns, mask, reg_coeff: float = 1e-5):
     """Coefficients of the linear feature baseline fitted to ``returns [E, T]`` of one task (closed form).
 
@@ -101,11 +124,14 @@ def fit_linear_baseline(obs, returns, mask, reg_coeff: float = 1e-5):
     """
     f = baseline_features(obs, mask).reshape(-1, obs.shape[-1] * 2 + 4)
     y = (returns * mask).reshape(-1)
+    # No gradient flows through the fit (rllab's baseline is a constant of the surrogate); stopping it at the
+    # inputs keeps the solves out of autodiff.
+    f, y = jax.lax.stop_gradient((f, y))
     ftf, fty = f.T @ f, f.T @ y
     eye = jnp.eye(ftf.shape[0], dtype=ftf.dtype)
-    coeffs = jnp.linalg.solve(ftf + reg_coeff * eye, fty)
+    coeffs = _solve(ftf + reg_coeff * eye, fty)
     for i in range(1, 5):
-        retry = jnp.linalg.solve(ftf + reg_coeff * 10.0 ** i * eye, fty)
+        retry = _solve(ftf + reg_coeff * 10.0 ** i * eye, fty)
         coeffs = jnp.where(jnp.all(jnp.isfinite(coeffs)), coeffs, retry)
     return jax.lax.stop_gradient(coeffs)
 

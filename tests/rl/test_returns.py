@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jmeta.rl import trial_gae
-from jmeta.rl.returns import gae
+from jmeta.rl.returns import fit_linear_baseline, gae
 
 
 def _skip_reference(r, v, m, gamma, lam):
@@ -66,3 +69,42 @@ def test_gae_keeps_float32():
     r = jnp.ones((2, 5), jnp.float32)
     assert gae(r, r, jnp.ones((2, 5), jnp.float32), 0.99, 1.0).dtype == jnp.float32
     assert trial_gae(r[0], r[0], discount=0.99, gae_lambda=0.95)[0].dtype == jnp.float32
+
+
+def _baseline_data(tasks=5, episodes=3, horizon=20, obs_size=17, seed=0):
+    rng = np.random.default_rng(seed)
+    obs = jnp.asarray(rng.normal(size=(tasks, episodes, horizon, obs_size)))
+    returns = jnp.asarray(rng.normal(size=(tasks, episodes, horizon)))
+    mask = jnp.asarray(rng.random((tasks, episodes, horizon)) < 0.9, obs.dtype)
+    return obs, returns, mask
+
+
+def test_vmapped_linear_baseline_makes_no_batched_lapack_call():
+    """Over a meta-batch, every LAPACK call of the baseline fit gets one matrix (``[38, 38]``), never a batch.
+
+    A batched CPU LAPACK call whose cost ``batch * n^3`` exceeds 2e5 flops deadlocked XLA's thread pool under
+    jaxlib 0.10.x (``benchmarks/lapack_deadlock.py``): 5 tasks x ``[38, 38]`` HalfCheetah baselines did.
+    """
+    obs, returns, mask = _baseline_data()
+    text = jax.jit(jax.vmap(fit_linear_baseline)).trace(obs, returns, mask).lower(
+        lowering_platforms=("cpu",)).as_text()
+    calls = [line for line in text.splitlines() if re.search(r"custom_call @lapack_", line)]
+    assert any("@lapack_sgetrf_ffi" in line for line in calls), "the fit solves with LAPACK (an LU per solve)"
+    for line in calls:
+        assert re.search(r'num_batch_dims = "0"', line), f"batched LAPACK call: {line.strip()[:200]}"
+
+
+def test_vmapped_linear_baseline_equals_the_per_task_fit(x64):
+    """The sequential solve under ``vmap`` (and nested ``vmap``) gives each task's own fit; no gradient flows."""
+    obs, returns, mask = _baseline_data()
+    loop = np.stack([np.asarray(fit_linear_baseline(obs[i], returns[i], mask[i])) for i in range(5)])
+    np.testing.assert_allclose(jax.jit(jax.vmap(fit_linear_baseline))(obs, returns, mask), loop, rtol=1e-10)
+    nested = jax.vmap(jax.vmap(fit_linear_baseline))(obs.reshape(1, *obs.shape), returns[None], mask[None])
+    np.testing.assert_allclose(nested[0], loop, rtol=1e-10)
+    # the normal equations hold for each task: F^T F c = F^T y (up to the ridge term 1e-5 c)
+    from jmeta.rl.returns import baseline_features
+    f = np.asarray(baseline_features(obs[2], mask[2])).reshape(-1, 38)
+    y = np.asarray(returns[2] * mask[2]).reshape(-1)
+    np.testing.assert_allclose(f.T @ f @ loop[2] + 1e-5 * loop[2], f.T @ y, atol=1e-8)
+    g = jax.grad(lambda o: jnp.sum(jax.vmap(fit_linear_baseline)(o, returns, mask)))(obs)
+    assert not np.any(np.asarray(g))
