@@ -14,10 +14,10 @@ offers ``rollout(policy, tasks, episodes=, seed=) -> dict`` of NumPy arrays ``[t
    :meth:`MAMLRL.meta_step`, on the stored samples.
 
 So a meta-iteration is the one of ``meta_step`` with the rollouts taken out of the compiled program. The
-baseline fits run in their own small programs, not inside the outer step: compiled into the TRPO step, the
-linear baseline's batched ``jnp.linalg.solve`` of MetaWorld's 82 features hung XLA's CPU runtime (jax 0.10.2,
-every thread idle, 4 of 4 tries; with ``baseline="none"`` the same step ran in 0.5 s). The small
-programs (one vmapped ``process`` each) have not hung in the runs made so far.
+baseline fits run in their own small programs, not inside the outer step. (That was first a workaround for a hang
+of the compiled TRPO step with MetaWorld's 82 baseline features; the cause was jaxlib 0.10.x's batched CPU LAPACK
+deadlock, which :func:`jmeta.rl.returns.fit_linear_baseline` now avoids by solving one matrix per call; see
+``benchmarks/lapack_deadlock.py``. Separate programs are kept: the outer step then holds no solve at all.)
 
 Randomness comes from the jax key only: the actions from ``fold_in(key, t)`` per step, the environment's own
 seed from the key too (:func:`host_seed`), so a step is a function of ``(params, tasks, key)``.
