@@ -113,7 +113,7 @@ def test_first_order_meta_gradient_is_the_post_update_gradient(x64):
     algo = MAMLRL(env, pol, num_tasks=2, num_episodes=3, estimator="first_order", inner_lr=0.3)
     params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), algo.init().params)
     data, old, _ = jax.jit(algo.sample)(params, jax.random.key(7))
-    g = jax.grad(lambda p: algo.outer_objective(p, data, old))(params)
+    g = jax.jit(jax.grad(lambda p: algo.outer_objective(p, data, old)))(params)  # one program, not op by op
     # route 2: per task, the gradient of the post-update surrogate with respect to the adapted parameters
     adapted = old[1]
 
@@ -121,7 +121,7 @@ def test_first_order_meta_gradient_is_the_post_update_gradient(x64):
         lp = pol.log_prob(p_task, traj.obs, traj.actions)
         return jnp.sum(jnp.exp(lp - traj.log_probs) * proc.advantages * traj.mask) / jnp.sum(traj.mask)
 
-    per_task = jax.vmap(jax.grad(post))(adapted, *data[1])
+    per_task = jax.jit(jax.vmap(jax.grad(post)))(adapted, *data[1])
     expected = jax.tree.map(lambda a: jnp.mean(a, 0), per_task)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12), g["policy"], expected)
 
