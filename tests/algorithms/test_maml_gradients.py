@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -54,6 +56,27 @@ def _hand_unrolled_maml(params, task, lr, steps, first_order=False):
     return jnp.mean((_manual_mlp(phi, task.query_x) - task.query_y) ** 2)
 
 
+# one compiled program per (lr, steps, first_order), the task an argument: shared by the tests that use it
+_hand_unrolled_grad = jax.jit(jax.grad(_hand_unrolled_maml), static_argnums=(2, 3, 4))
+
+
+@functools.cache
+def _meta_grad(algo):
+    """``jax.grad`` of ``algo``'s task loss in (meta-parameters, task), compiled once per algorithm: the task is an
+    argument (not a constant of the program), so tasks of the same shapes share the compiled program."""
+    return jax.jit(jax.grad(lambda m, task: algo.task_loss(m, {}, task)[0]))
+
+
+def _loss(algo):
+    """``f(meta, task)``: ``algo``'s task loss, for ``fd_relative_error(..., args=(task,))``."""
+    return lambda m, task: algo.task_loss(m, {}, task)[0]
+
+
+def _params_loss(algo):
+    """``f(params, task)`` with the meta-parameters ``{"params": params}``."""
+    return lambda p, task: algo.task_loss({"params": p}, {}, task)[0]
+
+
 @pytest.mark.parametrize("steps", [1, 3])
 def test_maml_meta_gradient_matches_finite_differences_and_hand_unrolled(x64, steps):
     task = _task64(0)
@@ -61,12 +84,9 @@ def test_maml_meta_gradient_matches_finite_differences_and_hand_unrolled(x64, st
     algo = MAML(model.apply, inner_lr=0.05, num_steps=steps)
     meta = algo.init(model.params)
 
-    def f(p):
-        return algo.task_loss({"params": p}, {}, task)[0]
-
-    assert fd_relative_error(f, meta["params"])[0] < 1e-4
-    g = jax.grad(f)(meta["params"])
-    g_ref = jax.grad(lambda p: _hand_unrolled_maml(p, task, 0.05, steps))(meta["params"])
+    err, g = fd_relative_error(_params_loss(algo), meta["params"], args=(task,))  # g: jax.grad, compiled
+    assert err < 1e-4
+    g_ref = _hand_unrolled_grad(meta["params"], task, 0.05, steps, False)
     for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
@@ -78,9 +98,9 @@ def test_first_order_equals_stop_gradient_reference_and_differs_from_second_orde
     fo = FOMAML(model.apply, inner_lr=0.05, num_steps=steps)
     so = MAML(model.apply, inner_lr=0.05, num_steps=steps)
     p = model.params
-    g_fo = jax.jit(jax.grad(lambda q: fo.task_loss({"params": q}, {}, task)[0]))(p)
-    g_so = jax.jit(jax.grad(lambda q: so.task_loss({"params": q}, {}, task)[0]))(p)
-    g_ref = jax.grad(lambda q: _hand_unrolled_maml(q, task, 0.05, steps, first_order=True))(p)
+    g_fo = _meta_grad(fo)({"params": p}, task)["params"]
+    g_so = _meta_grad(so)({"params": p}, task)["params"]
+    g_ref = _hand_unrolled_grad(p, task, 0.05, steps, True)
     for a, b in zip(jax.tree.leaves(g_fo), jax.tree.leaves(g_ref)):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
     diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(g_fo), jax.tree.leaves(g_so)))
@@ -93,7 +113,7 @@ def test_first_order_one_step_gradient_is_query_gradient_at_adapted_params(x64):
     model = from_apply(_manual_mlp, _manual_params(2), stateless=True)
     algo = FOMAML(model.apply, inner_lr=0.05, num_steps=1)
     p = model.params
-    g = jax.jit(jax.grad(lambda q: algo.task_loss({"params": q}, {}, task)[0]))(p)
+    g = _meta_grad(algo)({"params": p}, task)["params"]
     gs = jax.grad(lambda q: jnp.mean((_manual_mlp(q, task.support_x) - task.support_y) ** 2))(p)
     phi = jax.tree.map(lambda a, b: a - 0.05 * b, p, gs)
     gq = jax.grad(lambda q: jnp.mean((_manual_mlp(q, task.query_x) - task.query_y) ** 2))(phi)
@@ -106,7 +126,7 @@ def test_maml_on_flax_mlp_matches_finite_differences(x64):
     model = mlp(1, (16, 16), 1, activation="tanh")
     algo = MAML(model.apply, inner_lr=0.01, num_steps=2)
     p = _to64(model.params)
-    assert fd_relative_error(lambda q: algo.task_loss({"params": q}, {}, task)[0], p)[0] < 1e-4
+    assert fd_relative_error(_params_loss(algo), p, args=(task,))[0] < 1e-4
 
 
 @pytest.mark.parametrize("kind", ["scalar", "per_layer", "per_param", "per_layer_per_step"])
@@ -116,12 +136,12 @@ def test_learned_learning_rate_gradients_match_finite_differences(x64, kind):
     algo = MAML(model.apply, inner_lr=0.05, num_steps=2, learn_lr=kind)
     meta = _to64(algo.init(model.params))
 
-    def f(log_lr):
-        return algo.task_loss({"params": meta["params"], "log_lr": log_lr}, {}, task)[0]
+    def f(log_lr, params, task):
+        return algo.task_loss({"params": params, "log_lr": log_lr}, {}, task)[0]
 
-    g = jax.grad(f)(meta["log_lr"])
+    err, g = fd_relative_error(f, meta["log_lr"], args=(meta["params"], task))  # g: jax.grad, compiled
     assert all(float(jnp.max(jnp.abs(a))) > 0 for a in jax.tree.leaves(g)), "no gradient reached the learned rates"
-    assert fd_relative_error(f, meta["log_lr"])[0] < 1e-4
+    assert err < 1e-4
 
 
 def test_metasgd_gradient_flows_into_per_parameter_rates(x64):
@@ -130,7 +150,7 @@ def test_metasgd_gradient_flows_into_per_parameter_rates(x64):
     algo = MetaSGD(model.apply, inner_lr=0.05, num_steps=1)
     meta = _to64(algo.init(model.params))
     assert jax.tree.map(jnp.shape, meta["log_lr"]) == jax.tree.map(jnp.shape, meta["params"])
-    g = jax.jit(jax.grad(lambda m: algo.task_loss(m, {}, task)[0]))(meta)
+    err, g = fd_relative_error(_loss(algo), meta, args=(task,))  # g: jax.grad, compiled
     # Hand route: phi = theta - exp(l) * g_s ; dL/dl = -exp(l) * g_s * grad_phi L_q.
     gs = jax.grad(lambda q: jnp.mean((_manual_mlp(q, task.support_x) - task.support_y) ** 2))(meta["params"])
     phi = jax.tree.map(lambda a, l, b: a - jnp.exp(l) * b, meta["params"], meta["log_lr"], gs)
@@ -138,7 +158,7 @@ def test_metasgd_gradient_flows_into_per_parameter_rates(x64):
     ref = jax.tree.map(lambda l, b, c: -jnp.exp(l) * b * c, meta["log_lr"], gs, gq)
     for a, b in zip(jax.tree.leaves(g["log_lr"]), jax.tree.leaves(ref)):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
-    assert fd_relative_error(lambda m: algo.task_loss(m, {}, task)[0], meta)[0] < 1e-4
+    assert err < 1e-4
 
 
 @pytest.mark.parametrize("kind", ["scalar", "per_layer", "per_param", "per_layer_per_step", "per_param_per_step"])
@@ -157,7 +177,7 @@ def test_learned_rates_take_the_params_float_dtype(x64, kind):
     algo = MAML(model.apply, inner_lr=0.05, num_steps=2, learn_lr=kind)
     meta = algo.init(model.params)
     assert all(a.dtype == jnp.float64 for a in jax.tree.leaves(meta))
-    assert fd_relative_error(lambda m: algo.task_loss(m, {}, task)[0], meta)[0] < 1e-4
+    assert fd_relative_error(_loss(algo), meta, args=(task,))[0] < 1e-4
 
 
 def test_learned_rates_stay_float32_for_float32_params():
@@ -186,11 +206,11 @@ def test_anil_adapts_only_the_head_and_body_gets_second_order_gradient(x64):
             head = jax.tree.map(lambda a, b: a - 0.1 * b, head, gh)
         return jnp.mean((_manual_mlp({**q, **head}, task.query_x) - task.query_y) ** 2)
 
-    g = jax.jit(jax.grad(lambda q: algo.task_loss({"params": q}, {}, task)[0]))(p)
-    g_ref = jax.grad(ref)(p)
+    err, g = fd_relative_error(_params_loss(algo), p, args=(task,))  # g: jax.grad, compiled
+    g_ref = jax.jit(jax.grad(ref))(p)
     for k in p:
         np.testing.assert_allclose(g[k], g_ref[k], rtol=1e-10, atol=1e-12)
-    assert fd_relative_error(lambda q: algo.task_loss({"params": q}, {}, task)[0], p)[0] < 1e-4
+    assert err < 1e-4
 
 
 def test_anil_filter_that_selects_nothing_is_an_error():
@@ -206,7 +226,7 @@ def test_reptile_gradient_is_theta_minus_adapted(x64):
     model = from_apply(_manual_mlp, _manual_params(7), stateless=True)
     algo = Reptile(model.apply, inner_lr=0.02, num_steps=3, train_on_query=False)
     p = model.params
-    g = jax.jit(jax.grad(lambda q: algo.task_loss({"params": q}, {}, task)[0]))(p)
+    g = _meta_grad(algo)({"params": p}, task)["params"]
     phi = algo.adapt({"params": p}, {}, task.support_x, task.support_y)
     for k in p:
         np.testing.assert_allclose(g[k], p[k] - phi[k], rtol=1e-10, atol=1e-12)
@@ -216,10 +236,9 @@ def test_inner_adam_with_eps_root_gives_finite_meta_gradient(x64):
     task = _task64(8)
     model = from_apply(_manual_mlp, _manual_params(8), stateless=True)
     algo = MAML(model.apply, inner_lr=0.01, num_steps=3, inner_transform=optax.scale_by_adam(eps_root=1e-8))
-    f = lambda q: algo.task_loss({"params": q}, {}, task)[0]  # noqa: E731
-    g = jax.grad(f)(model.params)
+    err, g = fd_relative_error(_params_loss(algo), model.params, eps=1e-7, args=(task,))  # g: jax.grad, compiled
     assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(g))
-    assert fd_relative_error(f, model.params, eps=1e-7)[0] < 1e-4
+    assert err < 1e-4
 
 
 _NAN_AT_ZERO = {"adam eps_root=0": (optax.scale_by_adam(), True),
@@ -286,7 +305,9 @@ def test_multi_step_loss_weights_and_gradient(x64):
     algo = MAMLPlusPlus(model.apply, inner_lr=0.05, num_steps=3, msl_anneal_steps=100)
     meta = _to64(algo.init(model.params))
 
-    def ref(m, step):
+    @jax.jit
+    @jax.value_and_grad
+    def ref(m, step):  # the step a traced argument: one program for the three steps below
         def sup(p):
             return jnp.mean((_manual_mlp(p, task.support_x) - task.support_y) ** 2)
 
@@ -298,11 +319,11 @@ def test_multi_step_loss_weights_and_gradient(x64):
             total = total + w[k] * jnp.mean((_manual_mlp(phi, task.query_x) - task.query_y) ** 2)
         return total
 
+    ours = jax.jit(jax.value_and_grad(lambda m, step: algo.task_loss(m, {}, task, step=step)[0]))
     for step in (0, 50, 150):
-        v = algo.task_loss(meta, {}, task, step=step)[0]
-        np.testing.assert_allclose(v, ref(meta, step), rtol=1e-10)
-        g = jax.jit(jax.grad(lambda m: algo.task_loss(m, {}, task, step=step)[0]))(meta)
-        g_ref = jax.grad(lambda m: ref(m, step))(meta)
+        v, g = ours(meta, step)
+        v_ref, g_ref = ref(meta, step)
+        np.testing.assert_allclose(v, v_ref, rtol=1e-10)
         for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
             np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
 
@@ -396,14 +417,19 @@ def test_learned_optimizer_inside_maml_as_documented():
     with _no_warning():  # this random LSTM's first update happens to ascend; a learned optimizer is not judged
         algo = MAML(model.apply, inner_lr=1.0, num_steps=3, inner_transform=optax.chain(opt, optax.scale(-1.0)))
     task = jax.tree.map(lambda a: a[0], Sinusoid(5, 5).sample(jax.random.key(0), 1))
-    adapted = algo.adapt(algo.init(model.params), model.state, task.support_x, task.support_y)
+    adapted = jax.jit(algo.adapt)(algo.init(model.params), model.state, task.support_x, task.support_y)
 
     def loss(p):
         return jnp.mean((model.apply(p, model.state, task.support_x, train=True)[0] - task.support_y) ** 2)
 
-    p, s = model.params, opt.init(model.params)
-    for _ in range(3):
-        u, s = opt.update(jax.grad(loss)(p), s, p)
-        p = optax.apply_updates(p, u)
+    @jax.jit
+    def by_hand(p):  # the optimizer's three updates applied in a Python loop, compiled as one program
+        s = opt.init(p)
+        for _ in range(3):
+            u, s = opt.update(jax.grad(loss)(p), s, p)
+            p = optax.apply_updates(p, u)
+        return p
+
+    p = by_hand(model.params)
     for a, b in zip(jax.tree.leaves(adapted), jax.tree.leaves(p)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

@@ -182,12 +182,13 @@ def test_bfloat16_task_loss_and_meta_step_match_float32(head):
 def test_svm_low_precision_gram_is_solved_in_float32():
     x, _, y = _svm_problem(dtype=np.float32)
     gram = x @ x.T
-    a32, _ = crammer_singer_svm(gram, y)
-    a16, info = crammer_singer_svm(gram.astype(jnp.bfloat16), y.astype(jnp.bfloat16))
+    solve = jax.jit(crammer_singer_svm)  # one program per dtype, not the solver's ops one by one
+    a32, _ = solve(gram, y)
+    a16, info = solve(gram.astype(jnp.bfloat16), y.astype(jnp.bfloat16))
     assert a16.dtype == jnp.bfloat16 and info.kkt_residual.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(a16, np.float32), a32, atol=0.1 * float(jnp.max(jnp.abs(a32))))
     y16 = y.astype(jnp.bfloat16)
-    g = jax.grad(lambda g: jnp.sum(jnp.sin(crammer_singer_svm(g, y16)[0])))(gram.astype(jnp.bfloat16))
+    g = jax.jit(jax.grad(lambda g, y: jnp.sum(jnp.sin(crammer_singer_svm(g, y)[0]))))(gram.astype(jnp.bfloat16), y16)
     assert g.dtype == jnp.bfloat16 and np.all(np.isfinite(np.asarray(g, np.float32)))
 
 
