@@ -119,10 +119,19 @@ def test_bad_sweep_override_fails_before_any_trial(tmp_path, capsys):
 def vectorized_sweep(tmp_path_factory):
     """One vectorised sweep (2 inner rates x 2 seeds, 30 meta-steps: ``(folder, argv)``), shared by the tests that
     read it (or a copy of it)."""
+    from jmeta.run import experiment
+
     out = tmp_path_factory.mktemp("vectorized") / "vec"
     argv = ["sweep", *TINY, "--steps", "30", "--grid", "algorithm.inner_lr=0.005,0.02", "--grid", "train.seed=0,3",
             "--vectorize", "--out", str(out)]
-    assert main(argv) == 0
+    built, build = [], experiment.build
+    experiment.build = lambda cfg, **kw: built.append(cfg.name) or build(cfg, **kw)
+    try:
+        assert main(argv) == 0
+    finally:
+        experiment.build = build
+    # one experiment for all trials (an image sweep loaded its data once per trial)
+    assert built == ["sinusoid-maml-trial000"], built
     return out, argv
 
 
