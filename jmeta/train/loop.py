@@ -171,16 +171,18 @@ def guarded_steps(step_fn: Callable, on_nan: str, check: Sequence[str] = ("objec
             skipped = skipped + (~ok).astype(jnp.int32)
         return (new, bad, skipped, key, data), metrics
 
+    step = jax.jit(one)  # traced once: the metrics' shapes below and the loop body share the trace
+
     def run(state, bad, skipped, key, data, n):
         carry = (state, bad, skipped, key, data)
         # n is a traced trip count: one compiled program for every chunk length (a checkpoint or a resume
         # inside a logging window asks for other lengths; a static n compiled the whole meta-step for each).
         zeros = jax.tree.map(lambda m: jnp.zeros(m.shape, jnp.promote_types(m.dtype, jnp.float32)),
-                             jax.eval_shape(lambda c: one(c, None)[1], carry))
+                             jax.eval_shape(lambda c: step(c, None)[1], carry))
 
         def body(_, c):
             carry, sums = c
-            carry, metrics = one(carry, None)
+            carry, metrics = step(carry, None)
             return carry, jax.tree.map(lambda s, m: s + m.astype(s.dtype), sums, metrics)
 
         (state, bad, skipped, _, _), sums = jax.lax.fori_loop(0, n, body, (carry, zeros))
