@@ -72,12 +72,17 @@ def test_default_metric():
         == "K=1 accuracy after 5 step(s)"
 
 
+# The end-to-end sweeps below share one tiny setting (TINY: meta-batch 5, 8 evaluation tasks of 2 steps, Adam 3e-3)
+# and the inner rates 0.005 and 0.02, so that their meta-step and evaluation programs are the same few compiled ones
+# (an inner rate and the meta learning rate are constants of the compiled programs).
+TINY = ["--config", "sinusoid-maml", "--set", "train.log_every=10", "--set", "train.meta_batch_size=5",
+        "--set", "eval.num_tasks=8", "--set", "eval.shots=[5]", "--set", "eval.report_steps=[1,2]",
+        "--set", "eval.steps=2", "--set", "train.meta_lr=0.003", "--no-progress", "--no-tensorboard"]
+
+
 def test_grid_sweep_end_to_end(tmp_path, capsys):
     out = tmp_path / "sweep"
-    argv = ["sweep", "--config", "sinusoid-maml", "--grid", "algorithm.inner_lr=0.005,0.02", "--steps", "20",
-            "--set", "train.log_every=10", "--set", "train.meta_batch_size=5", "--set", "eval.num_tasks=8",
-            "--set", "eval.shots=[5]", "--set", "eval.report_steps=[1,2]", "--set", "eval.steps=2",
-            "--out", str(out), "--no-progress", "--no-tensorboard"]
+    argv = ["sweep", *TINY, "--grid", "algorithm.inner_lr=0.005,0.02", "--steps", "20", "--out", str(out)]
     assert main(argv) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["keys"] == ["algorithm.inner_lr"] and res["metric"] == "K=5 loss after 2 step(s)"
@@ -110,16 +115,32 @@ def test_bad_sweep_override_fails_before_any_trial(tmp_path, capsys):
     assert not (tmp_path / "s" / "trial_000").exists()
 
 
-def test_vectorized_sweep_equals_separate_runs(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def vectorized_sweep(tmp_path_factory):
+    """One vectorised sweep (2 inner rates x 2 seeds, 30 meta-steps: ``(folder, argv)``), shared by the tests that
+    read it (or a copy of it)."""
+    from jmeta.run import experiment
+
+    out = tmp_path_factory.mktemp("vectorized") / "vec"
+    argv = ["sweep", *TINY, "--steps", "30", "--grid", "algorithm.inner_lr=0.005,0.02", "--grid", "train.seed=0,3",
+            "--vectorize", "--out", str(out)]
+    built, build = [], experiment.build
+    experiment.build = lambda cfg, **kw: built.append(cfg.name) or build(cfg, **kw)
+    try:
+        assert main(argv) == 0
+    finally:
+        experiment.build = build
+    # one experiment for all trials (an image sweep loaded its data once per trial)
+    assert built == ["sinusoid-maml-trial000"], built
+    return out, argv
+
+
+def test_vectorized_sweep_equals_separate_runs(tmp_path, capsys, vectorized_sweep):
     """--vectorize trains the trials in one vmapped program; each trial folder matches a separate run."""
-    common = ["--config", "sinusoid-maml", "--steps", "30", "--set", "train.log_every=10",
-              "--set", "eval.num_tasks=50", "--set", "eval.shots=[5]", "--set", "train.meta_lr=0.003",
-              "--grid", "algorithm.inner_lr=0.005,0.02", "--grid", "train.seed=0,3",
-              "--no-progress", "--no-tensorboard"]
-    assert main(["sweep", *common, "--out", str(tmp_path / "seq")]) == 0
-    assert main(["sweep", *common, "--vectorize", "--out", str(tmp_path / "vec")]) == 0
+    vec_dir, argv = vectorized_sweep
+    assert main([a for a in argv[:-2] if a != "--vectorize"] + ["--out", str(tmp_path / "seq")]) == 0
     seq = json.loads((tmp_path / "seq" / "results.json").read_text())
-    vec = json.loads((tmp_path / "vec" / "results.json").read_text())
+    vec = json.loads((vec_dir / "results.json").read_text())
     assert len(vec["rows"]) == 4 and vec["metric"] == seq["metric"] and vec["best"] == seq["best"]
     for a, b in zip(seq["rows"], vec["rows"]):
         assert b["status"] == "ok"
@@ -127,7 +148,7 @@ def test_vectorized_sweep_equals_separate_runs(tmp_path, capsys):
         assert math.isclose(a["final_train_loss"], b["final_train_loss"], rel_tol=1e-3)
         assert math.isclose(a[seq["metric"]], b[seq["metric"]], rel_tol=1e-3)
     # every vectorised trial folder is a complete run: jmeta eval reads its checkpoint
-    assert main(["eval", str(tmp_path / "vec" / "trial_003"), "--num-tasks", "50", "--no-progress"]) == 0
+    assert main(["eval", str(vec_dir / "trial_003"), "--num-tasks", "8", "--no-progress"]) == 0
     capsys.readouterr()
 
 
@@ -177,11 +198,6 @@ def test_best_ranks_only_finite_metrics(tmp_path):
     assert res["best"] is None and json.loads((tmp_path / "c" / "results.json").read_text())["best"] is None
 
 
-TINY = ["--config", "sinusoid-maml", "--set", "train.log_every=10", "--set", "train.meta_batch_size=5",
-        "--set", "eval.num_tasks=8", "--set", "eval.shots=[5]", "--set", "eval.report_steps=[1,2]",
-        "--set", "eval.steps=2", "--no-progress", "--no-tensorboard"]
-
-
 def _trial_cfg(steps: int, overrides: dict, index: int, extra=()):
     from jmeta.run.config import apply_overrides
 
@@ -207,9 +223,9 @@ def test_rerun_resumes_interrupted_and_stale_trials(tmp_path, capsys):
     from jmeta.run.runner import train
 
     out = tmp_path / "s"
-    argv = ["sweep", *TINY, "--grid", "algorithm.inner_lr=0.01,0.02", "--steps", "20",
+    argv = ["sweep", *TINY, "--grid", "algorithm.inner_lr=0.005,0.02", "--steps", "20",
             "--set", "train.checkpoint_every=10", "--out", str(out)]
-    cfg0 = _trial_cfg(20, {"algorithm.inner_lr": 0.01}, 0, ["train.checkpoint_every=10"])
+    cfg0 = _trial_cfg(20, {"algorithm.inner_lr": 0.005}, 0, ["train.checkpoint_every=10"])
     train(cfg0, out / "trial_000", stop_after=10, progress=False, tensorboard=False, plots=False)  # "killed"
     assert not (out / "trial_000" / "eval.json").exists()
     assert main(argv) == 0
@@ -247,15 +263,17 @@ def test_trial_folder_of_another_config_is_refused_before_any_trial(tmp_path, ca
     assert (other / "metrics.jsonl").read_text() == '{"step": 5, "loss": 1.0}\n'  # nothing overwritten
 
 
-def test_rerun_of_vectorized_sweep_reuses_or_refuses(tmp_path, capsys):
+def test_rerun_of_vectorized_sweep_reuses_or_refuses(tmp_path, capsys, vectorized_sweep):
+    import shutil
+
     out = tmp_path / "v"
-    argv = ["sweep", *TINY, "--grid", "algorithm.inner_lr=0.01,0.02", "--steps", "4", "--vectorize",
-            "--out", str(out)]
-    assert main(argv) == 0
+    shutil.copytree(vectorized_sweep[0], out)  # the finished sweep (trained by the fixture with these argv)
+    argv = vectorized_sweep[1][:-1] + [str(out)]
+    assert argv[-3:] == ["--vectorize", "--out", str(out)]
     first = json.loads((out / "results.json").read_text())
     capsys.readouterr()
     assert main(argv) == 0  # finished: reused, not trained again
-    assert capsys.readouterr().out.count("done before, reusing") == 2
+    assert capsys.readouterr().out.count("done before, reusing") == 4
     again = json.loads((out / "results.json").read_text())
     assert [r[first["metric"]] for r in again["rows"]] == [r[first["metric"]] for r in first["rows"]]
     assert again["best"] == first["best"]
@@ -268,7 +286,8 @@ def test_rerun_of_vectorized_sweep_reuses_or_refuses(tmp_path, capsys):
     recs[-1]["loss"] = math.nan
     (out / "trial_001" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     assert main(argv) == 0
-    assert [r["status"] for r in json.loads((out / "results.json").read_text())["rows"]] == ["ok", "nonfinite"]
+    assert [r["status"] for r in json.loads((out / "results.json").read_text())["rows"]] == ["ok", "nonfinite",
+                                                                                           "ok", "ok"]
     capsys.readouterr()
 
     # an unfinished trial folder is refused up front, and nothing is written into it

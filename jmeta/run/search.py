@@ -567,12 +567,28 @@ def _run_vectorized(base: Config, trials: list[dict], out_dir, *, progress: bool
         if not finite[i]:
             row.update(status="nonfinite", error="non-finite loss during the vectorised sweep")
         else:
-            exp_i = build(cfg, data_dir=data_dir) if i else exp
+            exp_i = _trial_experiment(exp, cfg) if i else exp
             ev = evaluate_run(cfg, exp_i, ts, splits[i][1], d, progress=False, warn_nondeterminism=False)
             row["status"] = "ok"
             row.update(_eval_columns(ev))
         rows.append(row)
     return _finish(rows, keys, metric, out, log)
+
+
+def _trial_experiment(exp, cfg: Config):
+    """The first trial's experiment with ``cfg``'s algorithms: a vectorised trial differs from the first only in
+    :data:`VECTOR_KEYS` (the inner rate is the algorithms'; the seed and the meta learning rate are not part of
+    the evaluation), so its model, samplers and device data are reused, not built (and the images loaded) again."""
+    import dataclasses
+
+    from jmeta.run.experiment import build_algorithm
+
+    loss = "mse" if exp.task_kind == "regression" else "cross_entropy"
+    algo = build_algorithm(cfg, exp.model.apply, loss=loss, conv_impl=exp.conv_impl)
+    eval_algo = algo
+    if exp.eval_algorithm is not exp.algorithm:  # a metric head testing with other ways than it trains
+        eval_algo = build_algorithm(cfg, exp.model.apply, loss=loss, n_way=cfg.eval.n_way, conv_impl=exp.conv_impl)
+    return dataclasses.replace(exp, algorithm=algo, eval_algorithm=eval_algo)
 
 
 def _diverged_vectorized(run_dir: pathlib.Path, cfg: Config) -> bool:

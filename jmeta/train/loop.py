@@ -149,7 +149,8 @@ def guarded_steps(step_fn: Callable, on_nan: str, check: Sequence[str] = ("objec
 
     Returns:
       ``run(state, bad, skipped, key, data, n) -> (state, bad, skipped,
-      metrics)`` (jitted, ``n`` static; ``metrics`` averaged over the ``n``
+      metrics)`` (jitted; ``n`` is an argument of the compiled program, so
+      every chunk length runs one program; ``metrics`` averaged over the ``n``
       steps). ``bad``: the first step whose values were not finite (-1 while
       none). Running many steps per call keeps Python dispatch off the hot path.
     """
@@ -170,12 +171,25 @@ def guarded_steps(step_fn: Callable, on_nan: str, check: Sequence[str] = ("objec
             skipped = skipped + (~ok).astype(jnp.int32)
         return (new, bad, skipped, key, data), metrics
 
+    step = jax.jit(one)  # traced once: the metrics' shapes below and the loop body share the trace
+
     def run(state, bad, skipped, key, data, n):
-        (state, bad, skipped, _, _), metrics = jax.lax.scan(one, (state, bad, skipped, key, data), None, length=n)
-        return state, bad, skipped, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
+        carry = (state, bad, skipped, key, data)
+        # n is a traced trip count: one compiled program for every chunk length (a checkpoint or a resume
+        # inside a logging window asks for other lengths; a static n compiled the whole meta-step for each).
+        zeros = jax.tree.map(lambda m: jnp.zeros(m.shape, jnp.promote_types(m.dtype, jnp.float32)),
+                             jax.eval_shape(lambda c: step(c, None)[1], carry))
+
+        def body(_, c):
+            carry, sums = c
+            carry, metrics = step(carry, None)
+            return carry, jax.tree.map(lambda s, m: s + m.astype(s.dtype), sums, metrics)
+
+        (state, bad, skipped, _, _), sums = jax.lax.fori_loop(0, n, body, (carry, zeros))
+        return state, bad, skipped, jax.tree.map(lambda s: s / jnp.asarray(n, s.dtype), sums)
 
     donate = () if jax.default_backend() == "cpu" else (0,)
-    return jax.jit(run, static_argnums=(5,), donate_argnums=donate)
+    return jax.jit(run, donate_argnums=donate)
 
 
 def _loss_postfix(record: dict) -> str:

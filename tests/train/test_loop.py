@@ -213,3 +213,22 @@ def test_guarded_steps_stop_or_skip_a_non_finite_update(on_nan):
     assert not np.isfinite(float(metrics["objective"]))
     with pytest.raises(ValueError, match="on_nan"):
         guarded_steps(_toy_step, "ignore")
+
+
+def test_guarded_steps_compile_once_for_every_chunk_length():
+    """A checkpoint or resume inside a logging window asks for chunks of other lengths: one compiled program (the
+    step traced once), and the metrics are each chunk's mean."""
+    traces = []
+
+    def step(state, key, data):
+        traces.append(1)
+        return _toy_step(state, key, data)
+
+    run = guarded_steps(step, "stop")
+    start = (S(jnp.float32(3.0), jnp.int32(0)), jnp.int32(-1), jnp.int32(0), None, None)
+    for n in (1, 3, 4):
+        st, bad, _, metrics = run(*start, n)
+        xs = 3.0 + np.arange(n)
+        assert (float(st.x), int(st.step), int(bad)) == (3.0 + n, n, -1)
+        np.testing.assert_allclose(float(metrics["objective"]), np.mean(1.0 / (xs - 2.0)), rtol=1e-6)
+    assert run._cache_size() == 1 and len(traces) == 1
