@@ -133,36 +133,36 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
 
 
-# Files whose tests take the longest in total (sum of their `--durations`, seconds, 2 xdist workers on the shared 2-core
-# machine at load 4-7), longest first. A static list: the order only balances the two workers, it changes no result.
+# Files whose tests take the longest in total, longest first (CPU seconds, user+sys, of each file in a profiled run of
+# the whole suite on 2 xdist workers on the shared 2-core machine, 2026-12-03, after the suite-speed changes; "~" marks
+# a standalone measurement). A static list: the order only balances the two workers (xdist hands the files out in this
+# order, and a long file that started last would leave the other worker idle at the end); it changes no result.
 LONGEST_FILES = (
-    "tests/test_omniglot_short_run.py",      # ~140 s
-    "tests/learned_optim/test_meta_lstm.py",  # ~140 s
-    "tests/test_image_experiments.py",       # ~135 s
-    "tests/algorithms/test_per_step_bn.py",  # ~120 s
-    "tests/test_gpu_tables.py",              # ~115 s
-    "tests/test_sweep_cli.py",               # ~110 s
-    # estimates (CPU s on the 2-core machine, from --durations of earlier runs and the files' authors): a file is one
-    # unit of work, so the order matters at the tail
-    "tests/algorithms/test_maml_gradients.py",  # ~150 s
-    "tests/test_faults.py",                  # ~100 s
-    "tests/rl/test_rl_cli.py",               # ~80 s
-    "tests/test_core_training.py",           # ~60 s
-    "tests/rl/test_rl2.py",                  # ~60 s
-    "tests/learned_optim/test_estimators.py",  # ~60 s
-    "tests/rl/test_rl_sharding.py",          # ~55 s
-    "tests/test_rl_throughput.py",           # ~50 s
-    "tests/algorithms/test_metaoptnet.py",   # ~50 s
-    "tests/rl/test_rl_conformance.py",       # ~45 s
-    "tests/rl/test_locomotion_reduced.py",   # ~45 s
-    "tests/rl/test_locomotion.py",           # ~40 s
-    "tests/train/test_run_faults.py",        # ~40 s
-    "tests/test_readme.py",                  # ~40 s
-    "tests/rl/test_maml_rl.py",              # ~40 s
-    "tests/rl/test_maml_rl_learning.py",     # ~30 s
-    "tests/learned_optim/test_train.py",     # ~30 s
-    "tests/rl/test_locomotion_meta_step.py",  # ~25 s
-    "tests/train/test_checkpoint_resume.py",  # ~25 s
+    "tests/test_omniglot_short_run.py",        # 98 (execution-bound: 300 Conv4 ProtoNet steps)
+    "tests/rl/test_rl_sharding.py",            # 69 in a subprocess with 8 device threads (wall ~2-3x its CPU)
+    "tests/rl/test_maml_rl.py",                # ~68
+    "tests/test_image_experiments.py",         # 57
+    "tests/rl/test_locomotion_reduced.py",     # ~48
+    "tests/test_gpu_tables.py",                # 47 in subprocesses
+    "tests/rl/test_rl_conformance.py",         # 45
+    "tests/learned_optim/test_meta_lstm.py",   # 41
+    "tests/algorithms/test_maml_gradients.py",  # 41
+    "tests/learned_optim/test_estimators.py",  # 40
+    "tests/rl/test_rl_cli.py",                 # 33
+    "tests/train/test_checkpoint_integrity.py",  # ~30
+    "tests/test_faults.py",                    # 29
+    "tests/train/test_run_faults.py",          # ~28
+    "tests/train/test_checkpoint_resume.py",   # ~27
+    "tests/rl/test_maml_rl_learning.py",       # ~26
+    "tests/test_core_training.py",             # 24
+    "tests/rl/test_rl2.py",                    # 23
+    "tests/rl/test_nav2d_rollout.py",          # ~23
+    "tests/train/test_determinism.py",         # ~23
+    "tests/test_sweep_cli.py",                 # 22
+    "tests/algorithms/test_metaoptnet.py",     # 22
+    "tests/rl/test_bandit_mdp.py",             # ~20
+    "tests/learned_optim/test_train.py",       # ~20
+    "tests/algorithms/test_per_step_bn.py",    # 19
 )
 
 
