@@ -1,5 +1,7 @@
 """Conv4: shapes, names, conv implementations agree, max-pool, BatchNorm modes, MAML++ per-step BatchNorm."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,7 +34,7 @@ def test_shapes_and_names(kwargs, shape, feat):
 def test_embedding_only_mode():
     m = conv4(None)
     assert "head" not in m.params
-    z, _ = m.apply(m.params, m.state, _images(3), train=False)
+    z, _ = jax.jit(lambda x: m.apply(m.params, m.state, x, train=False))(_images(3))  # one compile, not op by op
     assert z.shape == (3, conv4_feature_dim((28, 28, 1)))
 
 
@@ -72,7 +74,7 @@ def test_flattening_conv4_refuses_other_image_sizes():
         e.apply(e.params, e.state, _images(2, (32, 32, 1)), train=True)
     # pool='stride' takes a spatial mean: any size works
     s = conv4(5, hidden=4, input_shape=(28, 28, 1), pool="stride")
-    out, _ = s.apply(s.params, s.state, _images(2, (32, 32, 1)), train=True)
+    out, _ = jax.jit(lambda x: s.apply(s.params, s.state, x, train=True))(_images(2, (32, 32, 1)))
     assert out.shape == (2, 5)
 
 
@@ -94,8 +96,11 @@ def _task(n_way=3, k=1, q=2, seed=0, shape=(8, 8, 1)):
     return TaskBatch(sx, jnp.repeat(jnp.arange(n_way), k), qx, jnp.repeat(jnp.arange(n_way), q))
 
 
+@functools.cache
 def _small_maml_grad(impl, pool, dtype):
-    """Jitted second-order MAML meta-gradient through a 2-block Conv4 (all parameters adapted)."""
+    """Jitted second-order MAML meta-gradient through a 2-block Conv4 (all parameters adapted). Cached: the
+    float64 lax meta-gradient is compiled once for the finite-difference and the patches-regression tests (float64
+    entries are only requested under the ``x64`` fixture)."""
     rng = np.random.default_rng(0)
     task = TaskBatch(jnp.asarray(rng.random((3, 8, 8, 1)), dtype), jnp.arange(3),
                      jnp.asarray(rng.random((6, 8, 8, 1)), dtype), jnp.repeat(jnp.arange(3), 2))
