@@ -82,8 +82,8 @@ def test_max_pool_matches_reduce_window():
     x = jax.random.normal(jax.random.key(3), (2, 7, 6, 3))  # odd height: last row dropped
     ref = lambda x: jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")  # noqa
     np.testing.assert_array_equal(max_pool_2x2(x), ref(x))
-    g = jax.grad(lambda x: jnp.sum(jnp.sin(max_pool_2x2(x))))(x)
-    gr = jax.grad(lambda x: jnp.sum(jnp.sin(ref(x))))(x)
+    g = jax.jit(jax.grad(lambda x: jnp.sum(jnp.sin(max_pool_2x2(x)))))(x)  # compiled once, not op by op
+    gr = jax.jit(jax.grad(lambda x: jnp.sum(jnp.sin(ref(x)))))(x)
     np.testing.assert_allclose(g, gr, rtol=1e-6)
 
 
@@ -163,7 +163,7 @@ def test_bn_mode_batch_uses_per_task_batch_statistics():
     b, _ = m.apply(m.params, m.state, x.at[1:].set(_images(3, (8, 8, 1), seed=9)), train=True)
     assert not np.allclose(a[0], b[0], atol=1e-4)
     algo = MAML(m.apply, loss="cross_entropy", inner_lr=0.4, bn_mode="batch")
-    _, aux = algo.task_loss(algo.init(m.params), m.state, _task())
+    _, aux = jax.jit(algo.task_loss)(algo.init(m.params), m.state, _task())
     assert not np.allclose(aux["model_state"]["block_0"]["bn"]["mean"], m.state["block_0"]["bn"]["mean"])
 
 
@@ -179,7 +179,7 @@ def test_bn_mode_frozen_uses_running_statistics():
     c, _ = m.apply(m.params, m.state, x, train=False)
     assert not np.allclose(a, c)
     algo = MAML(m.apply, loss="cross_entropy", inner_lr=0.4, bn_mode="frozen")
-    _, aux = algo.task_loss(algo.init(m.params), state, _task())
+    _, aux = jax.jit(algo.task_loss)(algo.init(m.params), state, _task())
     for u, v in zip(jax.tree.leaves(aux["model_state"]), jax.tree.leaves(state)):
         np.testing.assert_array_equal(u, v)
 
