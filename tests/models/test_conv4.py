@@ -1,5 +1,7 @@
 """Conv4: shapes, names, conv implementations agree, max-pool, BatchNorm modes, MAML++ per-step BatchNorm."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,7 +34,7 @@ def test_shapes_and_names(kwargs, shape, feat):
 def test_embedding_only_mode():
     m = conv4(None)
     assert "head" not in m.params
-    z, _ = m.apply(m.params, m.state, _images(3), train=False)
+    z, _ = jax.jit(lambda x: m.apply(m.params, m.state, x, train=False))(_images(3))  # one compile, not op by op
     assert z.shape == (3, conv4_feature_dim((28, 28, 1)))
 
 
@@ -72,7 +74,7 @@ def test_flattening_conv4_refuses_other_image_sizes():
         e.apply(e.params, e.state, _images(2, (32, 32, 1)), train=True)
     # pool='stride' takes a spatial mean: any size works
     s = conv4(5, hidden=4, input_shape=(28, 28, 1), pool="stride")
-    out, _ = s.apply(s.params, s.state, _images(2, (32, 32, 1)), train=True)
+    out, _ = jax.jit(lambda x: s.apply(s.params, s.state, x, train=True))(_images(2, (32, 32, 1)))
     assert out.shape == (2, 5)
 
 
@@ -80,8 +82,8 @@ def test_max_pool_matches_reduce_window():
     x = jax.random.normal(jax.random.key(3), (2, 7, 6, 3))  # odd height: last row dropped
     ref = lambda x: jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")  # noqa
     np.testing.assert_array_equal(max_pool_2x2(x), ref(x))
-    g = jax.grad(lambda x: jnp.sum(jnp.sin(max_pool_2x2(x))))(x)
-    gr = jax.grad(lambda x: jnp.sum(jnp.sin(ref(x))))(x)
+    g = jax.jit(jax.grad(lambda x: jnp.sum(jnp.sin(max_pool_2x2(x)))))(x)  # compiled once, not op by op
+    gr = jax.jit(jax.grad(lambda x: jnp.sum(jnp.sin(ref(x)))))(x)
     np.testing.assert_allclose(g, gr, rtol=1e-6)
 
 
@@ -94,8 +96,11 @@ def _task(n_way=3, k=1, q=2, seed=0, shape=(8, 8, 1)):
     return TaskBatch(sx, jnp.repeat(jnp.arange(n_way), k), qx, jnp.repeat(jnp.arange(n_way), q))
 
 
+@functools.cache
 def _small_maml_grad(impl, pool, dtype):
-    """Jitted second-order MAML meta-gradient through a 2-block Conv4 (all parameters adapted)."""
+    """Jitted second-order MAML meta-gradient through a 2-block Conv4 (all parameters adapted). Cached: the
+    float64 lax meta-gradient is compiled once for the finite-difference and the patches-regression tests (float64
+    entries are only requested under the ``x64`` fixture)."""
     rng = np.random.default_rng(0)
     task = TaskBatch(jnp.asarray(rng.random((3, 8, 8, 1)), dtype), jnp.arange(3),
                      jnp.asarray(rng.random((6, 8, 8, 1)), dtype), jnp.repeat(jnp.arange(3), 2))
@@ -158,7 +163,7 @@ def test_bn_mode_batch_uses_per_task_batch_statistics():
     b, _ = m.apply(m.params, m.state, x.at[1:].set(_images(3, (8, 8, 1), seed=9)), train=True)
     assert not np.allclose(a[0], b[0], atol=1e-4)
     algo = MAML(m.apply, loss="cross_entropy", inner_lr=0.4, bn_mode="batch")
-    _, aux = algo.task_loss(algo.init(m.params), m.state, _task())
+    _, aux = jax.jit(algo.task_loss)(algo.init(m.params), m.state, _task())
     assert not np.allclose(aux["model_state"]["block_0"]["bn"]["mean"], m.state["block_0"]["bn"]["mean"])
 
 
@@ -174,7 +179,7 @@ def test_bn_mode_frozen_uses_running_statistics():
     c, _ = m.apply(m.params, m.state, x, train=False)
     assert not np.allclose(a, c)
     algo = MAML(m.apply, loss="cross_entropy", inner_lr=0.4, bn_mode="frozen")
-    _, aux = algo.task_loss(algo.init(m.params), state, _task())
+    _, aux = jax.jit(algo.task_loss)(algo.init(m.params), state, _task())
     for u, v in zip(jax.tree.leaves(aux["model_state"]), jax.tree.leaves(state)):
         np.testing.assert_array_equal(u, v)
 
