@@ -49,7 +49,7 @@ def test_task_loss_matches_numpy_reference():
     m = _tiny_embedding()
     algo = ProtoNet(m.apply, n_way=3)
     task = _task()
-    loss, aux = algo.task_loss(algo.init(m.params), m.state, task)
+    loss, aux = jax.jit(lambda mp, t: algo.task_loss(mp, m.state, t))(algo.init(m.params), task)
     p = {k: np.asarray(v, np.float64) for k, v in m.params.items()}
     f = lambda x: np.tanh(np.asarray(x, np.float64) @ p["w"] + p["b"])  # noqa: E731
     zs, zq = f(task.support_x), f(task.query_x)
@@ -66,14 +66,17 @@ def test_meta_gradient_matches_finite_differences_float64(x64):
     algo = ProtoNet(m.apply, n_way=3)
     task = _task(dtype=jnp.float64)
     f = jax.jit(lambda mp: algo.task_loss(mp, m.state, task)[0])
+    vg = jax.jit(jax.value_and_grad(f))
     mp = algo.init(m.params)
-    g = jax.grad(f)(mp)
+    g = jax.tree.map(np.asarray, vg(mp)[1])
+    x = jax.tree.map(np.asarray, mp)
     rng = np.random.default_rng(3)
     for _ in range(3):
-        v = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape)), mp)
+        v = jax.tree.map(lambda a: rng.normal(size=a.shape), x)
         eps = 1e-6
-        fd = (f(jax.tree.map(lambda a, b: a + eps * b, mp, v)) - f(jax.tree.map(lambda a, b: a - eps * b, mp, v))) / (2 * eps)
-        an = sum(jnp.sum(a * b) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(v)))
+        fd = (float(vg(jax.tree.map(lambda a, b: a + eps * b, x, v))[0])
+              - float(vg(jax.tree.map(lambda a, b: a - eps * b, x, v))[0])) / (2 * eps)
+        an = sum(np.sum(a * b) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(v)))
         np.testing.assert_allclose(float(an), float(fd), rtol=1e-7, atol=1e-10)
 
 
@@ -83,18 +86,23 @@ def test_contract_adapt_predict_evaluate():
     task = _task()
     mp = algo.init(m.params)
     assert set(mp) == {"params"}
-    protos = algo.adapt(mp, m.state, task.support_x, task.support_y)
-    assert protos.means.shape == (3, 3) and protos.counts.tolist() == [2.0, 2.0, 2.0]
-    logits = algo.predict(mp, protos, m.state, task.query_x)
-    assert logits.shape == (9, 3)
-    ev = algo.evaluate(mp, m.state, task)
-    assert ev["loss"].shape == (1,) and ev["accuracy"].shape == (1,)
-    loss, aux = algo.task_loss(mp, m.state, task)
-    np.testing.assert_allclose(ev["loss"][0], loss, rtol=1e-6)
-    np.testing.assert_allclose(ev["accuracy"][0], jnp.mean(jnp.argmax(logits, -1) == task.query_y))
-    # batched over tasks, as the trainer and evaluator do
     tasks = jax.tree.map(lambda *a: jnp.stack(a), task, _task(seed=5))
-    out = jax.vmap(lambda t: algo.evaluate(mp, m.state, t))(tasks)
+
+    @jax.jit  # one compiled program for the whole contract (no op-by-op compiles)
+    def run(mp, task, tasks):
+        protos = algo.adapt(mp, m.state, task.support_x, task.support_y)
+        logits = algo.predict(mp, protos, m.state, task.query_x)
+        acc = jnp.mean(jnp.argmax(logits, -1) == task.query_y)
+        # batched over tasks, as the trainer and evaluator do
+        batched = jax.vmap(lambda t: algo.evaluate(mp, m.state, t))(tasks)
+        return protos, logits, acc, algo.evaluate(mp, m.state, task), algo.task_loss(mp, m.state, task), batched
+
+    protos, logits, acc, ev, (loss, aux), out = run(mp, task, tasks)
+    assert protos.means.shape == (3, 3) and protos.counts.tolist() == [2.0, 2.0, 2.0]
+    assert logits.shape == (9, 3)
+    assert ev["loss"].shape == (1,) and ev["accuracy"].shape == (1,)
+    np.testing.assert_allclose(ev["loss"][0], loss, rtol=1e-6)
+    np.testing.assert_allclose(ev["accuracy"][0], acc)
     assert out["accuracy"].shape == (2, 1)
 
 
@@ -123,13 +131,16 @@ def test_bn_modes_with_conv4_embedding():
                      jnp.asarray(rng.random((6, 28, 28, 1)), jnp.float32), jnp.repeat(jnp.arange(3), 2))
     mp = {"params": m.params}
     moved = lambda a, b: not all(np.allclose(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))  # noqa
-    _, aux = ProtoNet(m.apply, n_way=3).task_loss(mp, m.state, task)
-    assert moved(aux["model_state"], m.state)
-    _, aux = ProtoNet(m.apply, n_way=3, bn_mode="frozen").task_loss(mp, m.state, task)
-    assert not moved(aux["model_state"], m.state)
-    ev_train_only = ProtoNet(m.apply, n_way=3).evaluate(mp, m.state, task)
-    ev_frozen = ProtoNet(m.apply, n_way=3, bn_mode="frozen").evaluate(mp, m.state, task)
-    ev_batch = ProtoNet(m.apply, n_way=3, bn_mode="batch").evaluate(mp, m.state, task)
+
+    @jax.jit  # the five Conv4 calls in one compiled program (no op-by-op convolutions)
+    def run(mp, state, task):
+        train_only, frozen, batch = (ProtoNet(m.apply, n_way=3, bn_mode=b) for b in ("train_only", "frozen", "batch"))
+        return (train_only.task_loss(mp, state, task)[1], frozen.task_loss(mp, state, task)[1],
+                train_only.evaluate(mp, state, task), frozen.evaluate(mp, state, task), batch.evaluate(mp, state, task))
+
+    aux_train_only, aux_frozen, ev_train_only, ev_frozen, ev_batch = run(mp, m.state, task)
+    assert moved(aux_train_only["model_state"], m.state)
+    assert not moved(aux_frozen["model_state"], m.state)
     np.testing.assert_allclose(ev_train_only["loss"], ev_frozen["loss"], rtol=1e-6)
     assert not np.allclose(ev_batch["loss"], ev_frozen["loss"])
 
@@ -141,20 +152,30 @@ def test_fewer_ways_or_uneven_shots_equal_the_episode_s_own_n_way():
     m = _tiny_embedding()
     task = _task(n_way=3, k=2)
     mp = ProtoNet(m.apply, n_way=3).init(m.params)
+    uneven = task._replace(support_y=jnp.asarray([0, 0, 0, 1, 2, 2], jnp.int32))
+
+    @jax.jit  # every call of the test in one compiled program (no op-by-op compiles)
+    def run(mp, task, uneven):
+        out = {}
+        for n_way in (3, 4, 5):
+            algo = ProtoNet(m.apply, n_way=n_way)
+            out[n_way] = dict(
+                task_loss=algo.task_loss(mp, m.state, task), evaluate=algo.evaluate(mp, m.state, task),
+                logits=algo.predict(mp, algo.adapt(mp, m.state, task.support_x, task.support_y), m.state, task.query_x),
+                grad=jax.grad(lambda p: algo.task_loss(p, m.state, task)[0])(mp))
+        return out, ProtoNet(m.apply, n_way=3).task_loss(mp, m.state, uneven)[0]
+
+    out, loss = run(mp, task, uneven)
     for n_way in (4, 5):
         for method in ("task_loss", "evaluate"):
-            want = getattr(ProtoNet(m.apply, n_way=3), method)(mp, m.state, task)
-            got = getattr(ProtoNet(m.apply, n_way=n_way), method)(mp, m.state, task)
+            want, got = out[3][method], out[n_way][method]
             for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
                 np.testing.assert_allclose(a, b, rtol=1e-6)
-        algo = ProtoNet(m.apply, n_way=n_way)
-        logits = algo.predict(mp, algo.adapt(mp, m.state, task.support_x, task.support_y), m.state, task.query_x)
+        logits = out[n_way]["logits"]
         assert logits.shape == (9, n_way) and np.all(np.isneginf(np.asarray(logits)[:, 3:]))
-        g = jax.grad(lambda p: algo.task_loss(p, m.state, task)[0])(mp)
+        g = out[n_way]["grad"]
         assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(g))
     # Uneven shots (3, 1, 2): 6 support examples, classes of different sizes.
-    uneven = task._replace(support_y=jnp.asarray([0, 0, 0, 1, 2, 2], jnp.int32))
-    loss, _ = ProtoNet(m.apply, n_way=3).task_loss(mp, m.state, uneven)
     z = np.tanh(np.asarray(uneven.support_x) @ np.asarray(m.params["w"]) + np.asarray(m.params["b"]))
     c = np.stack([z[:3].mean(0), z[3], z[4:].mean(0)])
     zq = np.tanh(np.asarray(task.query_x) @ np.asarray(m.params["w"]) + np.asarray(m.params["b"]))
@@ -163,7 +184,7 @@ def test_fewer_ways_or_uneven_shots_equal_the_episode_s_own_n_way():
     np.testing.assert_allclose(float(loss), -logp[np.arange(9), np.asarray(task.query_y)].mean(), rtol=1e-5)
     # Odd support sizes are no longer refused.
     odd = task._replace(support_x=task.support_x[:5], support_y=jnp.asarray([0, 0, 1, 2, 2], jnp.int32))
-    assert np.isfinite(float(ProtoNet(m.apply, n_way=3).task_loss(mp, m.state, odd)[0]))
+    assert np.isfinite(float(jax.jit(lambda mp, t: ProtoNet(m.apply, n_way=3).task_loss(mp, m.state, t)[0])(mp, odd)))
 
 
 def test_bfloat16_distances_and_meta_gradient_match_float32():
@@ -190,5 +211,6 @@ def test_bfloat16_distances_and_meta_gradient_match_float32():
     np.testing.assert_allclose(float(l16), float(l32), rtol=0.02)
     a, b = g16["params"]["w"], g32["params"]["w"]
     assert float(jnp.linalg.norm(a - b)) <= 0.05 * float(jnp.linalg.norm(b))
-    z16 = jnp.asarray(rng.normal(size=(4, 8)) * 5, jnp.bfloat16)
-    assert squared_distances(z16, z16).dtype == jnp.float32 and prototypes(z16, jnp.arange(4), 4).dtype == jnp.float32
+    z16 = jax.ShapeDtypeStruct((4, 8), jnp.bfloat16)  # dtypes only: traced, not run op by op
+    dist, protos = jax.eval_shape(lambda z: (squared_distances(z, z), prototypes(z, jnp.arange(4), 4)), z16)
+    assert dist.dtype == jnp.float32 and protos.dtype == jnp.float32

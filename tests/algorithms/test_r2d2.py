@@ -147,7 +147,7 @@ def test_bfloat16_task_loss_and_meta_step_match_float32(form):
     tasks = gaussian_tasks(4)
     assert_bf16_matches_f32(algo, model.params, model.state, jax.tree.map(lambda a: a[0], tasks))
     x16, y16 = tasks.support_x[0].astype(jnp.bfloat16), jax.nn.one_hot(tasks.support_y[0], 3, dtype=jnp.bfloat16)
-    w = ridge_regression(x16, y16, 0.5, form=form)
+    w = jax.eval_shape(lambda x, y: ridge_regression(x, y, 0.5, form=form), x16, y16)  # the dtype, no op-by-op run
     assert w.dtype == jnp.bfloat16
     step = make_meta_step(algo, lambda key, n, data: tasks, optax.adam(1e-2), meta_batch_size=4, compute_dtype="bfloat16")
     state = init_train_state(algo, model.params, model.state, optax.adam(1e-2))
@@ -158,7 +158,7 @@ def test_bfloat16_task_loss_and_meta_step_match_float32(form):
 
 def test_ridge_regression_keeps_float64(x64):
     x = jnp.asarray(np.random.default_rng(0).normal(size=(6, 4)))
-    w = ridge_regression(x, jnp.eye(3)[np.arange(6) % 3], 0.3)
+    w = jax.eval_shape(lambda x: ridge_regression(x, jnp.eye(3)[np.arange(6) % 3], 0.3), x)  # no op-by-op run
     assert w.dtype == jnp.float64
 
 
@@ -178,9 +178,14 @@ def test_label_smoothing_objective_is_cross_entropy_against_metaoptnet_targets()
     algo3 = R2D2(model.apply, n_way=3, init_scale=5.0, label_smoothing=0.2)
     task = jax.tree.map(lambda a: a[0], gaussian_tasks(1))
     mp = algo3.init(model.params)
-    obj, _ = algo3.task_loss(mp, model.state, task)
-    adapted = algo3.adapt(mp, model.state, task.support_x, task.support_y)
-    logp = jax.nn.log_softmax(algo3.predict(mp, adapted, model.state, task.query_x))
+
+    @jax.jit  # one compiled program, not op by op
+    def run(mp, task):
+        adapted = algo3.adapt(mp, model.state, task.support_x, task.support_y)
+        return algo3.task_loss(mp, model.state, task)[0], jax.nn.log_softmax(
+            algo3.predict(mp, adapted, model.state, task.query_x))
+
+    obj, logp = run(mp, task)
     targets = np.where(np.eye(3)[np.asarray(task.query_y)] == 1, 0.8, 0.1)
     np.testing.assert_allclose(obj, -np.mean(np.sum(targets * np.asarray(logp), -1)), rtol=1e-5)
 
