@@ -40,7 +40,8 @@ def test_embedding_shapes(output, dim):
 
 def test_head_and_errors():
     m = resnet12(5, input_shape=(16, 16, 3), widths=(4, 4, 4, 4))
-    out, _ = m.apply(m.params, m.state, _images(3), train=False)
+    # jitted: one compile instead of one per eager op (this test is about the head and the errors)
+    out, _ = jax.jit(m.apply, static_argnames="train")(m.params, m.state, _images(3), train=False)
     assert out.shape == (3, 5) and "head" in m.params
     with pytest.raises(ValueError, match="output"):
         resnet12(output="max")
@@ -55,12 +56,13 @@ def test_flatten_output_refuses_other_image_sizes():
     (a ValueError naming both, not a dot_general TypeError in the head); output='avg' takes any size."""
     m = resnet12(5, input_shape=(16, 16, 3), widths=(4, 4), output="flatten")
     msg = r"ResNet12 image height and width must be \(16, 16\) \(input_shape=\(16, 16, 3\).*got \(20, 20\)"
+    apply = jax.jit(m.apply, static_argnames="train")  # the check is on static shapes: it raises when traced
     with pytest.raises(ValueError, match=msg):
-        m.apply(m.params, m.state, _images(2, (20, 20, 3)), train=True)
-    out, _ = m.apply(m.params, m.state, _images(2), train=True)
+        apply(m.params, m.state, _images(2, (20, 20, 3)), train=True)
+    out, _ = apply(m.params, m.state, _images(2), train=True)
     assert out.shape == (2, 5)
     a = resnet12(5, input_shape=(16, 16, 3), widths=(4, 4), output="avg")
-    out, _ = a.apply(a.params, a.state, _images(2, (20, 20, 3)), train=True)
+    out, _ = jax.jit(a.apply, static_argnames="train")(a.params, a.state, _images(2, (20, 20, 3)), train=True)
     assert out.shape == (2, 5)
 
 
