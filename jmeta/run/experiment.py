@@ -83,6 +83,17 @@ def build_algorithm(cfg: Config, apply: Callable, *, loss: str, n_way: int | Non
 HEAD_ALGORITHMS = ("protonet", "r2d2", "metaoptnet-svm", "metaoptnet-rr")
 
 
+def build_algorithms(cfg: Config, apply: Callable, *, loss: str, conv_impl: str | None = None):
+    """``(algorithm, eval_algorithm)`` of ``cfg``: the same object unless ``eval.n_way`` differs from
+    ``task.n_way`` (a metric head testing with other ways than it trains), then one built for ``eval.n_way``."""
+    algo = build_algorithm(cfg, apply, loss=loss, conv_impl=conv_impl)
+    train_way = cfg.task.get("n_way")
+    eval_way = cfg.eval.n_way or train_way
+    if eval_way == train_way:
+        return algo, algo
+    return algo, build_algorithm(cfg, apply, loss=loss, n_way=eval_way, conv_impl=conv_impl)
+
+
 def adapts_conv_kernels(cfg: Config, params) -> bool:
     """Whether ``cfg``'s algorithm adapts convolution kernels per task (so tasks hold different kernels).
 
@@ -313,9 +324,7 @@ def _build_images(cfg: Config, *, data_dir=None) -> Experiment:
         if conv_impl != resolve_conv_impl("auto"):
             model = make_model(conv_impl)
     conv_impl = resolve_conv_impl(conv_impl)
-    algo = build_algorithm(cfg, model.apply, loss="cross_entropy", conv_impl=conv_impl)
-    eval_algo = build_algorithm(cfg, model.apply, loss="cross_entropy", n_way=eval_way, conv_impl=conv_impl) \
-        if eval_way != t.n_way else algo
+    algo, eval_algo = build_algorithms(cfg, model.apply, loss="cross_entropy", conv_impl=conv_impl)
     train_sampler = EpisodeSampler(t.n_way, t.k_support, t.k_query, **norm)
 
     train_sample = train_sampler.sample  # sample(key, num_tasks, images)

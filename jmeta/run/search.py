@@ -581,13 +581,10 @@ def _trial_experiment(exp, cfg: Config):
     the evaluation), so its model, samplers and device data are reused, not built (and the images loaded) again."""
     import dataclasses
 
-    from jmeta.run.experiment import build_algorithm
+    from jmeta.run.experiment import build_algorithms
 
     loss = "mse" if exp.task_kind == "regression" else "cross_entropy"
-    algo = build_algorithm(cfg, exp.model.apply, loss=loss, conv_impl=exp.conv_impl)
-    eval_algo = algo
-    if exp.eval_algorithm is not exp.algorithm:  # a metric head testing with other ways than it trains
-        eval_algo = build_algorithm(cfg, exp.model.apply, loss=loss, n_way=cfg.eval.n_way, conv_impl=exp.conv_impl)
+    algo, eval_algo = build_algorithms(cfg, exp.model.apply, loss=loss, conv_impl=exp.conv_impl)
     return dataclasses.replace(exp, algorithm=algo, eval_algorithm=eval_algo)
 
 
