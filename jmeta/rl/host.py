@@ -93,7 +93,6 @@ class HostMAMLRL:
         self._process = jax.jit(jax.vmap(algo.process))
         self._adapt = jax.jit(jax.vmap(algo.inner_update, in_axes=(None, 0, 0, 0)))  # each task from its own
         self._log_probs = jax.jit(jax.vmap(policy.log_prob))
-        self._step = jax.jit(algo.meta_step_from_samples)
 
     def rollout(self, params: PyTree, tasks: Sequence, key: jax.Array, episodes: int):
         """``episodes`` host episodes of each task with per-task policy parameters (leading task axis):
@@ -147,15 +146,9 @@ class HostMAMLRL:
         return out
 
     def step_from_batch(self, state, batch: dict):
-        """The jitted outer update of a :meth:`batch`: ``(new_state, metrics)`` as :meth:`MAMLRL.meta_step`
-        (not jitted here: :meth:`MAMLRL.meta_step_from_samples`, for a caller that jits its own step)."""
+        """The outer update of a :meth:`batch`: ``(new_state, metrics)`` as :meth:`MAMLRL.meta_step` (pure:
+        :meth:`MAMLRL.meta_step_from_samples`; the caller jits it, e.g. with its NaN guard)."""
         return self.algorithm.meta_step_from_samples(state, batch["samples"])
-
-    def step(self, state, tasks: Sequence, key: jax.Array):
-        """One whole meta-iteration on ``tasks``: ``(new_state, metrics, batch)`` (the outer update jitted)."""
-        batch = self.batch(state.params, tasks, key)
-        new, m = self._step(state, batch["samples"])
-        return new, m, batch
 
     def evaluate(self, meta_params: PyTree, tasks: Sequence, key: jax.Array, *, num_steps: int | None = None,
                  episodes: int | None = None) -> dict:
