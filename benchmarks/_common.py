@@ -227,15 +227,24 @@ def write_json(path: pathlib.Path, out: dict) -> None:
     tmp.replace(path)
 
 
-def train_and_evaluate(iterations: int, eval_every: int, train: Callable[[int], Any], evaluate: Callable[[int], Any],
+def train_and_evaluate(iterations: int, eval_every: int, train: Callable[[int], dict], evaluate: Callable[[int], Any],
                        path: pathlib.Path, out: dict, t0: float) -> None:
     """The loop of the reduced-protocol RL benchmarks: ``evaluate(0)``, then ``train(it)`` for ``it = 1 ..
-    iterations`` with ``evaluate(it)`` every ``eval_every`` iterations and after the last one (``out`` is written
-    to ``path`` after every iteration, so the training rows survive a run that stops between evaluations); ends
-    with ``out["done"] = True`` and ``out["wall_s"]`` (seconds since ``t0``) written."""
+    iterations`` with ``evaluate(it)`` every ``eval_every`` iterations and after the last one. ``train(it)`` runs one
+    meta-iteration to completion (``block_until_ready``) and returns its scalar metrics (``return_pre``,
+    ``return_post``, ``accepted``, ``kl``, ...); the loop times it and appends ``{"iteration", "wall_s", **metrics}``
+    to ``out["train"]`` (``out`` is written to ``path`` after every iteration, so the training rows survive a run
+    that stops between evaluations); ends with ``out["done"] = True`` and ``out["wall_s"]`` (seconds since ``t0``)
+    written."""
     evaluate(0)
     for it in range(1, iterations + 1):
-        train(it)
+        t1 = time.perf_counter()
+        m = train(it)
+        dt = time.perf_counter() - t1
+        out["train"].append({"iteration": it, "wall_s": dt, **m})
+        extra = "".join(f"  {k} {m[k]:.2f}" for k in m if k not in ("return_pre", "return_post", "accepted", "kl"))
+        print(f"  it {it:4d}: {dt:6.2f} s  batch return {m['return_pre']:8.2f} -> {m['return_post']:8.2f}{extra}  "
+              f"accepted {m['accepted']}", flush=True)
         if it % eval_every == 0 or it == iterations:
             evaluate(it)
         else:

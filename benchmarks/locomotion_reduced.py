@@ -183,15 +183,10 @@ def main(argv=None):
 
     def train(it):
         nonlocal state
-        t1 = time.perf_counter()
         state, m = step(state, jax.random.fold_in(jax.random.key(args.seed), it))
         jax.block_until_ready(state)
-        dt = time.perf_counter() - t1
-        out["train"].append({"iteration": it, "wall_s": dt, "return_pre": float(m["return_pre"]),
-                             "return_post": float(m["return_post"]), "accepted": bool(m["accepted"]),
-                             "kl": float(m["kl"])})
-        print(f"  it {it:4d}: {dt:6.2f} s  batch return {float(m['return_pre']):8.2f} -> "
-              f"{float(m['return_post']):8.2f}  accepted {bool(m['accepted'])}", flush=True)
+        return {"return_pre": float(m["return_pre"]), "return_post": float(m["return_post"]),
+                "accepted": bool(m["accepted"]), "kl": float(m["kl"])}
 
     train_and_evaluate(args.iterations, args.eval_every, train, evaluate, path, out, t0)
 

@@ -160,20 +160,14 @@ def main(argv=None):
 
     def train(it):
         nonlocal state
-        t1 = time.perf_counter()
         idx = rng.choice(50, size=args.tasks, replace=False)
         tasks = [ml1.train_tasks[i] for i in idx]
         batch = host.batch(state.params, tasks, jax.random.fold_in(jax.random.key(args.seed), it))
         state, m = outer(state, batch["samples"])
         jax.block_until_ready(state)
-        dt = time.perf_counter() - t1
-        r0, r1 = float(m["return_pre"]), float(m["return_post"])
-        s0, s1 = float(batch["success_pre"]), float(batch["success_post"])
-        out["train"].append({"iteration": it, "wall_s": dt, "return_pre": r0, "return_post": r1,
-                             "success_pre": s0, "success_post": s1, "accepted": bool(m["accepted"]),
-                             "kl": float(m["kl"])})
-        print(f"  it {it:3d}: {dt:6.2f} s  return {r0:8.2f} -> {r1:8.2f}  success {s0:.2f} -> {s1:.2f}  "
-              f"accepted {bool(m['accepted'])}", flush=True)
+        return {"return_pre": float(m["return_pre"]), "return_post": float(m["return_post"]),
+                "success_pre": float(batch["success_pre"]), "success_post": float(batch["success_post"]),
+                "accepted": bool(m["accepted"]), "kl": float(m["kl"])}
 
     train_and_evaluate(args.iterations, args.eval_every, train, evaluate, path, out, t0)
 
