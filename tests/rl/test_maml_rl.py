@@ -110,17 +110,17 @@ def test_conjugate_gradient_solves_spd_system(x64):
                                                       ("dice", False, 2)])
 def test_meta_gradient_matches_finite_differences(x64, trpo_run, estimator, learn_lr, steps):
     """Samples fixed (drawn once), the outer surrogate is a function of theta through the inner step(s); its
-    jax.grad (second order through the inner policy gradient) against float64 central differences. The one-step
-    cases share one meta-batch (``trpo_run``'s DiCE samples at key 7: the check is of the gradient of the
-    surrogate as a function of theta, whichever estimator adapted the policy that drew the samples); two inner
-    steps draw their own."""
+    jax.grad (second order through the inner policy gradient) against float64 central differences. All cases
+    share one meta-batch, ``trpo_run``'s DiCE samples at key 7 (the check is of the gradient of the surrogate as a
+    function of theta, whichever estimator adapted the policy that drew the samples): two inner steps take its
+    pre-adaptation samples for the first step and its post-adaptation samples (drawn with theta_1, as a two-step
+    ``sample`` draws the second step's) for the second step and the outer surrogate."""
     algo = _nav2d_algo(estimator=estimator, learn_inner_lr=learn_lr, num_inner_steps=steps)
     params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), algo.init().params)
-    if steps == 1:
-        params0, (data, old, _) = trpo_run[-1]
-        jax.tree.map(np.testing.assert_array_equal, params["policy"], params0["policy"])
-    else:
-        data, old, _ = jax.jit(algo.sample)(params, jax.random.key(7))
+    params0, (data, old, _) = trpo_run[-1]
+    jax.tree.map(np.testing.assert_array_equal, params["policy"], params0["policy"])
+    if steps == 2:
+        data, old = ((data[0][0], data[1]), data[1]), ((old[0][0], old[1]), old[1])
     err, g = fd_relative_error(lambda p: algo.outer_objective(p, data, old), params, eps=1e-5, n_dirs=3)
     assert err < 1e-5, err
     # the inner step matters: the meta-gradient differs from the gradient at the adapted parameters
