@@ -15,8 +15,8 @@ from jmeta.rl.maml_rl import conjugate_gradient
 
 def _nav2d_algo(**kw):
     """The one nav2d configuration of this file (horizon 6, a 2-5-2 tanh Gaussian MLP, 2 tasks x 3 episodes,
-    inner lr 0.3): every test builds its algorithm from it, so that the programs they compile are few and shared
-    (compiling ``sample`` costs seconds on a CPU)."""
+    inner lr 0.3): the TRPO, gradient, first-order and ANIL tests build their algorithms from it and share one
+    meta-batch of samples (``trpo_run``), so that they compile ``sample`` once (seconds on a CPU)."""
     pol = gaussian_mlp_policy(2, 2, (5,), activation="tanh", key=jax.random.key(1))
     return MAMLRL(envs.Nav2D(horizon=6), pol, **{"num_tasks": 2, "num_episodes": 3, "inner_lr": 0.3, **kw})
 
