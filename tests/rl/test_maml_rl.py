@@ -13,38 +13,57 @@ from jmeta.rl import MAMLRL, envs, gaussian_mlp_policy, promp
 from jmeta.rl.maml_rl import conjugate_gradient
 
 
+def _nav2d_algo(**kw):
+    """The one nav2d configuration of this file (horizon 6, a 2-5-2 tanh Gaussian MLP, 2 tasks x 3 episodes,
+    inner lr 0.3): the TRPO, gradient, first-order and ANIL tests build their algorithms from it and share one
+    meta-batch of samples (``trpo_run``), so that they compile ``sample`` once (seconds on a CPU)."""
+    pol = gaussian_mlp_policy(2, 2, (5,), activation="tanh", key=jax.random.key(1))
+    return MAMLRL(envs.Nav2D(horizon=6), pol, **{"num_tasks": 2, "num_episodes": 3, "inner_lr": 0.3, **kw})
+
+
 @pytest.fixture(scope="module")
 def trpo_run():
-    """Three TRPO meta-steps of a tiny nav2d MAML-RL through one jitted function that counts its traces."""
-    env = envs.Nav2D(horizon=10)
-    algo = MAMLRL(env, gaussian_mlp_policy(2, 2, (8,), key=jax.random.key(0)), num_tasks=3, num_episodes=4)
-    traces = []
+    """Three float64 TRPO meta-steps (DiCE, one inner step) of the nav2d MAML-RL through one jitted function that
+    counts its traces, the jitted ``sample`` of the same algorithm, and its samples at key 7 (the samples of the
+    gradient tests). Float64: test_meta_step_from_samples_is_meta_step_on_given_samples compares the first step
+    with ``meta_step_from_samples`` (float32 CG amplifies the rounding of two differently fused programs to ~2% of
+    the update); the tests that use these float64 values run with the ``x64`` fixture."""
+    old = bool(jax.config.jax_enable_x64)
+    jax.config.update("jax_enable_x64", True)
+    try:
+        algo = _nav2d_algo()
+        traces = []
 
-    def step(state, key):
-        traces.append(1)
-        return algo.meta_step(state, key)
+        def step(state, key):
+            traces.append(1)
+            return algo.meta_step(state, key)
 
-    f = jax.jit(step)
-    state = algo.init()
-    history = []
-    for i in range(3):
-        key = jax.random.key(100 + i)
-        new, m = f(state, key)
-        history.append((state, key, new, jax.device_get(m)))
-        state = new
-    return algo, traces, history
+        f = jax.jit(step)
+        state = algo.init()
+        state = state._replace(params=jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), state.params))
+        params0 = state.params
+        history = []
+        for i in range(3):
+            key = jax.random.key(100 + i)
+            new, m = f(state, key)
+            history.append((state, key, new, jax.device_get(m)))
+            state = new
+        sample = jax.jit(algo.sample)
+        samples = sample(params0, jax.random.key(7))
+    finally:
+        jax.config.update("jax_enable_x64", old)
+    return algo, traces, history, sample, (params0, samples)
 
 
 def test_meta_step_compiles_once(trpo_run):
-    _, traces, history = trpo_run
+    _, traces, history, _, _ = trpo_run
     assert len(traces) == 1
     assert [int(h[2].step) for h in history] == [1, 2, 3]
 
 
-def test_trpo_step_satisfies_kl_bound_and_improves(trpo_run):
-    algo, _, history = trpo_run
+def test_trpo_step_satisfies_kl_bound_and_improves(x64, trpo_run):
+    algo, _, history, sample, _ = trpo_run
     terms = jax.jit(algo.outer_terms)
-    sample = jax.jit(algo.sample)
     for state, key, new, m in history:
         assert bool(m["accepted"])
         data, old, _ = sample(state.params, key)  # the same samples as the step (same key)
@@ -59,16 +78,14 @@ def test_trpo_step_satisfies_kl_bound_and_improves(trpo_run):
         assert max(float(x) for x in d) > 0
 
 
-def test_meta_step_from_samples_is_meta_step_on_given_samples(x64):
+def test_meta_step_from_samples_is_meta_step_on_given_samples(x64, trpo_run):
     """The outer update on samples drawn elsewhere (what a host-side environment, jmeta.rl.host, feeds it) is
     meta_step's: the same new parameters and metrics from the same samples (float64: float32 CG amplifies the
-    rounding of two differently fused programs to ~2% of the update)."""
-    env = envs.Nav2D(horizon=5)
-    algo = MAMLRL(env, gaussian_mlp_policy(2, 2, (4,), key=jax.random.key(0)), num_tasks=2, num_episodes=3)
-    state, key = algo.init(), jax.random.key(7)
-    state = state._replace(params=jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), state.params))
-    new, m = jax.jit(algo.meta_step)(state, key)
-    data, _, _ = jax.jit(algo.sample)(state.params, key)
+    rounding of two differently fused programs to ~2% of the update). ``meta_step``'s result is the first
+    jitted meta-step of ``trpo_run``."""
+    algo, _, history, sample, _ = trpo_run
+    state, key, new, m = history[0]
+    data, _, _ = sample(state.params, key)
     got, gm = jax.jit(algo.meta_step_from_samples)(state, data)
     assert int(got.step) == int(new.step) == 1 and bool(m["accepted"])
     for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(new.params), strict=True):
@@ -91,15 +108,19 @@ def test_conjugate_gradient_solves_spd_system(x64):
 
 @pytest.mark.parametrize("estimator,learn_lr,steps", [("dice", False, 1), ("lvc", False, 1), ("reinforce", True, 1),
                                                       ("dice", False, 2)])
-def test_meta_gradient_matches_finite_differences(x64, estimator, learn_lr, steps):
+def test_meta_gradient_matches_finite_differences(x64, trpo_run, estimator, learn_lr, steps):
     """Samples fixed (drawn once), the outer surrogate is a function of theta through the inner step(s); its
-    jax.grad (second order through the inner policy gradient) against float64 central differences."""
-    env = envs.Nav2D(horizon=6)
-    pol = gaussian_mlp_policy(2, 2, (5,), activation="tanh", key=jax.random.key(1))
-    algo = MAMLRL(env, pol, num_tasks=2, num_episodes=3, estimator=estimator, learn_inner_lr=learn_lr,
-                  num_inner_steps=steps, inner_lr=0.3)
+    jax.grad (second order through the inner policy gradient) against float64 central differences. All cases
+    share one meta-batch, ``trpo_run``'s DiCE samples at key 7 (the check is of the gradient of the surrogate as a
+    function of theta, whichever estimator adapted the policy that drew the samples): two inner steps take its
+    pre-adaptation samples for the first step and its post-adaptation samples (drawn with theta_1, as a two-step
+    ``sample`` draws the second step's) for the second step and the outer surrogate."""
+    algo = _nav2d_algo(estimator=estimator, learn_inner_lr=learn_lr, num_inner_steps=steps)
     params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), algo.init().params)
-    data, old, _ = jax.jit(algo.sample)(params, jax.random.key(7))
+    params0, (data, old, _) = trpo_run[-1]
+    jax.tree.map(np.testing.assert_array_equal, params["policy"], params0["policy"])
+    if steps == 2:
+        data, old = ((data[0][0], data[1]), data[1]), ((old[0][0], old[1]), old[1])
     err, g = fd_relative_error(lambda p: algo.outer_objective(p, data, old), params, eps=1e-5, n_dirs=3)
     assert err < 1e-5, err
     # the inner step matters: the meta-gradient differs from the gradient at the adapted parameters
@@ -107,15 +128,21 @@ def test_meta_gradient_matches_finite_differences(x64, estimator, learn_lr, step
     assert gnorm > 1e-4
 
 
-def test_first_order_meta_gradient_is_the_post_update_gradient(x64):
-    env = envs.Nav2D(horizon=6)
-    pol = gaussian_mlp_policy(2, 2, (5,), activation="tanh", key=jax.random.key(1))
-    algo = MAMLRL(env, pol, num_tasks=2, num_episodes=3, estimator="first_order", inner_lr=0.3)
-    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), algo.init().params)
-    data, old, _ = jax.jit(algo.sample)(params, jax.random.key(7))
+def _adapted(algo, params, data):
+    """The adapted parameters ``[theta_0, ..., theta_K]`` (task axis first) of ``algo``'s inner step(s) on
+    ``data``: what ``algo.sample`` returns as ``old`` for the samples it draws."""
+    return jax.jit(jax.vmap(algo.adapted_params, in_axes=(None, 0)))(params, data[0])
+
+
+def test_first_order_meta_gradient_is_the_post_update_gradient(x64, trpo_run):
+    algo = _nav2d_algo(estimator="first_order")
+    pol = algo.policy
+    params, (data, _, _) = trpo_run[-1]  # the shared meta-batch (DiCE-adapted sampling policy)
+    ps = _adapted(algo, params, data)  # the first-order algorithm's own adapted parameters
+    old = (tuple(ps[:-1]), ps[-1])
+    adapted = old[1]
     g = jax.jit(jax.grad(lambda p: algo.outer_objective(p, data, old)))(params)  # one program, not op by op
     # route 2: per task, the gradient of the post-update surrogate with respect to the adapted parameters
-    adapted = old[1]
 
     def post(p_task, traj, proc):
         lp = pol.log_prob(p_task, traj.obs, traj.actions)
@@ -139,8 +166,8 @@ def test_promp_and_ppo_steps_run_and_adapt_the_penalty():
     assert float(m["surrogate_gain"]) > 0
 
 
-def test_evaluate_summary_keys(trpo_run):
-    algo, _, history = trpo_run
+def test_evaluate_summary_keys(x64, trpo_run):
+    algo, _, history, _, _ = trpo_run
     ev = algo.evaluate(history[-1][2].params, jax.random.key(3), num_tasks=4, num_steps=2, num_episodes=2)
     assert ev["num_tasks"] == 4 and ev["num_steps"] == 2
     assert list(ev["summary"]) == ["return after 0 step(s)", "return after 1 step(s)", "return after 2 step(s)"]
@@ -163,16 +190,15 @@ def test_bad_input_one_clear_error_each():
         MAMLRL(env, gaussian_mlp_policy(2, 2, (4,)), estimator="vpg")
 
 
-def test_anil_adapts_only_the_named_parameters():
-    env = envs.Nav2D(horizon=6)
-    pol = gaussian_mlp_policy(2, 2, (5,), key=jax.random.key(1))
-    algo = MAMLRL(env, pol, num_tasks=2, num_episodes=3, adapt_params=("mean/layers_1", "log_std"))
-    params = algo.init().params
-    data, old, _ = jax.jit(algo.sample)(params, jax.random.key(7))
-    adapted = old[1]
+def test_anil_adapts_only_the_named_parameters(x64, trpo_run):
+    """ANIL's inner step (the one ``sample`` adapts with: ``_adapted``) on the shared meta-batch."""
+    algo = _nav2d_algo(adapt_params=("mean/layers_1", "log_std"))
+    pol = algo.policy
+    params, (data, _, _) = trpo_run[-1]
+    adapted = _adapted(algo, params, data)[-1]
     np.testing.assert_array_equal(adapted["mean"]["layers_0"]["kernel"][0],
                                   params["policy"]["mean"]["layers_0"]["kernel"])
     assert not np.allclose(adapted["mean"]["layers_1"]["kernel"][0], params["policy"]["mean"]["layers_1"]["kernel"])
     assert not np.allclose(adapted["log_std"][0], params["policy"]["log_std"])
     with pytest.raises(ValueError, match="adapt_params entry 'mean/head' matches no policy parameter"):
-        MAMLRL(env, pol, adapt_params=("mean/head",))
+        MAMLRL(algo.env, pol, adapt_params=("mean/head",))

@@ -45,13 +45,17 @@ def bandit_policy(num_actions=3):
 
 
 small = dict(num_tasks=3, num_episodes=2)
+#: The inner loop of both MAML-RL instances: Meta-SGD (learned per-parameter inner rates) and ANIL (adapt the
+#: head and log-std only) on, ProMP's LVC estimator. Their sampling (``sample``, ``sample_task``) and evaluation
+#: are then one program each, compiled once for the two (compiling one costs seconds on a CPU); the outer updates
+#: (TRPO, PPO with the inner KL penalty) differ.
+INNER = dict(learn_inner_lr=True, adapt_params=("mean/layers_1", "log_std"), estimator="lvc")
 #: A tiny instance of every registered algorithm (and option variants); a new algorithm adds one line here.
 FACTORIES = {
-    # MAML-TRPO with its Meta-SGD (learned per-parameter inner rates) and ANIL (adapt the head and log-std only)
-    # options on: one instance covers the three (compiling a MAML-RL meta-step costs seconds on a CPU)
-    "MAMLRL": lambda: MAMLRL(NAV, nav_policy(), cg_iters=3, max_backtracks=3, learn_inner_lr=True,
-                             adapt_params=("mean/layers_1", "log_std"), **small),
-    "ProMP": lambda: ProMP(NAV, nav_policy(), ppo_epochs=1, **small),
+    # MAML-TRPO with its Meta-SGD and ANIL options on: one instance covers the three (compiling a MAML-RL
+    # meta-step costs seconds on a CPU)
+    "MAMLRL": lambda: MAMLRL(NAV, nav_policy(), cg_iters=3, max_backtracks=3, **INNER, **small),
+    "ProMP": lambda: ProMP(NAV, nav_policy(), ppo_epochs=1, **INNER, **small),
     "RL2": lambda: RL2(BANDIT, bandit_policy(), num_episodes=2, meta_batch_size=4,
                        ppo=PPOConfig(epochs=1, num_minibatches=2)),
 }
