@@ -114,9 +114,14 @@ def test_first_order_one_step_gradient_is_query_gradient_at_adapted_params(x64):
     algo = FOMAML(model.apply, inner_lr=0.05, num_steps=1)
     p = model.params
     g = _meta_grad(algo)({"params": p}, task)["params"]
-    gs = jax.grad(lambda q: jnp.mean((_manual_mlp(q, task.support_x) - task.support_y) ** 2))(p)
-    phi = jax.tree.map(lambda a, b: a - 0.05 * b, p, gs)
-    gq = jax.grad(lambda q: jnp.mean((_manual_mlp(q, task.query_x) - task.query_y) ** 2))(phi)
+
+    @jax.jit  # the hand route as one compiled program (not op by op)
+    def query_grad_at_phi(p):
+        gs = jax.grad(lambda q: jnp.mean((_manual_mlp(q, task.support_x) - task.support_y) ** 2))(p)
+        phi = jax.tree.map(lambda a, b: a - 0.05 * b, p, gs)
+        return jax.grad(lambda q: jnp.mean((_manual_mlp(q, task.query_x) - task.query_y) ** 2))(phi)
+
+    gq = query_grad_at_phi(p)
     for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(gq)):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
@@ -152,10 +157,15 @@ def test_metasgd_gradient_flows_into_per_parameter_rates(x64):
     assert jax.tree.map(jnp.shape, meta["log_lr"]) == jax.tree.map(jnp.shape, meta["params"])
     err, g = fd_relative_error(_loss(algo), meta, args=(task,))  # g: jax.grad, compiled
     # Hand route: phi = theta - exp(l) * g_s ; dL/dl = -exp(l) * g_s * grad_phi L_q.
-    gs = jax.grad(lambda q: jnp.mean((_manual_mlp(q, task.support_x) - task.support_y) ** 2))(meta["params"])
-    phi = jax.tree.map(lambda a, l, b: a - jnp.exp(l) * b, meta["params"], meta["log_lr"], gs)
-    gq = jax.grad(lambda q: jnp.mean((_manual_mlp(q, task.query_x) - task.query_y) ** 2))(phi)
-    ref = jax.tree.map(lambda l, b, c: -jnp.exp(l) * b * c, meta["log_lr"], gs, gq)
+
+    @jax.jit  # the hand route as one compiled program (not op by op)
+    def hand_route(meta):
+        gs = jax.grad(lambda q: jnp.mean((_manual_mlp(q, task.support_x) - task.support_y) ** 2))(meta["params"])
+        phi = jax.tree.map(lambda a, l, b: a - jnp.exp(l) * b, meta["params"], meta["log_lr"], gs)
+        gq = jax.grad(lambda q: jnp.mean((_manual_mlp(q, task.query_x) - task.query_y) ** 2))(phi)
+        return jax.tree.map(lambda l, b, c: -jnp.exp(l) * b * c, meta["log_lr"], gs, gq)
+
+    ref = hand_route(meta)
     for a, b in zip(jax.tree.leaves(g["log_lr"]), jax.tree.leaves(ref)):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
     assert err < 1e-4
@@ -191,7 +201,7 @@ def test_anil_adapts_only_the_head_and_body_gets_second_order_gradient(x64):
     model = from_apply(_manual_mlp, _manual_params(6), stateless=True)
     algo = ANIL(model.apply, inner_lr=0.1, num_steps=2, adapt_params=("w3", "b3"))
     p = model.params
-    adapted = algo.adapt({"params": p}, {}, task.support_x, task.support_y)
+    adapted = jax.jit(algo.adapt)({"params": p}, {}, task.support_x, task.support_y)
     for name in ("w1", "b1", "w2", "b2"):
         np.testing.assert_array_equal(adapted[name], p[name])
     assert float(jnp.max(jnp.abs(adapted["w3"] - p["w3"]))) > 0
@@ -227,7 +237,7 @@ def test_reptile_gradient_is_theta_minus_adapted(x64):
     algo = Reptile(model.apply, inner_lr=0.02, num_steps=3, train_on_query=False)
     p = model.params
     g = _meta_grad(algo)({"params": p}, task)["params"]
-    phi = algo.adapt({"params": p}, {}, task.support_x, task.support_y)
+    phi = jax.jit(algo.adapt)({"params": p}, {}, task.support_x, task.support_y)
     for k in p:
         np.testing.assert_allclose(g[k], p[k] - phi[k], rtol=1e-10, atol=1e-12)
 
@@ -250,6 +260,13 @@ _NAN_AT_ZERO = {"adam eps_root=0": (optax.scale_by_adam(), True),
                 "momentum": (optax.trace(0.9), False)}
 
 
+@functools.cache
+def _relu_mlp_and_task():
+    """The ReLU MLP and the task of the NaN-probe tests, built once for all of them."""
+    model = mlp(1, (40, 40), 1)
+    return model, jax.tree.map(lambda a: a[0], Sinusoid(10, 10).sample(jax.random.key(0), 1))
+
+
 @pytest.mark.parametrize("name", list(_NAN_AT_ZERO))
 def test_nan_derivative_probe_predicts_a_nan_meta_gradient(name):
     """The probe agrees with what second-order MAML gives on a ReLU MLP (dead units give zero gradients)."""
@@ -257,11 +274,11 @@ def test_nan_derivative_probe_predicts_a_nan_meta_gradient(name):
 
     transform, nan = _NAN_AT_ZERO[name]
     assert nan_derivative_at_zero_gradient(transform) is nan
-    model = mlp(1, (40, 40), 1)
-    task = jax.tree.map(lambda a: a[0], Sinusoid(10, 10).sample(jax.random.key(0), 1))
+    model, task = _relu_mlp_and_task()
     with pytest.warns(UserWarning, match="NaN derivative at a zero gradient") if nan else _no_warning():
         algo = MAML(model.apply, inner_lr=0.01, num_steps=3, inner_transform=transform)
-    g = jax.grad(lambda m: algo.task_loss(m, model.state, task)[0])(algo.init(model.params))
+    # one compiled program per transform (op by op, the second-order loop dispatches hundreds of small programs)
+    g = jax.jit(jax.grad(lambda m, task: algo.task_loss(m, model.state, task)[0]))(algo.init(model.params), task)
     finite = all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(g))
     assert finite is not nan
 
