@@ -21,8 +21,8 @@ import _multidevice  # noqa: E402
 
 @pytest.fixture(scope="module")
 def eight_devices():
+    # the suite's XLA:CPU flags (conftest) are inherited; the helper adds the device count to them
     env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("JAX_PLATFORMS", "cpu")
     proc = subprocess.run([sys.executable, str(HERE / "_multidevice.py"), "8"], capture_output=True, text=True,
@@ -99,44 +99,10 @@ def test_single_process_helpers():
     assert x.sharding.is_fully_replicated
 
 
-DROPOUT_SCRIPT = r"""
-import json
-import jax, jax.numpy as jnp, numpy as np, optax
-from flax import nnx
-from jmeta.algorithms import MAML
-from jmeta.models import from_nnx
-from jmeta.tasks import Sinusoid
-from jmeta.train.distributed import replicate, task_mesh
-from jmeta.train.step import init_train_state, make_meta_step
-
-class Net(nnx.Module):
-    def __init__(self, rngs):
-        self.l1, self.d, self.l2 = nnx.Linear(1, 16, rngs=rngs), nnx.Dropout(0.1, rngs=rngs), nnx.Linear(16, 1, rngs=rngs)
-    def __call__(self, x):
-        return self.l2(self.d(jnp.tanh(self.l1(x))))
-
-model = from_nnx(Net(nnx.Rngs(0, dropout=1)))
-alg, opt, out = MAML(model.apply, inner_lr=0.05, num_steps=1), optax.sgd(1e-3), {}
-for name, mesh in (("one", None), ("four", task_mesh(4))):
-    step = make_meta_step(alg, Sinusoid().sample, opt, meta_batch_size=8, mesh=mesh)
-    st = init_train_state(alg, model.params, model.state, opt)
-    st = replicate(st, mesh) if mesh is not None else st
-    new, m = step(st, jax.random.key(0))
-    keys = [np.asarray(jax.random.key_data(x)).tolist() for x in jax.tree.leaves(new.model_state)
-            if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)]
-    out[name] = {"loss": float(m["loss"]), "keys": keys}
-print("RESULT " + json.dumps(out))
-"""
-
-
-def test_sharded_step_with_a_prng_key_in_the_model_state():
+def test_sharded_step_with_a_prng_key_in_the_model_state(eight_devices):
     """An nnx.Dropout keeps its key in the model state: the cross-device reduction crashed on typed keys
-    (lax.pmax); on 4 devices the step now gives one device's loss and key."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
-               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-c", DROPOUT_SCRIPT], capture_output=True, text=True, env=env,
-                          cwd=REPO, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    res = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1][len("RESULT "):])
+    (lax.pmax); on 4 devices the step now gives one device's loss and key (``_multidevice.run_dropout``, in the
+    8-device subprocess: a 4-device mesh of its first 4 devices)."""
+    res = eight_devices["dropout"]
     assert res["one"]["keys"] and res["four"]["keys"] == res["one"]["keys"]
     np.testing.assert_allclose(res["four"]["loss"], res["one"]["loss"], rtol=1e-5)

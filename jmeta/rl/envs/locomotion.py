@@ -142,6 +142,20 @@ def _load(name: str):
             float(mj_model.opt.timestep))
 
 
+@functools.lru_cache(maxsize=None)
+def _physics(name: str, frame_skip: int):
+    """``data -> data``: ``frame_skip`` calls of ``mjx.step`` on a packaged model, jitted once per process.
+
+    Jitted (the model closed over: MJX reads its fields as static NumPy) so that JAX traces MJX's step once and
+    reuses the traced (and, under ``vmap``, the batched) program wherever a rollout calls it again: before and
+    after adaptation, in the meta-step and in the evaluation. Inside another ``jit`` the call is inlined by XLA,
+    so the compiled program computes the same; only the Python tracing is saved.
+    """
+    _, mjx = _import_mjx()
+    model = _load(name)[0]
+    return jax.jit(lambda data: jax.lax.fori_loop(0, frame_skip, lambda _, d: mjx.step(model, d), data))
+
+
 @dataclasses.dataclass(frozen=True)
 class _Locomotion:
     """Shared MJX machinery: reset with gym's noise, ``frame_skip`` physics steps per action."""
@@ -201,10 +215,7 @@ class _Locomotion:
         if action.shape != (self.action_size,):
             raise ValueError(f"action must have shape ({self.action_size},) for {type(self).__name__}; "
                              f"got {action.shape}")
-        _, mjx = _import_mjx()
-        model = _load(self._xml)[0]
-        data = state.replace(ctrl=action.astype(state.ctrl.dtype))
-        data = jax.lax.fori_loop(0, self.frame_skip, lambda _, d: mjx.step(model, d), data)
+        data = _physics(self._xml, self.frame_skip)(state.replace(ctrl=action.astype(state.ctrl.dtype)))
         reward = self.reward(self.forward_velocity(state, data), action.astype(jnp.float32), task)
         return data, self._obs(data), reward.astype(jnp.float32), self._done(data)
 
