@@ -37,7 +37,7 @@ def test_shapes_and_names(kwargs, shape, feat):
 def test_embedding_only_mode():
     m = conv4(None)
     assert "head" not in m.params
-    z, _ = jax.jit(lambda x: m.apply(m.params, m.state, x, train=False))(_images(3))  # one compile, not op by op
+    z, _ = jax.eval_shape(lambda x: m.apply(m.params, m.state, x, train=False), _images(3))  # shapes: no compile
     assert z.shape == (3, conv4_feature_dim((28, 28, 1)))
 
 
@@ -78,7 +78,7 @@ def test_flattening_conv4_refuses_other_image_sizes():
         e.apply(e.params, e.state, _images(2, (32, 32, 1)), train=True)
     # pool='stride' takes a spatial mean: any size works
     s = conv4(5, hidden=4, input_shape=(28, 28, 1), pool="stride")
-    out, _ = jax.jit(lambda x: s.apply(s.params, s.state, x, train=True))(_images(2, (32, 32, 1)))
+    out, _ = jax.eval_shape(lambda x: s.apply(s.params, s.state, x, train=True), _images(2, (32, 32, 1)))
     assert out.shape == (2, 5)
 
 
