@@ -22,27 +22,31 @@ def _images(n, shape=(28, 28, 1), seed=0):
     (dict(input_shape=(84, 84, 3), hidden=32), (84, 84, 3), 800),
 ])
 def test_shapes_and_names(kwargs, shape, feat):
-    m = conv4(5, **kwargs)
-    assert sorted(m.params) == ["block_0", "block_1", "block_2", "block_3", "head"]
-    assert m.params["head"]["kernel"].shape == (feat, 5)
-    assert m.params["block_0"]["conv"]["kernel"].shape == (3, 3, shape[2], kwargs.get("hidden", 64))
-    assert sorted(m.state["block_0"]["bn"]) == ["mean", "var"]
-    out, _ = jax.jit(lambda p, s, x: m.apply(p, s, x, train=True))(m.params, m.state, _images(4, shape))
+    def build(x):  # shapes only (jax.eval_shape): no initial weights drawn, no program compiled
+        m = conv4(5, **kwargs)
+        return m.params, m.state, m.apply(m.params, m.state, x, train=True)[0]
+
+    params, state, out = jax.eval_shape(build, jax.ShapeDtypeStruct((4, *shape), jnp.float32))
+    assert sorted(params) == ["block_0", "block_1", "block_2", "block_3", "head"]
+    assert params["head"]["kernel"].shape == (feat, 5)
+    assert params["block_0"]["conv"]["kernel"].shape == (3, 3, shape[2], kwargs.get("hidden", 64))
+    assert sorted(state["block_0"]["bn"]) == ["mean", "var"]
     assert out.shape == (4, 5)
 
 
 def test_embedding_only_mode():
     m = conv4(None)
     assert "head" not in m.params
-    z, _ = jax.jit(lambda x: m.apply(m.params, m.state, x, train=False))(_images(3))  # one compile, not op by op
+    z, _ = jax.eval_shape(lambda x: m.apply(m.params, m.state, x, train=False), _images(3))  # shapes: no compile
     assert z.shape == (3, conv4_feature_dim((28, 28, 1)))
 
 
 def test_uint8_inputs_are_scaled():
     m = conv4(5, conv_impl="lax")
+    apply = jax.jit(m.apply, static_argnames="train")  # one compile per input dtype, not one per eager op
     x8 = (np.asarray(_images(3)) * 255).astype(np.uint8)
-    a, _ = m.apply(m.params, m.state, jnp.asarray(x8), train=False)
-    b, _ = m.apply(m.params, m.state, jnp.asarray(x8, jnp.float32) / 255, train=False)
+    a, _ = apply(m.params, m.state, jnp.asarray(x8), train=False)
+    b, _ = apply(m.params, m.state, jnp.asarray(x8, jnp.float32) / 255, train=False)
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
 
 
@@ -74,7 +78,7 @@ def test_flattening_conv4_refuses_other_image_sizes():
         e.apply(e.params, e.state, _images(2, (32, 32, 1)), train=True)
     # pool='stride' takes a spatial mean: any size works
     s = conv4(5, hidden=4, input_shape=(28, 28, 1), pool="stride")
-    out, _ = jax.jit(lambda x: s.apply(s.params, s.state, x, train=True))(_images(2, (32, 32, 1)))
+    out, _ = jax.eval_shape(lambda x: s.apply(s.params, s.state, x, train=True), _images(2, (32, 32, 1)))
     assert out.shape == (2, 5)
 
 
@@ -108,8 +112,9 @@ def _small_maml_grad(impl, pool, dtype):
     algo = MAML(m.apply, loss="cross_entropy", inner_lr=0.4)
     mp = algo.init(jax.tree.map(lambda a: a.astype(dtype), m.params))
     state = jax.tree.map(lambda a: a.astype(dtype), m.state)
-    f = jax.jit(lambda mp: algo.task_loss(mp, state, task)[0])
-    return f, mp, jax.jit(jax.grad(f))(mp)
+    # one compiled program gives the loss (finite differences) and the meta-gradient
+    value_and_grad = jax.jit(jax.value_and_grad(lambda mp: algo.task_loss(mp, state, task)[0]))
+    return (lambda mp: value_and_grad(mp)[0]), mp, value_and_grad(mp)[1]
 
 
 @pytest.mark.parametrize("impl,pool", [("lax", "max"), ("patches_vjp", "max"), ("patches_vjp", "stride")])
@@ -118,11 +123,12 @@ def test_maml_meta_gradient_matches_finite_differences_float64(x64, impl, pool):
     equal central finite differences (float64)."""
     f, mp, g = _small_maml_grad(impl, pool, jnp.float64)
     rng = np.random.default_rng(1)
+    mp = jax.tree.map(np.asarray, mp)  # the perturbations and dot products in NumPy float64: no eager-op compiles
     for _ in range(2):
-        v = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape)), mp)
+        v = jax.tree.map(lambda a: rng.normal(size=a.shape), mp)
         eps = 1e-6
         fd = (f(jax.tree.map(lambda a, b: a + eps * b, mp, v)) - f(jax.tree.map(lambda a, b: a - eps * b, mp, v))) / (2 * eps)
-        an = sum(jnp.sum(a * b) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(v)))
+        an = sum(np.sum(np.asarray(a) * b) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(v)))
         np.testing.assert_allclose(float(an), float(fd), rtol=1e-6)
 
 
@@ -263,7 +269,7 @@ def test_module_is_a_plain_nnx_module():
 
     mod = Conv4(5, rngs=nnx.Rngs(1))
     assert isinstance(mod, nnx.Module)
-    assert mod(_images(2)).shape == (2, 5)
+    assert nnx.jit(lambda m, x: m(x))(mod, _images(2)).shape == (2, 5)  # one compile, not one per eager op
 
 
 def test_numpy_float64_and_integer_images_follow_the_model_dtype():

@@ -1,5 +1,7 @@
 """ResNet-12: structure, output modes, parameter count, and agreement of the convolution forms."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,9 +15,11 @@ def _images(n, shape=(16, 16, 3), seed=0):
 
 
 def test_structure_and_parameter_count():
-    m = resnet12(input_shape=(16, 16, 3))
-    assert sorted(m.params) == ["block_0", "block_1", "block_2", "block_3"]
-    blk = m.params["block_1"]
+    # shapes only: jax.eval_shape builds the full-width model without drawing its 12.4M initial weights (eagerly,
+    # every kernel shape compiled its own truncated-normal program: ~10 s of CPU for nothing this test reads)
+    params = jax.eval_shape(lambda: resnet12(input_shape=(16, 16, 3)).params)
+    assert sorted(params) == ["block_0", "block_1", "block_2", "block_3"]
+    blk = params["block_1"]
     assert sorted(blk) == ["bn1", "bn2", "bn3", "conv1", "conv2", "conv3", "shortcut_bn", "shortcut_conv"]
     assert blk["conv1"]["kernel"].shape == (3, 3, 64, 160)
     assert blk["shortcut_conv"]["kernel"].shape == (1, 1, 64, 160)
@@ -25,14 +29,17 @@ def test_structure_and_parameter_count():
     for w in widths:
         expected += 9 * (cin * w + 2 * w * w) + cin * w + 4 * 2 * w
         cin = w
-    assert sum(a.size for a in jax.tree.leaves(m.params)) == expected
+    assert sum(a.size for a in jax.tree.leaves(params)) == expected
     assert 12.0e6 < expected < 12.6e6
 
 
 @pytest.mark.parametrize("output,dim", [("avg", 640), ("flatten", 640)])
 def test_embedding_shapes(output, dim):
-    m = resnet12(input_shape=(16, 16, 3), output=output)
-    z, state = jax.jit(lambda p, s, x: m.apply(p, s, x, train=True))(m.params, m.state, _images(2))
+    def embed(x):  # shapes only (jax.eval_shape): no 12.4M initial weights drawn, no program compiled
+        m = resnet12(input_shape=(16, 16, 3), output=output)
+        return m.apply(m.params, m.state, x, train=True)
+
+    z, state = jax.eval_shape(embed, jax.ShapeDtypeStruct((2, 16, 16, 3), jnp.float32))
     assert z.shape == (2, dim) == (2, resnet12_feature_dim((16, 16, 3), output=output))
     assert resnet12_feature_dim((84, 84, 3), output="flatten") == 16000
     assert resnet12_feature_dim((84, 84, 3)) == 640
@@ -40,8 +47,8 @@ def test_embedding_shapes(output, dim):
 
 def test_head_and_errors():
     m = resnet12(5, input_shape=(16, 16, 3), widths=(4, 4, 4, 4))
-    # jitted: one compile instead of one per eager op (this test is about the head and the errors)
-    out, _ = jax.jit(m.apply, static_argnames="train")(m.params, m.state, _images(3), train=False)
+    # shapes only (jax.eval_shape): no program compiled (this test is about the head and the errors)
+    out, _ = jax.eval_shape(functools.partial(m.apply, train=False), m.params, m.state, _images(3))
     assert out.shape == (3, 5) and "head" in m.params
     with pytest.raises(ValueError, match="output"):
         resnet12(output="max")
@@ -56,13 +63,14 @@ def test_flatten_output_refuses_other_image_sizes():
     (a ValueError naming both, not a dot_general TypeError in the head); output='avg' takes any size."""
     m = resnet12(5, input_shape=(16, 16, 3), widths=(4, 4), output="flatten")
     msg = r"ResNet12 image height and width must be \(16, 16\) \(input_shape=\(16, 16, 3\).*got \(20, 20\)"
-    apply = jax.jit(m.apply, static_argnames="train")  # the check is on static shapes: it raises when traced
+    # the check is on static shapes: it raises when traced (jax.eval_shape: shapes only, no program compiled)
+    apply = lambda p, s, x, train: jax.eval_shape(functools.partial(m.apply, train=train), p, s, x)  # noqa: E731
     with pytest.raises(ValueError, match=msg):
         apply(m.params, m.state, _images(2, (20, 20, 3)), train=True)
     out, _ = apply(m.params, m.state, _images(2), train=True)
     assert out.shape == (2, 5)
     a = resnet12(5, input_shape=(16, 16, 3), widths=(4, 4), output="avg")
-    out, _ = jax.jit(a.apply, static_argnames="train")(a.params, a.state, _images(2, (20, 20, 3)), train=True)
+    out, _ = jax.eval_shape(functools.partial(a.apply, train=True), a.params, a.state, _images(2, (20, 20, 3)))
     assert out.shape == (2, 5)
 
 
