@@ -143,7 +143,8 @@ def test_conv_impls_give_the_same_maml_meta_gradient():
 def test_patches_impl_second_order_under_jit(x64):
     """Regression: with a max-pool differentiated through ``operand == max`` (jnp.max over window
     axes), XLA recomputed the im2col convolution in two fusions with different rounding and this
-    meta-gradient came out wrong under jit (right eagerly). max_pool_2x2's argmax selection fixes it."""
+    meta-gradient came out wrong under jit (right eagerly). max_pool_2x2's stop-gradient selection (no
+    equality with a recomputed max) fixes it."""
     _, _, g = _small_maml_grad("patches", "max", jnp.float64)
     _, _, g_lax = _small_maml_grad("lax", "max", jnp.float64)
     for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_lax)):
