@@ -20,18 +20,25 @@ def test_vmap_over_tasks_equals_python_loop():
     meta = algo.init(model.params)
     tasks = Sinusoid(10, 10).sample(jax.random.key(0), 6)
     keys = jax.random.split(jax.random.key(1), 6)
-    obj, grads, metrics, _ = batched_loss_and_grad(algo, meta, model.state, tasks, keys, 0, task_parallel="vmap")
+
+    def batched(mode):  # each mode as one compiled program (op-by-op dispatch compiled every primitive of it)
+        return jax.jit(lambda m, t, k: batched_loss_and_grad(algo, m, model.state, t, k, 0, task_parallel=mode))
+
+    obj, grads, metrics, _ = batched("vmap")(meta, tasks, keys)
     losses, gsum = [], None
-    one = jax.jit(lambda m, t, k: jax.value_and_grad(algo.task_loss, has_aux=True)(m, model.state, t, key=k))
+    # one task at a time: task i taken out of the batch inside the program (i is an argument: one compile)
+    one = jax.jit(lambda m, ts, ks, i: jax.value_and_grad(algo.task_loss, has_aux=True)(
+        m, model.state, task_at(ts, i), key=ks[i]))
     for i in range(6):
-        (l, _), g = one(meta, task_at(tasks, i), keys[i])
-        losses.append(l)
-        gsum = g if gsum is None else jax.tree.map(jnp.add, gsum, g)
+        (l, _), g = one(meta, tasks, keys, i)
+        losses.append(float(l))
+        g = [np.asarray(x) for x in jax.tree.leaves(g)]
+        gsum = g if gsum is None else [a + b for a, b in zip(gsum, g)]
     np.testing.assert_allclose(obj, np.mean(losses), rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(gsum)):
+    for a, b in zip(jax.tree.leaves(grads), gsum):
         np.testing.assert_allclose(a, b / 6, rtol=2e-4, atol=1e-6)
     for mode in ("map", 2, 3):
-        o2, g2, _, _ = batched_loss_and_grad(algo, meta, model.state, tasks, keys, 0, task_parallel=mode)
+        o2, g2, _, _ = batched(mode)(meta, tasks, keys)
         np.testing.assert_allclose(o2, obj, rtol=1e-5)
         for a, b in zip(jax.tree.leaves(g2), jax.tree.leaves(grads)):
             np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
@@ -94,18 +101,22 @@ def test_from_nnx_keeps_batchnorm_state_apart():
     model = from_nnx(Net(nnx.Rngs(0)))
     assert set(model.params) == {"lin", "bn", "head"} and set(model.params["bn"]) == {"scale", "bias"}
     assert set(model.state) == {"bn"} and set(model.state["bn"]) == {"mean", "var"}
-    x = jax.random.normal(jax.random.key(0), (16, 3)) * 3 + 1
-    out_t, new_state = model.apply(model.params, model.state, x, train=True)
+    x = np.asarray(jax.random.normal(jax.random.key(0), (16, 3))) * 3 + 1
+
+    @jax.jit  # both modes and the gradient in one compiled program (op by op, each primitive compiled alone)
+    def run(params, state, x):
+        grad = jax.grad(lambda p: jnp.sum(model.apply(p, state, x, train=True)[0] ** 2))(params)
+        return model.apply(params, state, x, train=True), model.apply(params, state, x, train=False), grad
+
+    (out_t, new_state), (out_e, same), g = run(model.params, model.state, x)
     # Training mode normalises with batch statistics and updates running ones.
-    h = x @ model.params["lin"]["kernel"] + model.params["lin"]["bias"]
+    h = x @ np.asarray(model.params["lin"]["kernel"]) + np.asarray(model.params["lin"]["bias"])
     np.testing.assert_allclose(new_state["bn"]["mean"], 0.5 * h.mean(0), rtol=1e-5, atol=1e-6)
     # Evaluation mode uses running statistics and leaves state unchanged.
-    out_e, same = model.apply(model.params, model.state, x, train=False)
     np.testing.assert_array_equal(same["bn"]["mean"], model.state["bn"]["mean"])
     assert not np.allclose(out_t, out_e)
     # Parameters are differentiable through the bridge.
-    g = jax.grad(lambda p: jnp.sum(model.apply(p, model.state, x, train=True)[0] ** 2))(model.params)
-    assert float(jnp.abs(g["lin"]["kernel"]).sum()) > 0
+    assert float(np.abs(g["lin"]["kernel"]).sum()) > 0
 
 
 def test_from_nnx_dropout_draws_one_mask_per_meta_step_as_documented():

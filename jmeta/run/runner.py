@@ -369,11 +369,12 @@ def _train(cfg: Config, out_dir, *, resume, progress, data_dir, sinks, evaluate_
             except CheckpointError as e:
                 ckpt.close()
                 raise CheckpointError(f"--resume {out}: {e}; nothing was resumed (train into another --out)") from None
-            state, extra = got.tree, got.extra
-            if rl:  # as a fresh state (uncommitted arrays): the compiled meta-step is reused, not compiled again
-                from jmeta.run.rl import uncommitted
+            # as a fresh state (uncommitted arrays): the compiled meta-step is reused, not compiled again (orbax
+            # restores committed arrays, which jit lowers with sharding annotations: another program, and its
+            # outputs fed back in a third; measured on a resumed sinusoid run: 2 compiles of the meta-step)
+            from jmeta.run.rl import uncommitted
 
-                state = uncommitted(state)
+            state, extra = uncommitted(got.tree), got.extra
             start = int(state.step)
         MetricsLog.truncate_after(out / "metrics.jsonl", start)
     sinks = list(sinks)

@@ -10,6 +10,8 @@ import pytest
 from jmeta.rl.envs import BernoulliBandit, RandomTabularMDP, check_env, index_task
 
 ENVS = [BernoulliBandit(num_arms=4, horizon=3), RandomTabularMDP(num_states=4, num_actions=3, horizon=5)]
+#: tasks drawn per call for ENVS: one size for every test, so each environment's sampler compiles once
+N_TASKS = 5
 
 
 _JITTED = {}
@@ -38,9 +40,9 @@ def _episode(env, task, key, actions):
 @pytest.mark.parametrize("env", ENVS, ids=["bandit", "tabular"])
 def test_contract_and_determinism_for_a_key(env):
     assert check_env(env) is env and env.discrete
-    t1, t2 = env.sample_tasks(jax.random.key(0), 3), env.sample_tasks(jax.random.key(0), 3)
+    t1, t2 = env.sample_tasks(jax.random.key(0), N_TASKS), env.sample_tasks(jax.random.key(0), N_TASKS)
     jax.tree.map(np.testing.assert_array_equal, t1, t2)
-    t3 = env.sample_tasks(jax.random.key(1), 3)
+    t3 = env.sample_tasks(jax.random.key(1), N_TASKS)
     assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(t1), jax.tree.leaves(t3)))
     task = index_task(t1, 0)
     actions = [i % env.action_size for i in range(env.horizon)]
@@ -60,7 +62,7 @@ def test_contract_and_determinism_for_a_key(env):
 
 @pytest.mark.parametrize("env", ENVS, ids=["bandit", "tabular"])
 def test_vmap_over_tasks_equals_a_loop(env):
-    n = 5
+    n = N_TASKS
     tasks = env.sample_tasks(jax.random.key(2), n)
     keys = jax.random.split(jax.random.key(3), n)
     actions = jnp.arange(n, dtype=jnp.int32) % env.action_size
@@ -134,7 +136,7 @@ def test_tabular_task_distribution_transitions_and_rewards():
 
 @pytest.mark.parametrize("env", ENVS, ids=["bandit", "tabular"])
 def test_bad_actions_one_clear_error_each(env):
-    task = index_task(env.sample_tasks(jax.random.key(0), 2), 0)
+    task = index_task(env.sample_tasks(jax.random.key(0), N_TASKS), 0)
     state, _ = _jitted(env)[0](jax.random.key(1), task)
     with pytest.raises(TypeError, match=r"action must be an int32 scalar .* got dtype float32"):
         env.step(state, jnp.float32(1.0), task)
@@ -176,7 +178,7 @@ def test_wrong_task_pytree_one_clear_error_each():
     with pytest.raises(ValueError, match="must be a dict with key 'p'"):
         bandit.reset(jax.random.key(0), jnp.ones(3))
     mdp = RandomTabularMDP(num_states=4, num_actions=2)
-    task = index_task(mdp.sample_tasks(jax.random.key(0), 2), 0)
+    task = {"P": jnp.full((4, 2, 4), 0.25), "R": jnp.zeros((4, 2))}  # one valid task (the shapes are what counts)
     state, _ = mdp.reset(jax.random.key(0), task)
     with pytest.raises(ValueError, match=r"task\['R'\] must have shape \(4, 2\) for one task; got \(2, 4\)"):
         mdp.step(state, 0, {"P": task["P"], "R": task["R"].T})

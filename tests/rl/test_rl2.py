@@ -120,7 +120,7 @@ def test_trial_gae_against_a_loop_and_masked_equals_compressed():
     np.testing.assert_allclose(np.asarray(adv_m)[mask], _gae_loop(r[mask], v[mask], 0.9, 0.8), rtol=1e-5, atol=1e-5)
 
 
-def test_ppo_loss_gradient_against_finite_differences(x64):
+def test_ppo_loss_gradient_against_finite_differences(small, x64):
     """The PPO-clip loss of a categorical policy (logits as parameters) and through the RL^2 GRU, float64."""
     rng = np.random.default_rng(0)
     L, A = 16, 4
@@ -143,8 +143,7 @@ def test_ppo_loss_gradient_against_finite_differences(x64):
     assert err < 1e-6, err
 
     # the same loss through the recurrent unroll of RL2 (the loss the PPO update differentiates)
-    env = BernoulliBandit(num_arms=3, horizon=2)
-    policy = gru_policy(rl2_input_size(env), 3, hidden_size=6, key=jax.random.key(0))
+    env, policy, _ = small  # a 3-armed bandit with 2 pulls per episode, the width-8 GRU (built in float32)
     rl2 = RL2(env, policy, num_episodes=2, meta_batch_size=2, ppo=PPOConfig(num_minibatches=1))
     params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), policy.params)
     # a minibatch of 2 trials x 4 steps (RL^2 inputs of the right layout, random values), one step masked
