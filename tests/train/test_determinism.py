@@ -14,6 +14,11 @@ from jmeta.train import determinism as det
 from jmeta.train.evaluation import task_statistics
 
 FLAG = "--xla_gpu_deterministic_ops=true"
+# one small run shape for every training below (library and CLI), so that the train step and the evaluation
+# programs compiled by the first test are loaded from the compile cache by the others
+SMALL = ["train.steps=2", "train.log_every=1", "eval.num_tasks=4", "eval.shots=[5]", "eval.steps=2",
+         "eval.report_steps=[1,2]"]
+SMALL_CLI = ["--steps", "2"] + [a for o in SMALL[1:] for a in ("--set", o)]
 
 
 def _cpu_only():
@@ -106,7 +111,7 @@ def test_train_warns_on_a_gpu_without_the_flag(monkeypatch, tmp_path):
 
     monkeypatch.setenv("XLA_FLAGS", "")
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    cfg = C.apply_overrides(C.load("sinusoid-maml"), ["train.steps=2", "train.log_every=1", "eval.num_tasks=4"])
+    cfg = C.apply_overrides(C.load("sinusoid-maml"), SMALL)
     with pytest.warns(UserWarning, match="not reproducible"):
         train(cfg, tmp_path / "run", progress=False, evaluate_at_end=False, tensorboard=False, plots=False)
 
@@ -123,8 +128,7 @@ def test_train_warns_once_and_library_evaluation_warns(monkeypatch, tmp_path):
 
     monkeypatch.setenv("XLA_FLAGS", "")
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    cfg = C.apply_overrides(C.load("sinusoid-maml"), ["train.steps=2", "train.log_every=1", "eval.num_tasks=4",
-                                                      "eval.shots=[5]"])
+    cfg = C.apply_overrides(C.load("sinusoid-maml"), SMALL)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         train(cfg, tmp_path / "run", progress=False, tensorboard=False, plots=False)
@@ -155,15 +159,14 @@ def test_cli_sets_the_flag_and_records_it(monkeypatch, tmp_path):
 
     _cpu_only()
     monkeypatch.setenv("XLA_FLAGS", "")
-    rc = main(["train", "--steps", "3", "--out", str(tmp_path / "a"), "--no-progress", "--no-plots",
-               "--no-tensorboard", "--set", "eval.num_tasks=4", "--set", "eval.steps=2",
-               "--set", "eval.report_steps=[1,2]"])
+    rc = main(["train", *SMALL_CLI, "--out", str(tmp_path / "a"), "--no-progress", "--no-plots",
+               "--no-tensorboard"])
     assert rc == 0
     assert det.deterministic_ops_enabled()
     assert json.loads((tmp_path / "a" / "eval.json").read_text())["xla_gpu_deterministic_ops"] is True
 
     monkeypatch.setenv("XLA_FLAGS", "")
-    rc = main(["train", "--steps", "3", "--out", str(tmp_path / "b"), "--no-progress", "--no-plots",
+    rc = main(["train", *SMALL_CLI, "--out", str(tmp_path / "b"), "--no-progress", "--no-plots",
                "--no-tensorboard", "--no-eval", "--set", "train.deterministic=false"])
     assert rc == 0
     assert os.environ["XLA_FLAGS"] == ""
