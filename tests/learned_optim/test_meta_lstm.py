@@ -154,19 +154,13 @@ def test_first_order_meta_gradient_treats_learner_gradients_as_constants(x64):
     def support_loss(c, mp):
         return jnp.mean((_linear_apply(algo.unravel(mp, c), {}, task.support_x)[0] - task.support_y) ** 2)
 
-    @jax.jit
-    def record(mp):  # the episode's (loss, gradient) inputs, one Python-unrolled program
-        carry = algo.initial_carry(mp)
-        recorded = []
-        for _ in range(steps):
-            loss, g = jax.value_and_grad(support_loss)(carry.c, mp)
-            recorded.append((loss, g))
-            carry = algo.update(mp, carry, g, loss)
-        return recorded
+    carry = algo.initial_carry(meta)
+    recorded = []
+    for _ in range(steps):
+        loss, g = jax.value_and_grad(support_loss)(carry.c, meta)
+        recorded.append((loss, g))
+        carry = algo.update(meta, carry, g, loss)
 
-    recorded = record(meta)
-
-    @jax.jit
     def replay(mp):
         c = algo.initial_carry(mp)
         for loss, g in recorded:
@@ -174,15 +168,15 @@ def test_first_order_meta_gradient_treats_learner_gradients_as_constants(x64):
         out = _linear_apply(algo.unravel(mp, c.c), {}, task.query_x)[0]
         return jnp.mean((out - task.query_y) ** 2)
 
-    f = jax.jit(lambda mp: algo.task_loss(mp, {}, task)[0])
+    f = lambda mp: algo.task_loss(mp, {}, task)[0]  # noqa: E731
     np.testing.assert_allclose(float(f(meta)), float(replay(meta)), rtol=1e-12)
-    grad = jax.jit(jax.grad(f))(meta)
+    grad = jax.grad(f)(meta)
     for s in range(2):
         d = _random_direction(meta, 20 + s)
         np.testing.assert_allclose(_vdot(grad, d), _directional_fd(replay, meta, d), rtol=1e-6, atol=1e-9)
     # and it really differs from the full (second-order) gradient
-    full = jax.jit(jax.grad(lambda mp: MetaLSTM(_linear_apply, loss="mse", num_steps=steps, hidden_size=5,
-                                                second_order=True).task_loss(mp, {}, task)[0]))(meta)
+    full = jax.grad(lambda mp: MetaLSTM(_linear_apply, loss="mse", num_steps=steps, hidden_size=5,
+                                        second_order=True).task_loss(mp, {}, task)[0])(meta)
     diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(full)))
     assert diff > 1e-6
 
