@@ -126,9 +126,12 @@ def conv_module():
         def __init__(self, in_features: int, out_features: int, kernel_size: int = 3, *, stride: int = 1,
                      padding="SAME", use_bias: bool = True, impl: str = "auto", rngs):
             init = nnx.initializers.lecun_normal()
-            # float32 as every Flax layer's parameters (param_dtype), also under jax_enable_x64: one dtype per model
-            self.kernel = nnx.Param(init(rngs.params(), (kernel_size, kernel_size, in_features, out_features),
-                                         jnp.float32))
+            # float32 as every Flax layer's parameters (param_dtype), also under jax_enable_x64: one dtype per model.
+            # Drawn as [k*k*in, out] (the same fan-in) and reshaped: the same numbers (threefry counts the flat
+            # index), but XLA:CPU compiles a rank-4 draw for seconds and a rank-2 one for a fraction of that.
+            k2 = kernel_size * kernel_size * in_features
+            self.kernel = nnx.Param(init(rngs.params(), (k2, out_features), jnp.float32).reshape(
+                kernel_size, kernel_size, in_features, out_features))
             self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32)) if use_bias else None
             self.stride = stride
             self.padding = padding

@@ -73,13 +73,13 @@ def _np_episode(meta, x, y, steps):
     return c
 
 
-def _perturbed_meta(algo, params, key, scale=0.3):
-    """Meta-parameters away from the initialisation (gates not saturated), so every term matters."""
-    meta = algo.init(params, key=key)
-    leaves, tree = jax.tree.flatten(meta)
-    keys = jax.random.split(jax.random.fold_in(key, 1), len(leaves))
-    leaves = [l + scale * jax.random.normal(k, l.shape, l.dtype) for l, k in zip(leaves, keys)]
-    meta = jax.tree.unflatten(tree, leaves)
+def _perturbed_meta(algo, params, seed, scale=0.3):
+    """Meta-parameters away from the initialisation (gates not saturated), so every term matters.
+
+    The perturbation is drawn with NumPy (eager ``jax.random`` compiled one program per leaf shape)."""
+    meta = jax.jit(algo.init)(params, key=jax.random.key(seed))
+    rng = np.random.default_rng(seed)
+    meta = jax.tree.map(lambda l: np.asarray(l) + scale * rng.normal(size=l.shape).astype(l.dtype), meta)
     meta["gates"]["b_f"] = meta["gates"]["b_f"] * 0 + 1.0
     meta["gates"]["b_i"] = meta["gates"]["b_i"] * 0 - 1.0
     return meta
@@ -88,7 +88,7 @@ def _perturbed_meta(algo, params, key, scale=0.3):
 def test_adapted_learner_equals_hand_computed_updates(x64):
     params, task = _tiny()
     algo = MetaLSTM(_linear_apply, loss="mse", num_steps=3, hidden_size=4)
-    meta = _perturbed_meta(algo, params, jax.random.key(3))
+    meta = _perturbed_meta(algo, params, 3)
     got = np.asarray(algo.adapt(meta, {}, task.support_x, task.support_y))
     want = _np_episode(meta, np.asarray(task.support_x), np.asarray(task.support_y), 3)
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
@@ -116,27 +116,30 @@ def test_paper_initialisation_makes_the_first_update_sgd_like(x64):
 
 
 def _directional_fd(f, meta, direction, eps=1e-6):
-    plus = jax.tree.map(lambda a, d: a + eps * d, meta, direction)
-    minus = jax.tree.map(lambda a, d: a - eps * d, meta, direction)
+    plus = jax.tree.map(lambda a, d: np.asarray(a) + eps * d, meta, direction)
+    minus = jax.tree.map(lambda a, d: np.asarray(a) - eps * d, meta, direction)
     return (float(f(plus)) - float(f(minus))) / (2 * eps)
 
 
-def _random_direction(meta, key):
-    leaves, tree = jax.tree.flatten(meta)
-    keys = jax.random.split(key, len(leaves))
-    return jax.tree.unflatten(tree, [jax.random.normal(k, l.shape, l.dtype) for l, k in zip(leaves, keys)])
+def _random_direction(meta, seed):
+    """A NumPy random direction like ``meta`` (no eager device ops: the finite differences run compiled)."""
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda l: rng.normal(size=np.shape(l)).astype(np.asarray(l).dtype), meta)
+
+
+def _vdot(grad, direction):
+    return sum(float(np.vdot(np.asarray(g), v)) for g, v in zip(jax.tree.leaves(grad), jax.tree.leaves(direction)))
 
 
 def test_second_order_meta_gradient_matches_finite_differences(x64):
     params, task = _tiny()
     algo = MetaLSTM(_linear_apply, loss="mse", num_steps=3, hidden_size=5, second_order=True)
-    meta = _perturbed_meta(algo, params, jax.random.key(1))
-    f = lambda mp: algo.task_loss(mp, {}, task)[0]  # noqa: E731
-    grad = jax.grad(f)(meta)
+    meta = _perturbed_meta(algo, params, 1)
+    f = jax.jit(lambda mp: algo.task_loss(mp, {}, task)[0])  # one program for all the finite differences
+    grad = jax.jit(jax.grad(f))(meta)
     for s in range(3):
-        d = _random_direction(meta, jax.random.key(10 + s))
-        analytic = sum(float(jnp.vdot(g, v)) for g, v in zip(jax.tree.leaves(grad), jax.tree.leaves(d)))
-        np.testing.assert_allclose(analytic, _directional_fd(f, meta, d), rtol=1e-6, atol=1e-9)
+        d = _random_direction(meta, 10 + s)
+        np.testing.assert_allclose(_vdot(grad, d), _directional_fd(f, meta, d), rtol=1e-6, atol=1e-9)
 
 
 def test_first_order_meta_gradient_treats_learner_gradients_as_constants(x64):
@@ -145,7 +148,7 @@ def test_first_order_meta_gradient_treats_learner_gradients_as_constants(x64):
     params, task = _tiny(seed=2)
     steps = 3
     algo = MetaLSTM(_linear_apply, loss="mse", num_steps=steps, hidden_size=5, second_order=False)
-    meta = _perturbed_meta(algo, params, jax.random.key(2))
+    meta = _perturbed_meta(algo, params, 2)
 
     # record the episode's inputs
     def support_loss(c, mp):
@@ -169,9 +172,8 @@ def test_first_order_meta_gradient_treats_learner_gradients_as_constants(x64):
     np.testing.assert_allclose(float(f(meta)), float(replay(meta)), rtol=1e-12)
     grad = jax.grad(f)(meta)
     for s in range(2):
-        d = _random_direction(meta, jax.random.key(20 + s))
-        analytic = sum(float(jnp.vdot(g, v)) for g, v in zip(jax.tree.leaves(grad), jax.tree.leaves(d)))
-        np.testing.assert_allclose(analytic, _directional_fd(replay, meta, d), rtol=1e-6, atol=1e-9)
+        d = _random_direction(meta, 20 + s)
+        np.testing.assert_allclose(_vdot(grad, d), _directional_fd(replay, meta, d), rtol=1e-6, atol=1e-9)
     # and it really differs from the full (second-order) gradient
     full = jax.grad(lambda mp: MetaLSTM(_linear_apply, loss="mse", num_steps=steps, hidden_size=5,
                                         second_order=True).task_loss(mp, {}, task)[0])(meta)
@@ -186,10 +188,13 @@ def test_meta_step_vmap_equals_map_and_jit_evaluate_curve():
     model = mlp(4, (16,), 3, key=jax.random.key(0))
     algo = MetaLSTM(model.apply, num_steps=2)
 
+    def normal(key, shape):  # jax.random.normal(key, shape) drawn flat: the same numbers, a cheaper compile
+        return jax.random.normal(key, (math.prod(shape),)).reshape(shape)
+
     def sample(key, n, data=None):
         k1, k2, k3 = jax.random.split(key, 3)
-        w = jax.random.normal(k1, (n, 4, 3))
-        xs, xq = jax.random.normal(k2, (n, 9, 4)), jax.random.normal(k3, (n, 9, 4))
+        w = normal(k1, (n, 4, 3))
+        xs, xq = normal(k2, (n, 9, 4)), normal(k3, (n, 9, 4))
         return TaskBatch(xs, jnp.argmax(jnp.einsum("nmd,ndk->nmk", xs, w), -1),
                          xq, jnp.argmax(jnp.einsum("nmd,ndk->nmk", xq, w), -1))
 
