@@ -138,36 +138,65 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
 
 
-# Files whose tests take the longest in total, longest first (CPU seconds, user+sys, of each file in a profiled run of
-# the whole suite on 2 xdist workers on the shared 2-core machine, 2026-12-03, after the suite-speed changes; "~" marks
-# a standalone measurement). A static list: the order only balances the two workers (xdist hands the files out in this
-# order, and a long file that started last would leave the other worker idle at the end); it changes no result.
+# Files whose tests take the longest in total, longest first (seconds of wall time of each file's tests in a profiled
+# run of the whole suite on 2 xdist workers on the shared 2-core machine, 2026-12-03, at 341cdfc; files under 6 s follow
+# in collection order). A static list: the order only balances the two workers (xdist hands the files out in this order,
+# and a long file that started last would leave the other worker idle at the end); it changes no result. In that run
+# the two workers' sums came out within a second of each other (587 s each) and pytest took 606 s.
 LONGEST_FILES = (
-    "tests/test_omniglot_short_run.py",        # 98 (execution-bound: 300 Conv4 ProtoNet steps)
-    "tests/rl/test_rl_sharding.py",            # 69 in a subprocess with 8 device threads (wall ~2-3x its CPU)
-    "tests/rl/test_maml_rl.py",                # ~68
-    "tests/test_image_experiments.py",         # 57
-    "tests/rl/test_locomotion_reduced.py",     # ~48
-    "tests/test_gpu_tables.py",                # 47 in subprocesses
-    "tests/rl/test_rl_conformance.py",         # 45
-    "tests/learned_optim/test_meta_lstm.py",   # 41
-    "tests/algorithms/test_maml_gradients.py",  # 41
-    "tests/learned_optim/test_estimators.py",  # 40
-    "tests/rl/test_rl_cli.py",                 # 33
-    "tests/train/test_checkpoint_integrity.py",  # ~30
-    "tests/test_faults.py",                    # 29
-    "tests/train/test_run_faults.py",          # ~28
-    "tests/train/test_checkpoint_resume.py",   # ~27
-    "tests/rl/test_maml_rl_learning.py",       # ~26
-    "tests/test_core_training.py",             # 24
-    "tests/rl/test_rl2.py",                    # 23
-    "tests/rl/test_nav2d_rollout.py",          # ~23
-    "tests/train/test_determinism.py",         # ~23
-    "tests/test_sweep_cli.py",                 # 22
-    "tests/algorithms/test_metaoptnet.py",     # 22
-    "tests/rl/test_bandit_mdp.py",             # ~20
-    "tests/learned_optim/test_train.py",       # ~20
-    "tests/algorithms/test_per_step_bn.py",    # 19
+    "tests/test_omniglot_short_run.py",           # 108
+    "tests/test_image_experiments.py",            # 55
+    "tests/test_gpu_tables.py",                   # 48
+    "tests/algorithms/test_conformance.py",       # 48
+    "tests/algorithms/test_maml_gradients.py",    # 44
+    "tests/rl/test_rl_cli.py",                    # 41
+    "tests/learned_optim/test_meta_lstm.py",      # 38
+    "tests/models/test_conv4.py",                 # 38
+    "tests/rl/test_locomotion_reduced.py",        # 36
+    "tests/rl/test_rl_sharding.py",               # 34
+    "tests/rl/test_rl_conformance.py",            # 32
+    "tests/rl/test_maml_rl.py",                   # 31
+    "tests/learned_optim/test_estimators.py",     # 31
+    "tests/ops/test_conv.py",                     # 27
+    "tests/test_readme.py",                       # 26
+    "tests/algorithms/test_per_step_bn.py",       # 26
+    "tests/test_core_training.py",                # 23
+    "tests/rl/test_rl2.py",                       # 21
+    "tests/algorithms/test_metaoptnet.py",        # 21
+    "tests/rl/test_maml_rl_learning.py",          # 20
+    "tests/learned_optim/test_tasks.py",          # 19
+    "tests/data/test_omniglot.py",                # 18
+    "tests/algorithms/test_imaml_custom_vjp.py",  # 17
+    "tests/rl/test_locomotion.py",                # 16
+    "tests/test_sweep_cli.py",                    # 15
+    "tests/test_faults.py",                       # 15
+    "tests/train/test_checkpoint_integrity.py",   # 15
+    "tests/train/test_distributed.py",            # 13
+    "tests/data/test_episodes.py",                # 13
+    "tests/train/test_determinism.py",            # 13
+    "tests/learned_optim/test_train.py",          # 12
+    "tests/models/test_resnet.py",                # 11
+    "tests/rl/test_nav2d_rollout.py",             # 11
+    "tests/rl/test_bandit_mdp.py",                # 11
+    "tests/algorithms/test_imaml.py",             # 11
+    "tests/learned_optim/test_lstm.py",           # 11
+    "tests/test_rl_throughput.py",                # 11
+    "tests/train/test_run_faults.py",             # 11
+    "tests/models/test_model_dtypes.py",          # 11
+    "tests/train/test_sweep.py",                  # 10
+    "tests/test_export.py",                       # 10
+    "tests/train/test_checkpoint_resume.py",      # 10
+    "tests/algorithms/test_anil_head.py",         # 10
+    "tests/implicit/test_root.py",                # 9
+    "tests/algorithms/test_r2d2.py",              # 9
+    "tests/algorithms/test_pytree.py",            # 8
+    "tests/train/test_benchmark_suite.py",        # 8
+    "tests/train/test_chunking.py",               # 8
+    "tests/rl/test_rl_estimators.py",             # 8
+    "tests/test_sinusoid_stability.py",           # 8
+    "tests/data/test_tfds.py",                    # 7
+    "tests/train/test_precision.py",              # 7
+    "tests/rl/test_returns.py",                   # 6
 )
 
 
