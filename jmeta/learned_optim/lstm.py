@@ -54,6 +54,7 @@ import optax
 
 from jmeta import validate
 from jmeta._struct import frozen_dataclass, hparam
+from jmeta.ops import draws
 
 Array = Any
 PyTree = Any
@@ -201,16 +202,14 @@ def _init_single(key: Array, hidden_size: int, num_layers: int) -> dict:
     for layer in range(num_layers):
         kx, kh = jax.random.split(keys[layer])
         scale = 1.0 / math.sqrt(in_size + hidden_size)
-        # Drawn flat and reshaped (the same numbers; a rank-2 draw compiles about 3x longer on XLA:CPU).
-        w_x = jax.random.uniform(kx, (in_size * 4 * hidden_size,), dtype, -scale, scale).reshape(
-            in_size, 4 * hidden_size) * math.sqrt(3)
-        w_h = jax.random.uniform(kh, (hidden_size * 4 * hidden_size,), dtype, -scale, scale).reshape(
-            hidden_size, 4 * hidden_size) * math.sqrt(3)
+        # jmeta.ops.draws: the same numbers as jax.random's, a cheaper compile
+        w_x = draws.uniform(kx, (in_size, 4 * hidden_size), dtype, -scale, scale) * math.sqrt(3)
+        w_h = draws.uniform(kh, (hidden_size, 4 * hidden_size), dtype, -scale, scale) * math.sqrt(3)
         # Gates are laid out as [input, forget, cell, output]; forget bias = 1.
         b = jnp.zeros((4 * hidden_size,), dtype).at[hidden_size : 2 * hidden_size].set(1.0)
         lstm[f"layer_{layer}"] = {"w_x": w_x, "w_h": w_h, "b": b}
         in_size = hidden_size
-    w_out = jax.random.normal(keys[-1], (hidden_size,), dtype).reshape(hidden_size, 1) / math.sqrt(hidden_size)
+    w_out = draws.normal(keys[-1], (hidden_size, 1), dtype) / math.sqrt(hidden_size)
     return {"lstm": lstm, "out": {"w": w_out, "b": jnp.zeros((1,), dtype)}}
 
 

@@ -46,6 +46,7 @@ import numpy as np
 
 from jmeta import validate
 from jmeta._struct import frozen_dataclass, hparam
+from jmeta.ops import draws
 
 Array = Any
 PyTree = Any
@@ -64,12 +65,6 @@ __all__ = [
 # --------------------------------------------------------------------------
 # Quadratics
 # --------------------------------------------------------------------------
-
-
-def _normal(key: Array, shape: tuple[int, ...]) -> Array:
-    """``jax.random.normal(key, shape)``, drawn flat and reshaped: the same numbers (threefry counts the flat
-    index either way), but XLA:CPU compiles a rank-4 draw in seconds and a flat one in a fraction of that."""
-    return jax.random.normal(key, (math.prod(shape),)).reshape(shape)
 
 
 class QuadraticTask(NamedTuple):
@@ -117,7 +112,7 @@ class QuadraticFamily:
 
     def sample(self, key: Array) -> QuadraticTask:
         """Draws ``W`` (``[dim, dim]``) and ``y`` (``[dim]``) from N(0, 1)."""
-        wy = _normal(key, (self.dim, self.dim + 1))  # one draw: W | y
+        wy = draws.normal(key, (self.dim, self.dim + 1))  # one draw: W | y
         return QuadraticTask(
             w=wy[:, :-1],
             y=wy[:, -1],
@@ -305,7 +300,7 @@ class MLPTask:
         keys = jax.random.split(key, len(sizes) - 1)
         return {
             f"layer_{i}": {
-                "w": _normal(k, (a, b)) / math.sqrt(a),
+                "w": draws.normal(k, (a, b)) / math.sqrt(a),
                 "b": jnp.zeros((b,)),
             }
             for i, (k, a, b) in enumerate(zip(keys, sizes[:-1], sizes[1:]))
@@ -379,12 +374,12 @@ class ConvTask:
         for i, c_out in enumerate(fam.channels):
             fan_in = 9 * c_in
             params[f"conv_{i}"] = {
-                "w": _normal(keys[i], (3, 3, c_in, c_out)) * math.sqrt(2.0 / fan_in),
+                "w": draws.normal(keys[i], (3, 3, c_in, c_out)) * math.sqrt(2.0 / fan_in),
                 "b": jnp.zeros((c_out,)),
             }
             c_in, s = c_out, -(-s // 2)
         d = s * s * c_in
-        params["dense"] = {"w": _normal(keys[-1], (d, 10)) / math.sqrt(d), "b": jnp.zeros((10,))}
+        params["dense"] = {"w": draws.normal(keys[-1], (d, 10)) / math.sqrt(d), "b": jnp.zeros((10,))}
         return params
 
     def loss(self, params: dict, key_or_batch: Any) -> Array:
