@@ -207,7 +207,7 @@ def load_run(run_dir, *, cfg: Config | None = None, step: int | None = None, dat
     exp = build(cfg, data_dir=data_dir)
     restore = None
     if is_rl(cfg):  # meta-RL: the algorithm's own training state (jmeta.run.rl)
-        from jmeta.run.rl import uncommitted
+        from jmeta.run.checkpoint import uncommitted
 
         template = exp.init_state(k_init)
         restore = uncommitted  # as a fresh state: compiled programs are reused

@@ -229,22 +229,6 @@ def _build_host(cfg) -> RLExperiment:
     return RLExperiment(env, policy, algo, "maml", host=HostMAMLRL(algo, env))
 
 
-def uncommitted(tree):
-    """``tree`` with its arrays as uncommitted device arrays, as a freshly initialised state holds them.
-
-    Orbax restores arrays committed to a device; ``jit`` compiles such arguments apart from the uncommitted
-    ones of a fresh state (measured: a restored nav2d MAML-TRPO state compiled its meta-step again, 17 s on
-    the 2-core CPU), so a resumed run would compile the step once more per call signature.
-    """
-    def fresh(x):
-        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-            return jax.random.wrap_key_data(jnp.asarray(np.asarray(jax.random.key_data(x))),
-                                            impl=jax.random.key_impl(x))
-        return jnp.asarray(np.asarray(x))
-
-    return jax.tree.map(fresh, tree)
-
-
 # -- evaluation --------------------------------------------------------------------------------------------------
 
 def evaluate(cfg, exp: RLExperiment, state, key, out=None, *, filename: str = "eval.json") -> dict:

@@ -372,7 +372,7 @@ def _train(cfg: Config, out_dir, *, resume, progress, data_dir, sinks, evaluate_
             # as a fresh state (uncommitted arrays): the compiled meta-step is reused, not compiled again (orbax
             # restores committed arrays, which jit lowers with sharding annotations: another program, and its
             # outputs fed back in a third; measured on a resumed sinusoid run: 2 compiles of the meta-step)
-            from jmeta.run.rl import uncommitted
+            from jmeta.run.checkpoint import uncommitted
 
             state, extra = uncommitted(got.tree), got.extra
             start = int(state.step)
